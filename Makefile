@@ -1,0 +1,38 @@
+# capfilt: `make demo` runs the caption job on sample shards; `make test` runs the tests.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml Makefile | cksum | cut -d' ' -f1)
+export CAPFILT_CACHE ?= $(CURDIR)/.venv/capfilt-cache
+
+.PHONY: help install demo test lint bench clean
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 12
+
+$(STAMP):
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	# The CPU build of torch first (from this machine's disk); an unpinned torch would pull GBs of CUDA.
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e '.[dev]'
+	rm -f $(VENV)/.installed-*; touch $@
+
+install: $(STAMP)  ## create .venv and install capfilt with its dev dependencies
+
+demo: install  ## caption sample shards with configs/tiny.yaml (offline, CPU) into out/demo/
+	rm -rf out/demo out/demo-input
+	$(BIN)/python -m pipeline.samples out/demo-input --shards 4 --per-shard 16
+	$(BIN)/capfilt caption --input 'out/demo-input/{00000..00003}.tar' --output out/demo --config configs/tiny.yaml
+	$(BIN)/python -c "import pyarrow.parquet as pq; t = pq.read_table('out/demo/captions'); \
+	print(t.select(['key', 'status', 'text', 'caption']).to_pandas().head(8).to_string())"
+
+test: install  ## run the test suite (CPU; GPU tests are skipped without CUDA)
+	$(BIN)/python -m pytest -q
+
+lint: install  ## ruff and mypy
+	$(BIN)/ruff check pipeline jobs tests
+	$(BIN)/mypy
+
+clean:  ## remove outputs and the venv
+	rm -rf out .venv .pytest_cache .mypy_cache .ruff_cache

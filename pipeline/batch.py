@@ -1,0 +1,48 @@
+"""Arrow table ⇄ dict of numpy columns, without the lossy null handling of Ray's numpy batches.
+
+Stages work on `dict[str, np.ndarray]`: strings and lists as object arrays with None for null,
+fixed-shape tensors (pixels, embeddings) as n-d arrays.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from pipeline.schema import COLUMN_TYPES
+
+
+def to_numpy(table: pa.Table) -> dict[str, np.ndarray]:
+    out: dict[str, np.ndarray] = {}
+    for name in table.column_names:
+        col = table[name].combine_chunks() if table[name].num_chunks != 1 else table[name].chunk(0)
+        if isinstance(col.type, pa.ExtensionType):  # Ray's tensor type
+            out[name] = col.to_numpy()
+        elif pa.types.is_list(col.type) or pa.types.is_fixed_size_list(col.type) or pa.types.is_large_list(col.type):
+            arr = np.empty(len(col), dtype=object)
+            arr[:] = col.to_pylist()
+            out[name] = arr
+        elif pa.types.is_string(col.type) or pa.types.is_binary(col.type) or pa.types.is_null(col.type) \
+                or pa.types.is_large_string(col.type) or col.null_count:
+            arr = np.empty(len(col), dtype=object)
+            arr[:] = col.to_pylist()
+            out[name] = arr
+        else:
+            out[name] = col.to_numpy(zero_copy_only=False)
+    return out
+
+
+def _column(name: str, values: np.ndarray) -> pa.Array:
+    if isinstance(values, np.ndarray) and values.dtype != object and values.ndim > 1:
+        from ray.data.extensions import ArrowTensorArray
+
+        return ArrowTensorArray.from_numpy(values)
+    typ = COLUMN_TYPES.get(name)
+    seq: Any = values.tolist() if isinstance(values, np.ndarray) and values.dtype == object else values
+    return pa.array(seq, type=typ) if typ is not None else pa.array(seq)
+
+
+def to_arrow(batch: dict[str, np.ndarray]) -> pa.Table:
+    return pa.table({name: _column(name, values) for name, values in batch.items()})

@@ -1,0 +1,264 @@
+"""Typed, validated config: YAML file + `--set key=value` overrides → a frozen `Config`.
+
+Every error is one line naming the field, what was expected and what came, e.g.
+`config: caption.num_beams: expected int, got 'three'`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A bad config: the message names the field."""
+
+
+@dataclass(frozen=True)
+class InputConfig:
+    format: Literal["auto", "webdataset", "parquet", "folder"] = "auto"
+    image_column: str = "jpg"  # Parquet: the image-bytes column (img2dataset writes `jpg`)
+    text_column: str = "txt"  # Parquet: the alt-text column, if present
+    key_column: str = "key"  # Parquet: the key column, if present (else `<shard>/<row>`)
+    image_extensions: tuple[str, ...] = ("jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff")
+    rows_per_block: int = 64  # rows per block a read task yields (a block streams, a shard never loads whole)
+    num_cpus: float = 0.25
+
+
+@dataclass(frozen=True)
+class DecodeConfig:
+    max_pixels: int = 50_000_000  # checked from the header, before any pixel is decoded
+    formats: tuple[str, ...] = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")  # PIL format names
+    draft: bool = True  # JPEG DCT-scaled decoding when the image is ≥2× the model's input size
+    batch_size: int = 32
+    num_cpus: float = 0.5
+    concurrency: int | None = None  # decode tasks in flight; null = as many as the CPUs allow
+
+
+@dataclass(frozen=True)
+class CaptionConfig:
+    model: str = "Salesforce/blip-image-captioning-base"  # HF id, local dir, s3:// dir, or tiny:<name>
+    revision: str | None = None
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"  # auto: bf16 on GPU, fp32 on CPU
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    strategy: Literal["greedy", "beam", "sample"] = "beam"
+    num_beams: int = 3
+    num_captions: int = 1  # candidates per image (sampling, or the top beams)
+    top_p: float = 0.9
+    temperature: float = 1.0
+    max_new_tokens: int = 20
+    min_new_tokens: int = 5
+    prompt: str | None = None  # conditional captioning, e.g. "a photography of"
+    seed: int = 0
+    trust_remote_code: bool = False
+    batch_size: int = 16
+    num_gpus: float = 0.0  # per actor; fractional packs several models on one GPU
+    num_cpus: float = 1.0
+    num_threads: int | None = None  # torch threads per actor on CPU; null = ceil(num_cpus)
+    concurrency: int = 1  # actors in the pool
+
+
+@dataclass(frozen=True)
+class OutputConfig:
+    compression: str = "zstd"
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    address: str | None = None  # Ray cluster to attach to; null = RAY_ADDRESS or a local Ray
+    progress: Literal["auto", "bar", "log", "none"] = "auto"
+    log_every_s: float = 10.0
+    num_cpus: int | None = None  # local Ray only; null = all cores
+
+
+@dataclass(frozen=True)
+class Config:
+    input: InputConfig = field(default_factory=InputConfig)
+    storage: dict[str, Any] = field(default_factory=dict)  # fsspec storage options (s3fs: endpoint_url, ...)
+    decode: DecodeConfig = field(default_factory=DecodeConfig)
+    caption: CaptionConfig = field(default_factory=CaptionConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+    def to_dict(self, redact: bool = True) -> dict[str, Any]:
+        """Plain dict of the config; storage options that look like secrets are redacted."""
+        d = dataclasses.asdict(self)
+        if redact:
+            d["storage"] = redact_options(d["storage"])
+        return d
+
+    def digest(self) -> str:
+        """Short hash of the settings that change the output (everything but run/storage wiring)."""
+        d = self.to_dict()
+        for k in ("run", "storage"):
+            d.pop(k)
+        for section in d.values():
+            if isinstance(section, dict):
+                for wiring in ("batch_size", "num_gpus", "num_cpus", "num_threads", "concurrency"):
+                    section.pop(wiring, None)
+        return hashlib.sha1(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:10]
+
+
+_SECRET_WORDS = ("secret", "key", "token", "password", "credential", "session")
+
+
+def redact_options(options: Any) -> Any:
+    """Replaces values whose key looks like a credential with '***' (recursively)."""
+    if isinstance(options, dict):
+        return {
+            k: "***" if any(w in str(k).lower() for w in _SECRET_WORDS) else redact_options(v)
+            for k, v in options.items()
+        }
+    return options
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return " | ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if origin is tuple:
+        return "list of " + _type_name(typing.get_args(tp)[0])
+    if origin is dict:
+        return "mapping"
+    if tp is type(None):
+        return "null"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    """Checks `value` against the annotation `tp`; returns it converted (lists → tuples, int → float)."""
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, where)
+    if origin in (typing.Union, types.UnionType):
+        for arg in typing.get_args(tp):
+            try:
+                return _coerce(value, arg, where)
+            except ConfigError:
+                continue
+    elif origin is Literal:
+        if value in typing.get_args(tp):
+            return value
+    elif origin is tuple:
+        if isinstance(value, list | tuple):
+            (item,) = typing.get_args(tp)[:1]
+            return tuple(_coerce(v, item, f"{where}[{i}]") for i, v in enumerate(value))
+    elif origin is dict:
+        if isinstance(value, dict):
+            return dict(value)
+    elif tp is type(None):
+        if value is None:
+            return None
+    elif tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+    else:  # pragma: no cover - a field type this loader does not know is a programming error
+        raise TypeError(f"unsupported config type {tp!r} at {where}")
+    raise ConfigError(f"config: {where}: expected {_type_name(tp)}, got {value!r}")
+
+
+def _build(cls: Any, data: Any, where: str) -> Any:
+    if not isinstance(data, dict):
+        raise ConfigError(f"config: {where or 'top level'}: expected a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    for k in data:
+        if k not in names:
+            path = f"{where}.{k}" if where else str(k)
+            raise ConfigError(f"config: {path}: unknown field (expected one of: {', '.join(sorted(names))})")
+    kwargs = {k: _coerce(v, hints[k], f"{where}.{k}" if where else k) for k, v in data.items()}
+    cfg = cls(**kwargs)
+    _check_ranges(cfg, where)
+    return cfg
+
+
+_POSITIVE = {"batch_size", "num_beams", "num_captions", "max_new_tokens", "max_pixels", "rows_per_block", "concurrency"}
+_NON_NEGATIVE = {"num_gpus", "num_cpus", "min_new_tokens", "temperature"}
+
+
+def _check_ranges(cfg: Any, where: str) -> None:
+    for f in dataclasses.fields(cfg):
+        v = getattr(cfg, f.name)
+        path = f"{where}.{f.name}" if where else f.name
+        if f.name in _POSITIVE and v is not None and not isinstance(v, dict) and v <= 0:
+            raise ConfigError(f"config: {path}: expected a positive number, got {v!r}")
+        if f.name in _NON_NEGATIVE and v is not None and v < 0:
+            raise ConfigError(f"config: {path}: expected a number ≥ 0, got {v!r}")
+    if isinstance(cfg, DecodeConfig):
+        from PIL import Image
+
+        Image.init()
+        for f in cfg.formats:
+            if f.upper() not in Image.OPEN:
+                raise ConfigError(f"config: {where}.formats: expected PIL format names such as JPEG, PNG, WEBP; "
+                                  f"got {f!r}")
+    if isinstance(cfg, CaptionConfig):
+        if not 0 < cfg.top_p <= 1:
+            raise ConfigError(f"config: {where}.top_p: expected a number in (0, 1], got {cfg.top_p!r}")
+        if cfg.strategy == "greedy" and cfg.num_captions != 1:
+            raise ConfigError(f"config: {where}.num_captions: expected 1 with strategy 'greedy', got {cfg.num_captions}")
+        if cfg.strategy == "beam" and cfg.num_captions > cfg.num_beams:
+            raise ConfigError(
+                f"config: {where}.num_captions: expected ≤ num_beams ({cfg.num_beams}) with strategy 'beam', "
+                f"got {cfg.num_captions}"
+            )
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """`caption.batch_size=32` → (['caption', 'batch_size'], 32); the value is parsed as YAML."""
+    if "=" not in item:
+        raise ConfigError(f"config: --set {item!r}: expected key=value")
+    key, raw = item.split("=", 1)
+    parts = key.strip().split(".")
+    if not all(parts):
+        raise ConfigError(f"config: --set {item!r}: expected a dotted key such as caption.batch_size")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config: {key}: value {raw!r} is not valid YAML ({e.__class__.__name__})") from None
+    return parts, value
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Loads YAML (or the built-in defaults), applies `--set` overrides, validates once."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config: file {str(p)!r} does not exist")
+        try:
+            loaded = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config: {p}: not valid YAML: {str(e).splitlines()[0]}") from None
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"config: {p}: expected a mapping at the top level, got {type(loaded).__name__}")
+        data = loaded
+    for item in overrides or []:
+        parts, value = parse_override(item)
+        node = data
+        for part in parts[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"config: {'.'.join(parts)}: {part} is not a section")
+            node = child
+        node[parts[-1]] = value
+    return _build(Config, data, "")

@@ -1,0 +1,125 @@
+"""Safe image decoding: one decode per image to uint8 RGB at the sizes the models need.
+
+Guards: formats outside an allow-list are refused; the pixel count is checked from the header before
+any pixel is decoded; truncated files are errors (LOAD_TRUNCATED_IMAGES stays off); EXIF orientation
+is applied; every mode (CMYK, L, P, RGBA, 16-bit, ...) is brought to RGB the way a viewer shows it.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+
+from pipeline.schema import DECODE_ERROR, TOO_LARGE, UNSUPPORTED_FORMAT
+
+ImageFile.LOAD_TRUNCATED_IMAGES = False
+
+# PIL's resampling filter for each resize mode matches what the HF image processors use (BICUBIC for
+# BLIP and CLIP), so a processor given our pixels resizes nothing and the outputs stay bit-identical.
+_RESAMPLE = Image.Resampling.BICUBIC
+
+
+@dataclass(frozen=True)
+class Target:
+    """A size a model needs: `squash` resizes to height×width (BLIP, ViT); `crop` resizes the shortest
+    edge to `shortest_edge` then center-crops height×width (CLIP)."""
+
+    name: str
+    height: int
+    width: int
+    mode: Literal["squash", "crop"] = "squash"
+    shortest_edge: int = 0
+    resample: int = int(_RESAMPLE)
+
+
+class DecodeFailure(Exception):
+    """A sample that cannot become pixels; `kind` is the row's status."""
+
+    def __init__(self, kind: str, message: str):
+        super().__init__(message)
+        self.kind = kind
+
+
+_ORIENTATION_SWAPS = {5, 6, 7, 8}  # EXIF orientations that turn the image by 90°
+
+
+def oriented_size(im: Image.Image) -> tuple[int, int]:
+    w, h = im.size
+    try:
+        orientation = im.getexif().get(0x0112, 1)
+    except Exception:  # a malformed EXIF block must not fail the image; it only loses orientation
+        orientation = 1
+    return (h, w) if orientation in _ORIENTATION_SWAPS else (w, h)
+
+
+def to_rgb(im: Image.Image) -> Image.Image:
+    """Any PIL mode → RGB: 16/32-bit scaled (not saturated), transparency composited on white."""
+    if im.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        arr = np.asarray(im, dtype=np.float64)
+        hi = 65535.0 if im.mode.startswith("I;16") or arr.max(initial=0) > 255 else 255.0
+        arr = np.clip(arr / hi * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        return Image.fromarray(arr, mode="L").convert("RGB")
+    if im.mode == "P" and "transparency" in im.info:
+        im = im.convert("RGBA")
+    if im.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        im = im.convert("RGBA")
+        background = Image.new("RGBA", im.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, im).convert("RGB")
+    return im if im.mode == "RGB" else im.convert("RGB")
+
+
+def resize_to(im: Image.Image, t: Target) -> np.ndarray:
+    """Resizes as the HF image processors do (PIL, same filter, same rounding)."""
+    if t.mode == "squash":
+        out = im.resize((t.width, t.height), resample=t.resample)
+    else:
+        w, h = im.size
+        short, long = (w, h) if w <= h else (h, w)
+        new_short, new_long = t.shortest_edge, int(t.shortest_edge * long / short)
+        nw, nh = (new_short, new_long) if w <= h else (new_long, new_short)
+        out = im.resize((nw, nh), resample=t.resample)
+        top, left = (nh - t.height) // 2, (nw - t.width) // 2
+        out = out.crop((left, top, left + t.width, top + t.height))
+    return np.asarray(out, dtype=np.uint8)
+
+
+def decode(
+    data: bytes, targets: tuple[Target, ...], max_pixels: int, formats: tuple[str, ...], draft: bool = True
+) -> tuple[dict[str, np.ndarray], int, int]:
+    """Decodes once → ({target name: uint8 HxWx3}, width, height); raises DecodeFailure."""
+    if not data:
+        raise DecodeFailure(DECODE_ERROR, "empty file")
+    try:
+        with warnings.catch_warnings():
+            # Our own max_pixels check below replaces PIL's bomb warning band (89–179 MP).
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            im = Image.open(io.BytesIO(data), formats=list(formats))
+    except Image.DecompressionBombError as e:
+        raise DecodeFailure(TOO_LARGE, str(e)) from None
+    except UnidentifiedImageError:
+        raise DecodeFailure(UNSUPPORTED_FORMAT, f"not an image, or a format outside {list(formats)}") from None
+    except (OSError, ValueError, SyntaxError) as e:  # PIL raises these for broken headers
+        raise DecodeFailure(DECODE_ERROR, f"{type(e).__name__}: {e}") from None
+    width, height = oriented_size(im)
+    if width * height > max_pixels:
+        raise DecodeFailure(TOO_LARGE, f"{width}x{height} exceeds decode.max_pixels={max_pixels}")
+    if width < 1 or height < 1:
+        raise DecodeFailure(DECODE_ERROR, f"empty image {width}x{height}")
+    try:
+        if draft and im.format == "JPEG" and targets:
+            # DCT-domain downscale: decode at 1/2, 1/4 or 1/8 when the result still covers every target.
+            need = max(max(t.height, t.width, t.shortest_edge) for t in targets)
+            im.draft("RGB", (need, need))
+        im = ImageOps.exif_transpose(im)  # loads the pixels; truncated data raises here
+        im.load()
+        im = to_rgb(im)
+        return {t.name: resize_to(im, t) for t in targets}, width, height
+    except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as e:
+        raise DecodeFailure(DECODE_ERROR, f"{type(e).__name__}: {e}") from None
+    except MemoryError:
+        raise DecodeFailure(TOO_LARGE, "out of memory while decoding") from None

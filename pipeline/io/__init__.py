@@ -1,0 +1,1 @@
+"""Shard listing, readers, writers and storage options."""

@@ -1,0 +1,38 @@
+"""fsspec filesystems for local paths and s3:// (s3fs), with the config's storage options."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import fsspec
+from fsspec.core import url_to_fs
+
+# botocore/s3fs log request details (headers included) at DEBUG: pin them so credentials never
+# reach a log, whatever level the user's root logger is at.
+for _name in ("botocore", "boto3", "s3fs", "aiobotocore", "urllib3"):
+    logging.getLogger(_name).setLevel(logging.WARNING)
+
+
+def get_fs(uri: str, options: dict[str, Any] | None = None) -> tuple[fsspec.AbstractFileSystem, str]:
+    """Returns (filesystem, path without protocol) for a URI; s3fs honours AWS_ENDPOINT_URL itself."""
+    fs, path = url_to_fs(uri, **(options or {}) if _is_remote(uri) else {})
+    return fs, path
+
+
+def _is_remote(uri: str) -> bool:
+    return "://" in uri and not uri.startswith("file://")
+
+
+def join(base: str, *parts: str) -> str:
+    return "/".join([base.rstrip("/"), *[p.strip("/") for p in parts]])
+
+
+def unstrip(fs: fsspec.AbstractFileSystem, path: str) -> str:
+    """Turns a path a filesystem returned back into a full URI (s3://bucket/key or a local path)."""
+    return fs.unstrip_protocol(path) if _protocol(fs) != "file" else path
+
+
+def _protocol(fs: fsspec.AbstractFileSystem) -> str:
+    p = fs.protocol
+    return p[0] if isinstance(p, tuple) else p

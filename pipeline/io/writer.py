@@ -1,0 +1,130 @@
+"""Per-shard commits: a shard's rows are written as one Parquet file once all of them have arrived.
+
+The readers end every shard with a SHARD_END row holding its row count; the driver buffers rows by
+shard and commits a shard when the count is reached: data file first (atomically: a temp name then a
+rename locally, one PUT on S3), then a marker under `_committed/`. Output names come from the shard
+name, so a retry or rerun rewrites the same object rather than adding a second copy.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import posixpath
+import uuid
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from pipeline.io.shards import Shard
+from pipeline.io.storage import get_fs, join
+from pipeline.schema import KEY, META, SHARD_END, SOURCE, STATUS
+
+log = logging.getLogger(__name__)
+COMMITTED = "_committed"
+
+
+def shard_ids(shards: list[Shard]) -> dict[str, str]:
+    """Shard URI → output name: the shard's stem, plus a hash of the URI where stems collide."""
+    def stem(uri: str) -> str:
+        base = posixpath.basename(uri.rstrip("/"))
+        return base.split(".")[0] or "shard"
+
+    counts = Counter(stem(s.uri) for s in shards)
+    return {
+        s.uri: stem(s.uri) if counts[stem(s.uri)] == 1 else f"{stem(s.uri)}-{hashlib.sha1(s.uri.encode()).hexdigest()[:8]}"
+        for s in shards
+    }
+
+
+def write_atomic(uri: str, data: bytes, options: dict[str, Any] | None = None) -> None:
+    """Never leaves a partial object at `uri`: local files are renamed into place; an S3 PUT is atomic."""
+    fs, path = get_fs(uri, options)
+    if "file" in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)):
+        fs.makedirs(posixpath.dirname(path), exist_ok=True)
+        tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
+        fs.pipe_file(tmp, data)
+        fs.mv(tmp, path)
+    else:
+        fs.pipe_file(path, data)
+
+
+@dataclass
+class _Pending:
+    tables: list[pa.Table] = field(default_factory=list)
+    rows: int = 0
+    expected: int | None = None
+
+
+class ShardCommitter:
+    """Buffers rows by shard and writes each complete shard to `OUT/<table>/<shard id>.parquet`."""
+
+    def __init__(self, output: str, table: str, schema: pa.Schema, ids: dict[str, str],
+                 options: dict[str, Any], digest: str, compression: str = "zstd"):
+        self.output, self.table, self.schema, self.ids = output, table, schema, ids
+        self.options, self.digest, self.compression = options, digest, compression
+        self.pending: dict[str, _Pending] = defaultdict(_Pending)
+        self.counts: Counter[str] = Counter()
+        self.committed: list[str] = []
+
+    def add(self, batch: pa.Table) -> int:
+        """Takes a block from the pipeline; returns how many samples (not shard-end rows) it held."""
+        is_end = pc.equal(batch[STATUS], SHARD_END)
+        ends = batch.filter(is_end)
+        rows = batch.filter(pc.invert(is_end))
+        if rows.num_rows:
+            for source in pc.unique(rows[SOURCE]).to_pylist():
+                part = rows.filter(pc.equal(rows[SOURCE], source))
+                p = self.pending[source]
+                p.tables.append(part)
+                p.rows += part.num_rows
+                self._maybe_commit(source)
+        for source, meta in zip(ends[SOURCE].to_pylist(), ends[META].to_pylist(), strict=True):
+            self.pending[source].expected = json.loads(meta)["rows"]
+            self._maybe_commit(source)
+        return rows.num_rows
+
+    def _maybe_commit(self, source: str) -> None:
+        p = self.pending[source]
+        if p.expected is None or p.rows < p.expected:
+            return
+        if p.rows > p.expected:  # a retried read task delivered some rows twice
+            raise RuntimeError(f"shard {source}: {p.rows} rows arrived for {p.expected} read")
+        table = pa.concat_tables(p.tables, promote_options="permissive") if p.tables else self.schema.empty_table()
+        table = table.select(self.schema.names).cast(self.schema).sort_by(KEY)
+        self._write(source, table)
+        del self.pending[source]
+
+    def _write(self, source: str, table: pa.Table) -> None:
+        name = self.ids[source]
+        buf = io.BytesIO()
+        pq.write_table(table, buf, compression=self.compression)
+        write_atomic(join(self.output, self.table, f"{name}.parquet"), buf.getvalue(), self.options)
+        counts = Counter(table[STATUS].to_pylist())
+        marker = {"source": source, "rows": table.num_rows, "counts": dict(counts), "config_digest": self.digest}
+        write_atomic(join(self.output, COMMITTED, f"{name}.json"), json.dumps(marker).encode(), self.options)
+        self.counts.update(counts)
+        self.committed.append(source)
+
+    def incomplete(self) -> list[str]:
+        return sorted(self.pending)
+
+
+def committed_shards(output: str, options: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Markers of a previous run: shard URI → marker."""
+    fs, path = get_fs(join(output, COMMITTED), options)
+    try:
+        names = fs.glob(path.rstrip("/") + "/*.json")
+    except FileNotFoundError:
+        return {}
+    out = {}
+    for name in names:
+        marker = json.loads(fs.cat_file(name))
+        out[marker["source"]] = marker
+    return out

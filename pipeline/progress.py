@@ -1,0 +1,62 @@
+"""Progress: a live line (images done, img/s, ETA) on a terminal, plain log lines otherwise."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from typing import TextIO
+
+log = logging.getLogger("capfilt")
+
+
+def _fmt_eta(seconds: float | None) -> str:
+    if seconds is None:
+        return "?"
+    s = int(seconds)
+    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
+
+
+class Progress:
+    """`update()` after each block; the ETA extrapolates rows per shard from the shards done so far."""
+
+    def __init__(self, shards_total: int, mode: str = "auto", log_every_s: float = 10.0,
+                 stream: TextIO = sys.stderr):
+        self.shards_total, self.stream = shards_total, stream
+        self.mode = ("bar" if stream.isatty() else "log") if mode == "auto" else mode
+        self.log_every_s = log_every_s
+        self.start = time.monotonic()
+        self.last = 0.0
+        self.rows = 0
+        self.shards_done = 0
+
+    def rate(self) -> float:
+        elapsed = time.monotonic() - self.start
+        return self.rows / elapsed if elapsed > 0 else 0.0
+
+    def eta(self) -> float | None:
+        if not self.shards_done or not self.rate():
+            return None
+        total = self.rows / self.shards_done * self.shards_total
+        return max(0.0, (total - self.rows) / self.rate())
+
+    def line(self) -> str:
+        return (f"{self.rows} images | {self.shards_done}/{self.shards_total} shards | "
+                f"{self.rate():.1f} img/s | ETA {_fmt_eta(self.eta())}")
+
+    def update(self, rows: int, shards_done: int) -> None:
+        self.rows += rows
+        self.shards_done = shards_done
+        now = time.monotonic()
+        if self.mode == "bar" and now - self.last >= 0.2:
+            self.stream.write("\r\033[K" + self.line())
+            self.stream.flush()
+            self.last = now
+        elif self.mode == "log" and now - self.last >= self.log_every_s:
+            log.info("progress: %s", self.line())
+            self.last = now
+
+    def close(self) -> None:
+        if self.mode == "bar":
+            self.stream.write("\r\033[K" + self.line() + "\n")
+            self.stream.flush()

@@ -1,0 +1,186 @@
+"""Builds the Ray Data graph from a job's stages and runs it; the one place that calls map_batches."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import pyarrow as pa
+
+from pipeline.batch import to_arrow, to_numpy
+from pipeline.config import Config
+from pipeline.io.shards import list_shards
+from pipeline.io.storage import join
+from pipeline.io.writer import ShardCommitter, committed_shards, shard_ids, write_atomic
+from pipeline.progress import Progress
+
+log = logging.getLogger("capfilt")
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    """A stage and the resources Ray gives it. `actor=True` for stages that load a model."""
+
+    fn: Callable[..., Any]
+    args: tuple[Any, ...] = ()
+    actor: bool = False
+    batch_size: int = 32
+    num_cpus: float = 1.0
+    num_gpus: float = 0.0
+    concurrency: int | None = None
+
+
+@dataclass(frozen=True)
+class Job:
+    name: str
+    stages: list[StageSpec]
+    table: str  # output folder under OUT
+    schema: pa.Schema
+    models: dict[str, str] = field(default_factory=dict)  # role → model id, for run.json
+
+
+@dataclass
+class Summary:
+    output: str
+    rows: int
+    counts: dict[str, int]
+    shards_done: int
+    shards_skipped: int
+    seconds: float
+
+    @property
+    def images_per_s(self) -> float:
+        return self.rows / self.seconds if self.seconds > 0 else 0.0
+
+
+class _OnArrow:
+    """Runs a numpy-batch stage on Arrow blocks, converting with our column types (see batch.py)."""
+
+    stage_cls: Any = None
+
+    def __init__(self, *args: Any):
+        self.stage = self.stage_cls(*args)
+
+    def __call__(self, table: pa.Table) -> pa.Table:
+        return to_arrow(self.stage(to_numpy(table)))
+
+
+def _on_arrow(stage_cls: Any) -> type:
+    # Named after the stage, so Ray's progress lines and errors show `CaptionImages`, not the adapter.
+    return type(stage_cls.__name__, (_OnArrow,), {"stage_cls": stage_cls, "__module__": __name__})
+
+
+def _apply(ds: Any, spec: StageSpec) -> Any:
+    """Ray-specific wiring of one stage (Ray's map_batches arguments churn between releases)."""
+    from ray.data import ActorPoolStrategy, TaskPoolStrategy
+
+    kwargs: dict[str, Any] = dict(batch_size=spec.batch_size, num_cpus=spec.num_cpus, batch_format="pyarrow")
+    with warnings.catch_warnings():
+        # Ray 2.60 deprecates passing retry limits as remote args but has no named parameter for them.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        if spec.actor:
+            if spec.num_gpus:
+                kwargs["num_gpus"] = spec.num_gpus
+            # A crashed actor is restarted and its batch retried, but not forever: Ray's default is
+            # unbounded, which a poison input would turn into an endless loop.
+            return ds.map_batches(_on_arrow(spec.fn), fn_constructor_args=spec.args,
+                                  compute=ActorPoolStrategy(size=spec.concurrency or 1),
+                                  max_restarts=2, max_task_retries=2, **kwargs)
+        fn = _on_arrow(spec.fn)(*spec.args)  # a stateless stage: built once here, shipped to the tasks
+        compute = TaskPoolStrategy(size=spec.concurrency) if spec.concurrency else None
+        return ds.map_batches(fn, compute=compute, max_retries=2, **kwargs)
+
+
+def init_ray(cfg: Config) -> None:
+    import ray
+    from ray.data import DataContext
+
+    if not ray.is_initialized():
+        address = cfg.run.address or os.environ.get("RAY_ADDRESS")
+        kwargs: dict[str, Any] = dict(include_dashboard=False, logging_level=logging.WARNING,
+                                      configure_logging=False)
+        if address:
+            ray.init(address=address, **kwargs)
+        else:
+            ray.init(num_cpus=cfg.run.num_cpus, **kwargs)
+    ctx = DataContext.get_current()
+    ctx.enable_progress_bars = False  # our own line shows images, img/s and ETA
+    ctx.print_on_execution_start = False
+    ctx.max_errored_blocks = 0  # a bad sample is a row with a status, never a dropped block
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
+
+
+def versions() -> dict[str, str]:
+    import importlib.metadata as md
+
+    out = {"python": platform.python_version()}
+    for pkg in ("capfilt", "ray", "torch", "transformers", "pyarrow", "fsspec", "s3fs", "pillow"):
+        try:
+            out[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            pass
+    return out
+
+
+def run_job(job: Job, inputs: list[str], output: str, cfg: Config) -> Summary:
+    """Plans shards (skipping committed ones), streams them through the stages, commits per shard."""
+    import ray
+
+    start = time.monotonic()
+    options = cfg.storage
+    shards = list_shards(inputs, cfg.input.format, options)
+    ids = shard_ids(shards)
+    digest = cfg.digest()
+    done = committed_shards(output, options)
+    for source, marker in done.items():
+        if marker.get("config_digest") != digest:
+            raise ValueError(f"output {output!r} holds shard {source} written with another config "
+                             f"(digest {marker.get('config_digest')} ≠ {digest}); use a new --output")
+    todo = [s for s in shards if s.uri not in done]
+    skipped = len(shards) - len(todo)
+    if skipped:
+        log.info("resume: %d of %d shards already committed in %s; %d to do", skipped, len(shards), output, len(todo))
+    committer = ShardCommitter(output, job.table, job.schema, ids, options, digest, cfg.output.compression)
+    progress = Progress(len(todo), cfg.run.progress, cfg.run.log_every_s)
+    if todo:
+        init_ray(cfg)
+        from pipeline.io.datasource import ShardDatasource
+
+        ds = ray.data.read_datasource(ShardDatasource(todo, cfg.input, options), num_cpus=cfg.input.num_cpus)
+        for spec in job.stages:
+            ds = _apply(ds, spec)
+        ds = ds.select_columns(job.schema.names)
+        for block in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+            rows = committer.add(block)
+            progress.update(rows, len(committer.committed))
+        progress.close()
+        if committer.incomplete():
+            raise RuntimeError(f"shards not complete at the end of the run: {committer.incomplete()}")
+    else:
+        log.info("nothing to do: all %d shards of %s are committed", len(shards), output)
+    seconds = time.monotonic() - start
+    summary = Summary(output, sum(committer.counts.values()), dict(committer.counts), len(committer.committed),
+                      skipped, seconds)
+    report = {
+        "job": job.name,
+        "inputs": inputs,
+        "output": output,
+        "config": cfg.to_dict(),
+        "config_digest": digest,
+        "models": job.models,
+        "versions": versions(),
+        "shards": {"total": len(shards), "done": summary.shards_done, "skipped": skipped},
+        "rows": summary.rows,
+        "counts": summary.counts,
+        "seconds": round(seconds, 3),
+        "images_per_s": round(summary.images_per_s, 3),
+    }
+    write_atomic(join(output, "run.json"), json.dumps(report, indent=2, default=str).encode(), options)
+    return summary

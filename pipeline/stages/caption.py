@@ -1,0 +1,36 @@
+"""CaptionImages: adds `captions` (candidates, best first) and `caption` (the first) to ok rows."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from pipeline.config import CaptionConfig
+from pipeline.models.captioner import PIXELS_CAPTION, Captioner, load_captioner
+from pipeline.schema import CAPTION, CAPTIONS, OK, STATUS
+
+
+class CaptionImages:
+    """One instance per actor: weights load once per GPU (or CPU worker)."""
+
+    def __init__(
+        self,
+        cfg: CaptionConfig,
+        storage_options: dict[str, Any] | None = None,
+        load: Callable[..., Captioner] = load_captioner,
+    ):
+        self.captioner = load(cfg, storage_options)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        ok = np.flatnonzero(batch[STATUS] == OK)
+        n = len(batch[STATUS])
+        captions = np.empty(n, dtype=object)
+        captions[:] = [[] for _ in range(n)]
+        caption = np.full(n, None, dtype=object)
+        if len(ok):
+            for i, cands in zip(ok, self.captioner.caption(batch[PIXELS_CAPTION][ok]), strict=True):
+                captions[i], caption[i] = cands, cands[0]
+        batch[CAPTIONS], batch[CAPTION] = captions, caption
+        return batch

@@ -1,0 +1,127 @@
+"""Integration: the `capfilt` command end to end on a local Ray, with tiny models of the real classes."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+from conftest import tar_bytes
+from PIL import Image
+
+from pipeline.cli import main
+from pipeline.samples import jpeg, write_folder, write_parquet, write_webdataset
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = str(ROOT / "configs" / "tiny.yaml")
+QUICK = ["--set", "caption.max_new_tokens=6", "--set", "caption.num_beams=2", "--set", "run.progress=log"]
+
+
+def caption(inputs: list[str], output: str, *extra: str) -> int:
+    return main(["caption", "--input", *inputs, "--output", output, "--config", TINY, *QUICK, *extra])
+
+
+def test_s3_webdataset_end_to_end(ray_local, s3, tmp_path, capsys):
+    keys = write_webdataset(tmp_path / "in", n_shards=3, per_shard=5, size=200)
+    s3.mkdir("capfilt-test")
+    for p in sorted((tmp_path / "in").glob("*.tar")):
+        s3.put(str(p), f"capfilt-test/in/{p.name}")
+    assert caption(["s3://capfilt-test/in/{00000..00002}.tar"], "s3://capfilt-test/out") == 0
+    table = pq.read_table("capfilt-test/out/captions", filesystem=s3)
+    assert sorted(table["key"].to_pylist()) == sorted(keys)  # every key exactly once
+    assert set(table["status"].to_pylist()) == {"ok"}
+    assert all(c for c in table["caption"].to_pylist())
+    assert set(table["source"].to_pylist()) == {f"s3://capfilt-test/in/{i:05d}.tar" for i in range(3)}
+    assert table["text"].to_pylist()[0]
+    run = json.loads(s3.cat_file("capfilt-test/out/run.json"))
+    assert run["rows"] == 15 and run["counts"] == {"ok": 15} and run["images_per_s"] > 0
+    assert run["models"]["caption"] == "tiny:blip" and "ray" in run["versions"]
+    assert "15 rows (ok=15)" in capsys.readouterr().out
+
+
+def test_parquet_input(ray_local, tmp_path):
+    keys = write_parquet(tmp_path / "in" / "part-0.parquet", 9, size=128)
+    keys += write_parquet(tmp_path / "in2" / "part-1.parquet", 1, size=128)
+    keys[-1:] = ["p000000"]  # same key in another file: both rows are kept, one per source
+    assert caption([str(tmp_path / "in" / "*.parquet"), str(tmp_path / "in2" / "part-1.parquet")],
+                   str(tmp_path / "out")) == 0
+    table = pq.read_table(tmp_path / "out" / "captions")
+    assert table.num_rows == 10
+    assert sorted(table["key"].to_pylist()) == sorted(keys)
+    assert set(table["status"].to_pylist()) == {"ok"} and all(table["caption"].to_pylist())
+
+
+def test_image_folder_matches_the_reference_captions(ray_local, tmp_path, tiny_blip):
+    from test_caption import reference_captions
+
+    keys = write_folder(tmp_path / "imgs", 8, size=160)
+    assert caption([str(tmp_path / "imgs")], str(tmp_path / "out"), "--set", "decode.draft=false",
+                   "--set", "caption.strategy=greedy") == 0
+    rows = {r["key"]: r for r in pq.read_table(tmp_path / "out" / "captions").to_pylist()}
+    assert sorted(rows) == sorted(keys)
+    images = [Image.open(tmp_path / "imgs" / f"{k}.jpg").convert("RGB") for k in keys]
+    ref = reference_captions(tiny_blip, images, max_new_tokens=6, min_new_tokens=3)
+    assert [rows[k]["caption"] for k in keys] == ref
+    assert rows["sub/img000"]["text"] and rows["img001"]["text"] is None
+
+
+def test_bad_samples_become_rows_and_the_job_exits_0(ray_local, tmp_path, photos):
+    good = jpeg(photos[0])
+    truncated = jpeg(photos[1])[:600]
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "00000.tar").write_bytes(tar_bytes({
+        "a.jpg": good, "a.txt": b"fine",
+        "b.jpg": truncated, "b.txt": b"truncated",
+        "c.jpg": b"", "c.txt": b"zero bytes",
+        "d.jpg": b"<html>not an image</html>",
+        "e.jpg": good,
+    }))
+    (tmp_path / "in" / "00001.tar").write_bytes(tar_bytes({"f.jpg": good}))
+    assert caption([str(tmp_path / "in" / "*.tar")], str(tmp_path / "out")) == 0
+    rows = {r["key"]: r for r in pq.read_table(tmp_path / "out" / "captions").to_pylist()}
+    assert {k: r["status"] for k, r in rows.items()} == {
+        "a": "ok", "b": "decode_error", "c": "decode_error", "d": "unsupported_format", "e": "ok", "f": "ok"}
+    assert "truncated" in rows["b"]["error"].lower() and rows["b"]["caption"] is None and rows["a"]["caption"]
+
+
+def test_rerun_after_completion_does_nothing(ray_local, tmp_path, capsys):
+    write_webdataset(tmp_path / "in", n_shards=2, per_shard=3, size=64)
+    out = tmp_path / "out"
+    assert caption([str(tmp_path / "in" / "*.tar")], str(out)) == 0
+    first = {p.name: p.stat().st_mtime_ns for p in (out / "captions").iterdir()}
+    capsys.readouterr()
+    assert caption([str(tmp_path / "in" / "*.tar")], str(out)) == 0
+    assert "0 rows (none) from 0 shards (2 already done)" in capsys.readouterr().out
+    assert {p.name: p.stat().st_mtime_ns for p in (out / "captions").iterdir()} == first
+    # Another model or threshold must never mix with these rows.
+    assert caption([str(tmp_path / "in" / "*.tar")], str(out), "--set", "caption.num_beams=3") == 2
+    assert "written with another config" in capsys.readouterr().err
+
+
+def test_bad_config_and_inputs_exit_2_with_one_line(tmp_path, capsys):
+    assert caption([str(tmp_path)], str(tmp_path / "o"), "--set", "caption.num_beams=x") == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "capfilt: config: caption.num_beams: expected int, got 'x'"
+    assert caption([str(tmp_path / "nothing-{0..1}.tar")], str(tmp_path / "o")) == 2
+    assert "matched nothing" in capsys.readouterr().err
+
+
+def test_help_is_fast_and_lists_jobs(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["--help"])
+    assert e.value.code == 0 and "caption" in capsys.readouterr().out
+
+
+def test_jpeg_with_exif_rotation_reports_display_size(ray_local, tmp_path, photos):
+    im = Image.fromarray(photos[0][:, :200])
+    exif = im.getexif()
+    exif[0x0112] = 6
+    buf = io.BytesIO()
+    im.save(buf, format="JPEG", exif=exif)
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "r.jpg").write_bytes(buf.getvalue())
+    assert caption([str(tmp_path / "in")], str(tmp_path / "out")) == 0
+    row = pq.read_table(tmp_path / "out" / "captions").to_pylist()[0]
+    assert (row["width"], row["height"]) == (im.height, im.width)

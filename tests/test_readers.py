@@ -1,0 +1,98 @@
+import json
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from conftest import tar_bytes
+
+from pipeline.config import InputConfig
+from pipeline.io.readers import read_shard
+from pipeline.io.shards import Shard, expand_braces, list_shards
+from pipeline.samples import jpeg, write_folder, write_parquet
+from pipeline.schema import MISSING_IMAGE, OK, READ_ERROR, SHARD_END
+
+CFG = InputConfig(rows_per_block=3)
+
+
+def rows(shard: Shard, cfg=CFG) -> list[dict]:
+    tables = list(read_shard(shard, cfg, {}))
+    assert all(t.num_rows <= cfg.rows_per_block + 1 for t in tables)  # streamed in blocks
+    out = pa.concat_tables(tables).to_pylist()
+    end = out.pop()
+    assert end["status"] == SHARD_END and json.loads(end["meta"])["rows"] == len(out)
+    return out
+
+
+def test_expand_braces():
+    assert expand_braces("s3://b/{00008..00010}.tar") == ["s3://b/00008.tar", "s3://b/00009.tar", "s3://b/00010.tar"]
+    assert expand_braces("{a,b}/{1..2}") == ["a/1", "a/2", "b/1", "b/2"]
+    assert expand_braces("plain.tar") == ["plain.tar"]
+
+
+def test_list_shards_globs_braces_and_errors(tmp_path):
+    for i in range(3):
+        (tmp_path / f"{i:05d}.tar").write_bytes(tar_bytes({}))
+    (tmp_path / "00000_stats.json").write_text("{}")
+    by_glob = list_shards([str(tmp_path / "*")])
+    assert [s.uri.rsplit("/", 1)[1] for s in by_glob] == ["00000.tar", "00001.tar", "00002.tar"]
+    assert {s.format for s in by_glob} == {"webdataset"}
+    assert len(list_shards([str(tmp_path / "{00000..00001}.tar")])) == 2
+    with pytest.raises(FileNotFoundError, match="00006.tar"):
+        list_shards([str(tmp_path / "{00006..00007}.tar")])
+    assert list_shards([str(tmp_path)])[0].format == "folder"
+
+
+def test_webdataset_groups_members_by_key(tmp_path, photos):
+    img = jpeg(photos[0])
+    data = tar_bytes({
+        "a.jpg": img, "a.txt": "a cat".encode(), "a.json": b'{"url": "http://x/a.jpg"}',
+        "b.png": img, "b.txt": b"caf\xe9 latin-1",  # not UTF-8: kept, not lost
+        "c.txt": b"text without image",
+        "d.jpg": img,
+    })
+    p = tmp_path / "00000.tar"
+    p.write_bytes(data)
+    out = rows(Shard(str(p), "webdataset"))
+    assert [r["key"] for r in out] == ["a", "b", "c", "d"]
+    assert out[0]["text"] == "a cat" and json.loads(out[0]["meta"])["url"] == "http://x/a.jpg"
+    assert out[0]["image"] == img and out[0]["source"] == str(p)
+    assert out[1]["text"].startswith("caf") and out[1]["status"] == OK
+    assert out[2]["status"] == MISSING_IMAGE and out[2]["image"] is None
+    assert out[3]["text"] is None and out[3]["status"] == OK
+
+
+def test_truncated_tar_keeps_rows_read_and_adds_an_error_row(tmp_path, photos):
+    data = tar_bytes({f"{i}.jpg": jpeg(photos[i]) for i in range(4)})
+    p = tmp_path / "t.tar"
+    p.write_bytes(data[: len(data) * 3 // 5])
+    out = rows(Shard(str(p), "webdataset"))
+    assert out[-1]["status"] == READ_ERROR and "unreadable" in out[-1]["error"]
+    assert 1 <= len(out) - 1 < 4 and all(r["status"] == OK for r in out[:-1])
+
+
+def test_parquet_reader(tmp_path):
+    path = tmp_path / "part.parquet"
+    keys = write_parquet(path, 7, size=64)
+    out = rows(Shard(str(path), "parquet"))
+    assert [r["key"] for r in out] == keys
+    assert all(r["status"] == OK and r["image"] and r["text"] for r in out)
+    assert json.loads(out[0]["meta"]) == {"url": f"https://example.com/{keys[0]}.jpg"}
+
+
+def test_parquet_without_key_or_text_and_with_null_image(tmp_path):
+    path = tmp_path / "x.parquet"
+    pq.write_table(pa.table({"img": [b"abc", None]}), path)
+    out = rows(Shard(str(path), "parquet"), InputConfig(image_column="img"))
+    assert [r["key"] for r in out] == ["x/000000000", "x/000000001"]
+    assert [r["status"] for r in out] == [OK, MISSING_IMAGE]
+    bad = rows(Shard(str(path), "parquet"))  # image column `jpg` is not there
+    assert bad[0]["status"] == READ_ERROR and "input.image_column" in bad[0]["error"]
+
+
+def test_folder_reader(tmp_path):
+    keys = write_folder(tmp_path, 6, size=64)
+    (tmp_path / "orphan.txt").write_text("no image")
+    out = {r["key"]: r for r in rows(Shard(str(tmp_path), "folder"))}
+    assert set(out) == set(keys) | {"orphan"}
+    assert out["orphan"]["status"] == MISSING_IMAGE
+    assert out["sub/img000"]["text"] and out["img001"]["text"] is None
