@@ -1,4 +1,4 @@
-"""`capfilt caption`: decode → caption → captions/ table. Also `python jobs/caption.py ...` for ray job submit."""
+"""`capfilt caption`: decode → caption → captions/. Also `python jobs/caption.py ...` for `ray job submit`."""
 
 from __future__ import annotations
 
@@ -10,26 +10,19 @@ if __package__ in (None, ""):  # run as a script (`ray job submit -- python jobs
 
 from pipeline.config import Config
 from pipeline.models.captioner import caption_target
-from pipeline.run import Job, StageSpec
+from pipeline.run import Job, decode_stage, model_stage
 from pipeline.schema import CAPTIONS_SCHEMA
 from pipeline.stages.caption import CaptionImages
-from pipeline.stages.decode import DecodeImages
 
 
 def build(cfg: Config) -> Job:
-    c, d = cfg.caption, cfg.decode
-    target = caption_target(c, cfg.storage)
+    decode, pixels = decode_stage(cfg, {"caption": caption_target(cfg.caption, cfg.storage)})
     return Job(
         name="caption",
-        stages=[
-            StageSpec(DecodeImages, (d, (target,)), batch_size=d.batch_size, num_cpus=d.num_cpus,
-                      concurrency=d.concurrency),
-            StageSpec(CaptionImages, (c, cfg.storage), actor=True, batch_size=c.batch_size, num_cpus=c.num_cpus,
-                      num_gpus=c.num_gpus, concurrency=c.concurrency),
-        ],
-        table="captions",
-        schema=CAPTIONS_SCHEMA,
-        models={"caption": c.model},
+        stages=[decode, model_stage(CaptionImages, (cfg.caption, pixels["caption"], cfg.storage), cfg.caption)],
+        tables={"captions": CAPTIONS_SCHEMA},
+        sections=("caption",),
+        models={"caption": cfg.caption.model},
     )
 
 

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from pipeline.schema import COLUMN_TYPES
+from pipeline.schema import COLUMN_TYPES, EMBEDDINGS
 
 
 def to_numpy(table: pa.Table) -> dict[str, np.ndarray]:
@@ -20,6 +20,14 @@ def to_numpy(table: pa.Table) -> dict[str, np.ndarray]:
         col = table[name].combine_chunks() if table[name].num_chunks != 1 else table[name].chunk(0)
         if isinstance(col.type, pa.ExtensionType):  # Ray's tensor type
             out[name] = col.to_numpy()
+        elif pa.types.is_fixed_size_list(col.type):  # embeddings: rows of one n-d array, None for null
+            d = col.type.list_size
+            flat = col.values.slice(col.offset * d, len(col) * d).to_numpy(zero_copy_only=False)
+            mat = flat.reshape(len(col), d)
+            valid = col.is_valid().to_numpy(zero_copy_only=False)
+            arr = np.empty(len(col), dtype=object)
+            arr[:] = [mat[i] if valid[i] else None for i in range(len(col))]
+            out[name] = arr
         elif pa.types.is_list(col.type) or pa.types.is_fixed_size_list(col.type) or pa.types.is_large_list(col.type):
             arr = np.empty(len(col), dtype=object)
             arr[:] = col.to_pylist()
@@ -34,11 +42,25 @@ def to_numpy(table: pa.Table) -> dict[str, np.ndarray]:
     return out
 
 
+def _embedding(values: np.ndarray) -> pa.Array:
+    """Object array of 1-d vectors (None for null) → FixedSizeListArray in the vectors' dtype."""
+    valid = np.array([v is not None for v in values], dtype=bool)
+    if not valid.any():
+        return pa.nulls(len(values))
+    first = next(v for v in values if v is not None)
+    mat = np.zeros((len(values), len(first)), dtype=first.dtype)
+    if valid.any():
+        mat[valid] = np.stack([v for v in values if v is not None])
+    return pa.FixedSizeListArray.from_arrays(pa.array(mat.ravel()), len(first), mask=pa.array(~valid))
+
+
 def _column(name: str, values: np.ndarray) -> pa.Array:
     if isinstance(values, np.ndarray) and values.dtype != object and values.ndim > 1:
         from ray.data.extensions import ArrowTensorArray
 
         return ArrowTensorArray.from_numpy(values)
+    if name in EMBEDDINGS:
+        return _embedding(values)
     typ = COLUMN_TYPES.get(name)
     seq: Any = values.tolist() if isinstance(values, np.ndarray) and values.dtype == object else values
     return pa.array(seq, type=typ) if typ is not None else pa.array(seq)

@@ -10,7 +10,12 @@ from collections.abc import Sequence
 
 from pipeline.config import ConfigError, load_config
 
-JOBS = {"caption": "jobs.caption"}
+JOBS = {
+    "caption": ("jobs.caption", "caption every image (BLIP)"),
+    "clean": ("jobs.clean", "CapFilt: caption, score alt-text and candidates (ITM/CLIP), keep what matches"),
+    "embed": ("jobs.embed", "CLIP image embeddings (and alt-text embeddings)"),
+    "prompts": ("jobs.prompts", "caption + all-MiniLM-L6-v2 prompt embeddings (Kaggle image-to-prompts)"),
+}
 
 log = logging.getLogger("capfilt")
 
@@ -18,8 +23,8 @@ log = logging.getLogger("capfilt")
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="capfilt", description="Caption, score, filter and embed image shards on Ray Data.")
     sub = p.add_subparsers(dest="job", required=True, metavar="JOB")
-    for name, help_ in [("caption", "caption every image (BLIP)")]:
-        j = sub.add_parser(name, help=help_)
+    for name, (_, help_) in JOBS.items():
+        j = sub.add_parser(name, help=help_, description=help_)
         j.add_argument("--input", "-i", nargs="+", required=True, metavar="URI",
                        help="shards: paths, globs, {00000..00099} braces, s3://")
         j.add_argument("--output", "-o", required=True, metavar="URI", help="output folder (local or s3://)")
@@ -28,6 +33,10 @@ def parser() -> argparse.ArgumentParser:
                        help="override a config field, e.g. caption.batch_size=32 (repeatable)")
         j.add_argument("--address", help="Ray cluster to attach to (default: RAY_ADDRESS, else a local Ray)")
         j.add_argument("--verbose", "-v", action="store_true")
+        if name == "clean":
+            j.add_argument("--embed", action="store_true", help="also write CLIP embeddings (same pass)")
+        if name == "prompts":
+            j.add_argument("--submission", metavar="FILE.csv", help="write Kaggle's imgId_eId,val file")
     return p
 
 
@@ -38,6 +47,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     overrides = list(args.overrides)
     if args.address:
         overrides.append(f"run.address={args.address}")
+    if getattr(args, "embed", False):
+        overrides.append("clean.embed=true")
     try:
         cfg = load_config(args.config, overrides)
     except ConfigError as e:
@@ -45,10 +56,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     from pipeline.run import run_job
 
-    job_module = importlib.import_module(JOBS[args.job])
+    job_module = importlib.import_module(JOBS[args.job][0])
     try:
         job = job_module.build(cfg)
         summary = run_job(job, args.input, args.output, cfg)
+        if getattr(args, "submission", None):
+            from pipeline.io.submission import write_submission
+
+            n = write_submission(args.output, args.submission, cfg.storage)
+            print(f"capfilt prompts: submission for {n} images → {args.submission}")
     except (FileNotFoundError, ValueError) as e:
         print(f"capfilt: {e}", file=sys.stderr)
         return 2

@@ -44,11 +44,24 @@ class DecodeConfig:
 
 
 @dataclass(frozen=True)
-class CaptionConfig:
-    model: str = "Salesforce/blip-image-captioning-base"  # HF id, local dir, s3:// dir, or tiny:<name>
+class ModelConfig:
+    """Where a model comes from and how Ray runs it: one actor pool per model stage."""
+
+    model: str = ""  # HF id, local dir, s3:// dir, or tiny:<name>
     revision: str | None = None
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"  # auto: bf16 on GPU, fp32 on CPU
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    trust_remote_code: bool = False
+    batch_size: int = 16
+    num_gpus: float = 0.0  # per actor; fractional packs several models on one GPU
+    num_cpus: float = 1.0
+    num_threads: int | None = None  # torch threads per actor on CPU; null = ceil(num_cpus)
+    concurrency: int = 1  # actors in the pool
+
+
+@dataclass(frozen=True)
+class CaptionConfig(ModelConfig):
+    model: str = "Salesforce/blip-image-captioning-base"
     strategy: Literal["greedy", "beam", "sample"] = "beam"
     num_beams: int = 3
     num_captions: int = 1  # candidates per image (sampling, or the top beams)
@@ -58,12 +71,49 @@ class CaptionConfig:
     min_new_tokens: int = 5
     prompt: str | None = None  # conditional captioning, e.g. "a photography of"
     seed: int = 0
-    trust_remote_code: bool = False
-    batch_size: int = 16
-    num_gpus: float = 0.0  # per actor; fractional packs several models on one GPU
-    num_cpus: float = 1.0
-    num_threads: int | None = None  # torch threads per actor on CPU; null = ceil(num_cpus)
-    concurrency: int = 1  # actors in the pool
+
+
+@dataclass(frozen=True)
+class ItmConfig(ModelConfig):
+    """BLIP image-text matching (`BlipForImageTextRetrieval`): ITM probability and ITC cosine."""
+
+    model: str = "Salesforce/blip-itm-base-coco"
+    max_text_tokens: int = 35  # BLIP's own text length for retrieval
+
+
+@dataclass(frozen=True)
+class ClipConfig(ModelConfig):
+    """CLIP (`CLIPModel`, any size): cosine similarity of L2-normalised embeddings; also the embedder."""
+
+    model: str = "openai/clip-vit-large-patch14"
+
+
+@dataclass(frozen=True)
+class TextEmbedConfig(ModelConfig):
+    """A sentence-transformers model for prompt embeddings (all-MiniLM-L6-v2: 384-d)."""
+
+    model: str = "sentence-transformers/all-MiniLM-L6-v2"
+    batch_size: int = 128
+
+
+@dataclass(frozen=True)
+class CleanConfig:
+    """CapFilt: which scorers judge the alt-text and the candidates, and how a row is kept."""
+
+    scorers: tuple[Literal["itm", "clip"], ...] = ("itm",)
+    mode: Literal["threshold", "top_fraction", "rerank"] = "threshold"
+    rank_by: Literal["itm", "clip"] = "itm"  # the score `caption`, `keep` and top_fraction use
+    itm_threshold: float = 0.5  # BLIP's authors' advice
+    clip_threshold: float = 0.28  # LAION's cut for ViT-B/32; pick per model
+    fraction: float = 0.3  # top_fraction: keep this share of ok rows, by their best text's score
+    top_k: int = 1  # rerank: candidates kept per image, best first (LAION-COCO)
+    embed: bool = False  # also write the CLIP embeddings table in the same pass
+
+
+@dataclass(frozen=True)
+class EmbedConfig:
+    dtype: Literal["float16", "float32"] = "float16"
+    text: bool = True  # also embed the alt-text where there is one
 
 
 @dataclass(frozen=True)
@@ -85,6 +135,11 @@ class Config:
     storage: dict[str, Any] = field(default_factory=dict)  # fsspec storage options (s3fs: endpoint_url, ...)
     decode: DecodeConfig = field(default_factory=DecodeConfig)
     caption: CaptionConfig = field(default_factory=CaptionConfig)
+    itm: ItmConfig = field(default_factory=ItmConfig)
+    clip: ClipConfig = field(default_factory=ClipConfig)
+    text_embed: TextEmbedConfig = field(default_factory=TextEmbedConfig)
+    clean: CleanConfig = field(default_factory=CleanConfig)
+    embed: EmbedConfig = field(default_factory=EmbedConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
     run: RunConfig = field(default_factory=RunConfig)
 
@@ -95,14 +150,14 @@ class Config:
             d["storage"] = redact_options(d["storage"])
         return d
 
-    def digest(self) -> str:
-        """Short hash of the settings that change the output (everything but run/storage wiring)."""
+    def digest(self, sections: tuple[str, ...] | None = None) -> str:
+        """Short hash of the settings that change the output: the job's sections, less Ray wiring."""
         d = self.to_dict()
-        for k in ("run", "storage"):
-            d.pop(k)
+        keep = sections or tuple(k for k in d if k not in ("run", "storage"))
+        d = {k: v for k, v in d.items() if k in keep + ("input", "decode", "output")}
         for section in d.values():
             if isinstance(section, dict):
-                for wiring in ("batch_size", "num_gpus", "num_cpus", "num_threads", "concurrency"):
+                for wiring in ("batch_size", "num_gpus", "num_cpus", "num_threads", "concurrency", "rows_per_block"):
                     section.pop(wiring, None)
         return hashlib.sha1(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:10]
 
@@ -191,7 +246,8 @@ def _build(cls: Any, data: Any, where: str) -> Any:
     return cfg
 
 
-_POSITIVE = {"batch_size", "num_beams", "num_captions", "max_new_tokens", "max_pixels", "rows_per_block", "concurrency"}
+_POSITIVE = {"batch_size", "num_beams", "num_captions", "max_new_tokens", "max_pixels", "rows_per_block",
+             "concurrency", "top_k", "max_text_tokens"}
 _NON_NEGATIVE = {"num_gpus", "num_cpus", "min_new_tokens", "temperature"}
 
 
@@ -211,6 +267,8 @@ def _check_ranges(cfg: Any, where: str) -> None:
             if f.upper() not in Image.OPEN:
                 raise ConfigError(f"config: {where}.formats: expected PIL format names such as JPEG, PNG, WEBP; "
                                   f"got {f!r}")
+    if isinstance(cfg, CleanConfig):
+        _check_clean(cfg, where)
     if isinstance(cfg, CaptionConfig):
         if not 0 < cfg.top_p <= 1:
             raise ConfigError(f"config: {where}.top_p: expected a number in (0, 1], got {cfg.top_p!r}")
@@ -221,6 +279,16 @@ def _check_ranges(cfg: Any, where: str) -> None:
                 f"config: {where}.num_captions: expected ≤ num_beams ({cfg.num_beams}) with strategy 'beam', "
                 f"got {cfg.num_captions}"
             )
+
+
+def _check_clean(cfg: CleanConfig, where: str) -> None:
+    if not cfg.scorers:
+        raise ConfigError(f"config: {where}.scorers: expected at least one of 'itm', 'clip', got []")
+    if cfg.rank_by not in cfg.scorers:
+        raise ConfigError(f"config: {where}.rank_by: expected one of the scorers {list(cfg.scorers)}, "
+                          f"got {cfg.rank_by!r}")
+    if not 0 < cfg.fraction <= 1:
+        raise ConfigError(f"config: {where}.fraction: expected a number in (0, 1], got {cfg.fraction!r}")
 
 
 def parse_override(item: str) -> tuple[list[str], Any]:

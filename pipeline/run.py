@@ -9,17 +9,19 @@ import platform
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import pyarrow as pa
 
 from pipeline.batch import to_arrow, to_numpy
-from pipeline.config import Config
+from pipeline.config import Config, ModelConfig
+from pipeline.image import Target
 from pipeline.io.shards import list_shards
 from pipeline.io.storage import join
 from pipeline.io.writer import ShardCommitter, committed_shards, shard_ids, write_atomic
 from pipeline.progress import Progress
+from pipeline.schema import KEY, META, SOURCE, STATUS
 
 log = logging.getLogger("capfilt")
 
@@ -37,13 +39,43 @@ class StageSpec:
     concurrency: int | None = None
 
 
+def model_stage(stage: Callable[..., Any], args: tuple[Any, ...], m: ModelConfig) -> StageSpec:
+    """An actor-pool stage sized from a model's config section."""
+    return StageSpec(stage, args, actor=True, batch_size=m.batch_size, num_cpus=m.num_cpus, num_gpus=m.num_gpus,
+                     concurrency=m.concurrency)
+
+
+def decode_stage(cfg: Config, targets: dict[str, Target]) -> tuple[StageSpec, dict[str, str]]:
+    """One decode for every model of the job: equal targets share a pixel column.
+    Returns the stage and role → pixel column."""
+    from pipeline.stages.decode import DecodeImages
+
+    unique: dict[tuple[Any, ...], Target] = {}
+    columns: dict[str, str] = {}
+    for role, t in targets.items():
+        spec = (t.height, t.width, t.mode, t.shortest_edge, t.resample)
+        if spec not in unique:
+            unique[spec] = replace(t, name=f"pixels_{role}")
+        columns[role] = unique[spec].name
+    d = cfg.decode
+    stage = StageSpec(DecodeImages, (d, tuple(unique.values())), batch_size=d.batch_size, num_cpus=d.num_cpus,
+                      concurrency=d.concurrency)
+    return stage, columns
+
+
 @dataclass(frozen=True)
 class Job:
     name: str
     stages: list[StageSpec]
-    table: str  # output folder under OUT
-    schema: pa.Schema
+    tables: dict[str, pa.Schema]  # output folder under OUT → its schema
+    sections: tuple[str, ...]  # config sections that shape the output (for the config digest)
     models: dict[str, str] = field(default_factory=dict)  # role → model id, for run.json
+    finish: Callable[[Config, str], dict[str, Any]] | None = None  # after every shard is committed
+
+    def columns(self) -> list[str]:
+        # key/source/status/meta always travel to the driver: the committer reads shard-end rows from them.
+        names = [KEY, SOURCE, STATUS, META, *(n for schema in self.tables.values() for n in schema.names)]
+        return list(dict.fromkeys(names))
 
 
 @dataclass
@@ -137,7 +169,7 @@ def run_job(job: Job, inputs: list[str], output: str, cfg: Config) -> Summary:
     options = cfg.storage
     shards = list_shards(inputs, cfg.input.format, options)
     ids = shard_ids(shards)
-    digest = cfg.digest()
+    digest = cfg.digest(job.sections)
     done = committed_shards(output, options)
     for source, marker in done.items():
         if marker.get("config_digest") != digest:
@@ -147,7 +179,7 @@ def run_job(job: Job, inputs: list[str], output: str, cfg: Config) -> Summary:
     skipped = len(shards) - len(todo)
     if skipped:
         log.info("resume: %d of %d shards already committed in %s; %d to do", skipped, len(shards), output, len(todo))
-    committer = ShardCommitter(output, job.table, job.schema, ids, options, digest, cfg.output.compression)
+    committer = ShardCommitter(output, job.tables, ids, options, digest, cfg.output.compression)
     progress = Progress(len(todo), cfg.run.progress, cfg.run.log_every_s)
     if todo:
         init_ray(cfg)
@@ -156,7 +188,7 @@ def run_job(job: Job, inputs: list[str], output: str, cfg: Config) -> Summary:
         ds = ray.data.read_datasource(ShardDatasource(todo, cfg.input, options), num_cpus=cfg.input.num_cpus)
         for spec in job.stages:
             ds = _apply(ds, spec)
-        ds = ds.select_columns(job.schema.names)
+        ds = ds.select_columns(job.columns())
         for block in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
             rows = committer.add(block)
             progress.update(rows, len(committer.committed))
@@ -165,6 +197,7 @@ def run_job(job: Job, inputs: list[str], output: str, cfg: Config) -> Summary:
             raise RuntimeError(f"shards not complete at the end of the run: {committer.incomplete()}")
     else:
         log.info("nothing to do: all %d shards of %s are committed", len(shards), output)
+    extra = job.finish(cfg, output) if job.finish is not None else {}
     seconds = time.monotonic() - start
     summary = Summary(output, sum(committer.counts.values()), dict(committer.counts), len(committer.committed),
                       skipped, seconds)
@@ -181,6 +214,7 @@ def run_job(job: Job, inputs: list[str], output: str, cfg: Config) -> Summary:
         "counts": summary.counts,
         "seconds": round(seconds, 3),
         "images_per_s": round(summary.images_per_s, 3),
+        **extra,
     }
     write_atomic(join(output, "run.json"), json.dumps(report, indent=2, default=str).encode(), options)
     return summary

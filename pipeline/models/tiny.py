@@ -36,25 +36,63 @@ def _blip_tokenizer():  # type: ignore[no-untyped-def]
     return tok
 
 
-def build_blip(out: Path, image_size: int = 64) -> None:
-    import torch
-    from transformers import BlipConfig, BlipForConditionalGeneration, BlipImageProcessorPil, BlipProcessor
+def _blip_config(tok, image_size: int):  # type: ignore[no-untyped-def]
+    from transformers import BlipConfig
 
-    torch.manual_seed(0)
-    tok = _blip_tokenizer()
     vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
                   image_size=image_size, patch_size=16)
     text = dict(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                 num_attention_heads=2, encoder_hidden_size=32, max_position_embeddings=64,
                 bos_token_id=tok.bos_token_id, sep_token_id=tok.sep_token_id, pad_token_id=tok.pad_token_id)
-    config = BlipConfig(vision_config=vision, text_config=text, projection_dim=32)
-    model = BlipForConditionalGeneration(config).eval()
+    return BlipConfig(vision_config=vision, text_config=text, projection_dim=32, image_text_hidden_size=32)
+
+
+def _build_blip_class(cls_name: str, out: Path, image_size: int) -> None:
+    import torch
+    import transformers
+    from transformers import BlipImageProcessorPil, BlipProcessor
+
+    torch.manual_seed(0)
+    tok = _blip_tokenizer()
+    model = getattr(transformers, cls_name)(_blip_config(tok, image_size)).eval()
     _spread_weights(model)
     processor = BlipProcessor(
         image_processor=BlipImageProcessorPil(size={"height": image_size, "width": image_size}), tokenizer=tok
     )
     model.save_pretrained(out)
     processor.save_pretrained(out)
+
+
+def build_blip(out: Path, image_size: int = 64) -> None:
+    """BlipForConditionalGeneration, the captioner."""
+    _build_blip_class("BlipForConditionalGeneration", out, image_size)
+
+
+def build_blip_itm(out: Path, image_size: int = 64) -> None:
+    """BlipForImageTextRetrieval, the ITM/ITC scorer."""
+    _build_blip_class("BlipForImageTextRetrieval", out, image_size)
+
+
+def build_clip(out: Path, image_size: int = 48) -> None:
+    """CLIPModel with CLIP's image processor (resize shortest edge + center crop) and a real BERT
+    tokenizer: CLIP's own BPE vocabulary is not on this disk, and CLIPModel pools at `eos_token_id`,
+    so [SEP] plays CLIP's end-of-text token."""
+    import torch
+    from transformers import AutoTokenizer, CLIPConfig, CLIPImageProcessorPil, CLIPModel
+
+    torch.manual_seed(0)
+    tok = AutoTokenizer.from_pretrained(minilm_dir(), model_max_length=77)
+    text = dict(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                num_attention_heads=2, max_position_embeddings=77, bos_token_id=tok.cls_token_id,
+                eos_token_id=tok.sep_token_id, pad_token_id=tok.pad_token_id)
+    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                  image_size=image_size, patch_size=16)
+    model = CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=24)).eval()
+    _spread_weights(model)
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    CLIPImageProcessorPil(size={"shortest_edge": image_size},
+                          crop_size={"height": image_size, "width": image_size}).save_pretrained(out)
 
 
 def _spread_weights(model, std: float = 0.2) -> None:  # type: ignore[no-untyped-def]
@@ -72,6 +110,8 @@ def _spread_weights(model, std: float = 0.2) -> None:  # type: ignore[no-untyped
 
 BUILDERS: dict[str, Callable[[Path], None]] = {
     "blip": build_blip,
+    "blip-itm": build_blip_itm,
+    "clip": build_clip,
 }
 
 

@@ -18,10 +18,11 @@ class CaptionImages:
     def __init__(
         self,
         cfg: CaptionConfig,
+        column: str = PIXELS_CAPTION,
         storage_options: dict[str, Any] | None = None,
         load: Callable[..., Captioner] = load_captioner,
     ):
-        self.captioner = load(cfg, storage_options)
+        self.captioner, self.column = load(cfg, storage_options), column
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         ok = np.flatnonzero(batch[STATUS] == OK)
@@ -30,7 +31,7 @@ class CaptionImages:
         captions[:] = [[] for _ in range(n)]
         caption = np.full(n, None, dtype=object)
         if len(ok):
-            for i, cands in zip(ok, self.captioner.caption(batch[PIXELS_CAPTION][ok]), strict=True):
+            for i, cands in zip(ok, self.captioner.caption(batch[self.column][ok]), strict=True):
                 captions[i], caption[i] = cands, cands[0]
         batch[CAPTIONS], batch[CAPTION] = captions, caption
         return batch

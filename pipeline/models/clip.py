@@ -1,0 +1,66 @@
+"""CLIP (`CLIPModel`, any size): L2-normalised image and text embeddings, and their cosine."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from pipeline.config import ClipConfig
+from pipeline.models.loading import pretrained_kwargs, resolve_model, setup_torch
+
+
+class ClipEmbedder:
+    def __init__(self, model: Any, image_processor: Any, tokenizer: Any, cfg: ClipConfig, device: str, dtype: Any):
+        self.model, self.image_processor, self.tokenizer = model, image_processor, tokenizer
+        self.cfg, self.device, self.dtype = cfg, device, dtype
+        self.model_id = cfg.model
+        self.max_length = int(model.config.text_config.max_position_embeddings)
+
+    def embed_images(self, pixels: Sequence[np.ndarray]) -> np.ndarray:
+        """uint8 images at the processor's size → (n, d) float32, L2-normalised."""
+        import torch
+        from torch.nn.functional import normalize
+
+        if len(pixels) == 0:
+            return np.zeros((0, self.dim), np.float32)
+        pv = self.image_processor(images=list(pixels), return_tensors="pt")["pixel_values"]
+        with torch.inference_mode():
+            out = self.model.get_image_features(pixel_values=pv.to(self.device, self.dtype)).pooler_output
+            return normalize(out.float(), dim=-1).cpu().numpy()  # type: ignore[no-any-return]
+
+    def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
+        """texts → (n, d) float32, L2-normalised (truncated to the model's 77 tokens)."""
+        import torch
+        from torch.nn.functional import normalize
+
+        if len(texts) == 0:
+            return np.zeros((0, self.dim), np.float32)
+        tok = self.tokenizer(list(texts), padding="longest", truncation=True, max_length=self.max_length,
+                             return_tensors="pt").to(self.device)
+        with torch.inference_mode():
+            out = self.model.get_text_features(input_ids=tok.input_ids, attention_mask=tok.attention_mask).pooler_output
+            return normalize(out.float(), dim=-1).cpu().numpy()  # type: ignore[no-any-return]
+
+    @property
+    def dim(self) -> int:
+        return int(self.model.config.projection_dim)
+
+
+def load_clip(cfg: ClipConfig, storage_options: dict[str, Any] | None = None) -> ClipEmbedder:
+    from transformers import AutoImageProcessor, AutoTokenizer, CLIPModel
+
+    path = resolve_model(cfg.model, storage_options)
+    device, dtype = setup_torch(cfg)
+    kw = pretrained_kwargs(cfg)
+    model = CLIPModel.from_pretrained(path, dtype=dtype, device_map=device if device != "cpu" else None, **kw).eval()
+    return ClipEmbedder(model, AutoImageProcessor.from_pretrained(path, **kw), AutoTokenizer.from_pretrained(path, **kw),
+                        cfg, device, dtype)
+
+
+def clip_dim(cfg: ClipConfig, storage_options: dict[str, Any] | None = None) -> int:
+    from transformers import AutoConfig
+
+    conf = AutoConfig.from_pretrained(resolve_model(cfg.model, storage_options), **pretrained_kwargs(cfg))
+    return int(conf.projection_dim)

@@ -1,0 +1,67 @@
+"""BLIP image-text matching (`BlipForImageTextRetrieval`): ITM probability and ITC cosine per pair.
+
+The vision tower runs once per image; each image's texts (alt-text and every candidate) are then
+scored against its embeddings, the same computation as the model's own forward for each pair.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from pipeline.config import ItmConfig
+from pipeline.models.loading import pretrained_kwargs, resolve_model, setup_torch
+
+
+class BlipItm:
+    def __init__(self, model: Any, processor: Any, cfg: ItmConfig, device: str, dtype: Any):
+        self.model, self.processor, self.cfg, self.device, self.dtype = model, processor, cfg, device, dtype
+        self.model_id = cfg.model
+
+    def score(self, pixels: Sequence[np.ndarray], texts: Sequence[Sequence[str]]) -> tuple[list[list[float]], list[list[float]]]:
+        """→ (ITM match probability, ITC cosine), one list per image with one value per text."""
+        import torch
+        from torch.nn.functional import normalize
+
+        pairs = [(i, t) for i, ts in enumerate(texts) for t in ts]
+        if not pairs:
+            return [[] for _ in texts], [[] for _ in texts]
+        m = self.model
+        with torch.inference_mode():
+            pv = self.processor(images=list(pixels), return_tensors="pt")["pixel_values"]
+            image_embeds = m.vision_model(pixel_values=pv.to(self.device, self.dtype)).last_hidden_state
+            idx = torch.tensor([i for i, _ in pairs], device=self.device)
+            tok = self.processor.tokenizer([t for _, t in pairs], padding="longest", truncation=True,
+                                           max_length=self.cfg.max_text_tokens, return_tensors="pt").to(self.device)
+            emb = image_embeds[idx]
+            atts = torch.ones(emb.shape[:-1], dtype=torch.long, device=self.device)
+            q = m.text_encoder(input_ids=tok.input_ids, attention_mask=tok.attention_mask,
+                               encoder_hidden_states=emb, encoder_attention_mask=atts).last_hidden_state
+            itm = torch.softmax(m.itm_head(q[:, 0, :]).float(), dim=-1)[:, 1]
+            t = m.text_encoder(input_ids=tok.input_ids, attention_mask=tok.attention_mask).last_hidden_state
+            image_feat = normalize(m.vision_proj(image_embeds[:, 0, :]).float(), dim=-1)[idx]
+            text_feat = normalize(m.text_proj(t[:, 0, :]).float(), dim=-1)
+            itc = (image_feat * text_feat).sum(-1)
+        return _split(itm.cpu().numpy(), texts), _split(itc.cpu().numpy(), texts)
+
+
+def _split(values: np.ndarray, texts: Sequence[Sequence[str]]) -> list[list[float]]:
+    out, j = [], 0
+    for ts in texts:
+        out.append([float(v) for v in values[j : j + len(ts)]])
+        j += len(ts)
+    return out
+
+
+def load_itm(cfg: ItmConfig, storage_options: dict[str, Any] | None = None) -> BlipItm:
+    from transformers import AutoProcessor, BlipForImageTextRetrieval
+
+    path = resolve_model(cfg.model, storage_options)
+    device, dtype = setup_torch(cfg)
+    processor = AutoProcessor.from_pretrained(path, **pretrained_kwargs(cfg))
+    model = BlipForImageTextRetrieval.from_pretrained(
+        path, dtype=dtype, device_map=device if device != "cpu" else None, **pretrained_kwargs(cfg)
+    ).eval()
+    return BlipItm(model, processor, cfg, device, dtype)

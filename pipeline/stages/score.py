@@ -1,0 +1,103 @@
+"""ScoreItm / ScoreClip: score the alt-text and every candidate caption of ok rows against the image.
+
+ScoreClip also writes CLIP embeddings when asked (`clean.embed`), from the same forward pass; the
+`embed` job's EmbedImages is the same stage with scoring off.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from pipeline.config import ClipConfig, EmbedConfig, ItmConfig
+from pipeline.models.clip import ClipEmbedder, load_clip
+from pipeline.models.itm import BlipItm, load_itm
+from pipeline.schema import CAPTIONS, IMAGE_EMBEDDING, OK, SCORE_COLUMNS, STATUS, TEXT, TEXT_EMBEDDING
+
+
+def texts_of(batch: dict[str, np.ndarray], rows: np.ndarray) -> tuple[list[list[str]], list[bool]]:
+    """Per row: [alt-text (if any)] + candidates; and whether the first text is the alt-text."""
+    texts, has_text = [], []
+    for i in rows:
+        alt = batch[TEXT][i]
+        cands = list(batch[CAPTIONS][i]) if CAPTIONS in batch and batch[CAPTIONS][i] is not None else []
+        has = isinstance(alt, str) and alt.strip() != ""
+        texts.append(([alt] if has else []) + cands)
+        has_text.append(has)
+    return texts, has_text
+
+
+def put_scores(batch: dict[str, np.ndarray], kind: str, rows: np.ndarray, scores: list[list[float]],
+               has_text: list[bool]) -> None:
+    n = len(batch[STATUS])
+    text_col = np.full(n, None, dtype=object)
+    caps_col = np.full(n, None, dtype=object)
+    for i, s, has in zip(rows, scores, has_text, strict=True):
+        text_col[i] = s[0] if has else None
+        caps_col[i] = s[1:] if has else s
+    batch[SCORE_COLUMNS[kind][0]], batch[SCORE_COLUMNS[kind][1]] = text_col, caps_col
+
+
+class ScoreItm:
+    """BLIP ITM match probability and ITC cosine for every text of ok rows."""
+
+    def __init__(self, cfg: ItmConfig, column: str, storage_options: dict[str, Any] | None = None,
+                 load: Callable[..., BlipItm] = load_itm):
+        self.model, self.column = load(cfg, storage_options), column
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        rows = np.flatnonzero(batch[STATUS] == OK)
+        texts, has_text = texts_of(batch, rows)
+        itm, itc = self.model.score(batch[self.column][rows], texts) if len(rows) else ([], [])
+        put_scores(batch, "itm", rows, itm, has_text)
+        put_scores(batch, "itc", rows, itc, has_text)
+        return batch
+
+
+def _rows_of(vectors: np.ndarray, rows: np.ndarray, n: int, dtype: str) -> np.ndarray:
+    col = np.full(n, None, dtype=object)
+    for i, v in zip(rows, vectors.astype(dtype), strict=True):
+        col[i] = v
+    return col
+
+
+class ScoreClip:
+    """CLIP cosine for every text of ok rows; with `embed`, also the image and alt-text embeddings."""
+
+    score = True
+
+    def __init__(self, cfg: ClipConfig, column: str, embed: EmbedConfig | None = None,
+                 storage_options: dict[str, Any] | None = None, load: Callable[..., ClipEmbedder] = load_clip):
+        self.model, self.column, self.embed = load(cfg, storage_options), column, embed
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        n = len(batch[STATUS])
+        rows = np.flatnonzero(batch[STATUS] == OK)
+        images = self.model.embed_images(batch[self.column][rows])
+        texts, has_text = texts_of(batch, rows)
+        if self.score:
+            flat = self.model.embed_texts([t for ts in texts for t in ts])
+            scores, j = [], 0
+            for img, ts in zip(images, texts, strict=True):
+                scores.append([float(v) for v in flat[j : j + len(ts)] @ img])
+                j += len(ts)
+            put_scores(batch, "clip", rows, scores, has_text)
+        if self.embed is not None:
+            batch[IMAGE_EMBEDDING] = _rows_of(images, rows, n, self.embed.dtype)
+            if self.embed.text:
+                with_text = rows[np.array(has_text, dtype=bool)] if len(rows) else rows
+                alt = [str(batch[TEXT][i]) for i in with_text]
+                batch[TEXT_EMBEDDING] = _rows_of(self.model.embed_texts(alt), with_text, n, self.embed.dtype)
+        return batch
+
+
+class EmbedImages(ScoreClip):
+    """CLIP image embeddings of ok rows and text embeddings of their alt-text (the `embed` job)."""
+
+    score = False
+
+    def __init__(self, cfg: ClipConfig, column: str, embed: EmbedConfig,
+                 storage_options: dict[str, Any] | None = None, load: Callable[..., ClipEmbedder] = load_clip):
+        super().__init__(cfg, column, embed, storage_options, load)
