@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import tarfile
@@ -13,6 +14,7 @@ import pytest
 # Offline always: any download attempt fails fast instead of hanging on a closed network.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+logging.getLogger("werkzeug").setLevel(logging.WARNING)  # moto's request log
 
 
 def _free_port() -> int:

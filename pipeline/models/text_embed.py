@@ -29,7 +29,7 @@ class TextEmbedder:
 
     @property
     def dim(self) -> int:
-        return int(self.model.get_sentence_embedding_dimension())
+        return int(self.model.get_embedding_dimension())
 
 
 def load_text_embedder(cfg: TextEmbedConfig, storage_options: dict[str, Any] | None = None) -> TextEmbedder:
