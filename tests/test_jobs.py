@@ -131,7 +131,7 @@ def test_embed_job_float16_and_float32(ray_local, tmp_path):
     import polars as pl
 
     assert pl.read_parquet(f"{out}/embeddings/*.parquet").height == len(keys)
-    assert duckdb.sql(f"select count(*) from '{out}/embeddings/*.parquet' where status = 'ok'").fetchone()[0] == 5
+    assert duckdb.sql(f"select count(*) from '{out}/embeddings/*.parquet' where status = 'ok'").fetchall()[0][0] == 5
 
 
 def test_prompts_submission_matches_the_embeddings_table(ray_local, tmp_path):
