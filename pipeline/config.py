@@ -263,10 +263,10 @@ def _check_ranges(cfg: Any, where: str) -> None:
         from PIL import Image
 
         Image.init()
-        for f in cfg.formats:
-            if f.upper() not in Image.OPEN:
+        for fmt in cfg.formats:
+            if fmt.upper() not in Image.OPEN:
                 raise ConfigError(f"config: {where}.formats: expected PIL format names such as JPEG, PNG, WEBP; "
-                                  f"got {f!r}")
+                                  f"got {fmt!r}")
     if isinstance(cfg, CleanConfig):
         _check_clean(cfg, where)
     if isinstance(cfg, CaptionConfig):

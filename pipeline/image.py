@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -35,6 +36,9 @@ class Target:
     mode: Literal["squash", "crop"] = "squash"
     shortest_edge: int = 0
     resample: int = int(_RESAMPLE)
+
+
+Images = Sequence[np.ndarray] | np.ndarray  # uint8 HxWx3 images: a list, or one (N, H, W, 3) array
 
 
 class DecodeFailure(Exception):
@@ -98,7 +102,7 @@ def decode(
         with warnings.catch_warnings():
             # Our own max_pixels check below replaces PIL's bomb warning band (89–179 MP).
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            im = Image.open(io.BytesIO(data), formats=list(formats))
+            im: Image.Image = Image.open(io.BytesIO(data), formats=list(formats))
     except Image.DecompressionBombError as e:
         raise DecodeFailure(TOO_LARGE, str(e)) from None
     except UnidentifiedImageError:

@@ -32,7 +32,7 @@ def photos(size: int | None = None) -> list[np.ndarray]:
         im = Image.fromarray(arr if arr.dtype == np.uint8 else (arr * 255).astype(np.uint8)).convert("RGB")
         if size:
             scale = size / max(im.size)
-            im = im.resize((max(1, round(im.width * scale)), max(1, round(im.height * scale))), Image.BICUBIC)
+            im = im.resize((max(1, round(im.width * scale)), max(1, round(im.height * scale))), Image.Resampling.BICUBIC)
         out.append(np.asarray(im))
     return out
 

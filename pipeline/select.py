@@ -96,7 +96,7 @@ def finish_top_fraction(output: str, fraction: float, digest: str, options: dict
     for f in files:
         t = pq.read_table(unstrip(fs, f), filesystem=fs)
         s = row_scores(t)
-        keep = pa.array(np.where(np.isnan(s), None, s >= cut).tolist(), pa.bool_())
+        keep = pa.array([None if np.isnan(v) else bool(v >= cut) for v in s], pa.bool_())
         text = t[TEXT_SCORE].to_numpy(zero_copy_only=False).astype(np.float32)
         keep_text = pa.array([None if np.isnan(v) else bool(v >= cut) for v in text], pa.bool_())
         ok = pc.equal(t[STATUS], OK)

@@ -56,8 +56,9 @@ def s3_server() -> Iterator[str]:
 @pytest.fixture()
 def s3(s3_server: str) -> Iterator[object]:
     """An s3fs filesystem on a fresh moto state (reset between tests)."""
-    import s3fs
     import urllib.request
+
+    import s3fs
 
     urllib.request.urlopen(urllib.request.Request(f"{s3_server}/moto-api/reset", method="POST")).read()
     s3fs.S3FileSystem.clear_instance_cache()

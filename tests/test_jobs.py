@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 from conftest import tar_bytes
 
 from pipeline.cli import main
-from pipeline.samples import jpeg, samples
+from pipeline.samples import samples
 
 ROOT = Path(__file__).resolve().parents[1]
 JUNK = ["click here", "IMG_2031.JPG", "buy now free shipping", "", "lorem ipsum dolor"]
@@ -65,7 +65,8 @@ def test_clean_on_s3_is_consistent_and_writes_embeddings_in_the_same_pass(ray_lo
         assert len(r["captions"]) == 3 and len(r["caption_scores"]) == 3 == len(r["clip_caption_scores"])
         assert r["caption_scores"] == r["itm_caption_scores"] and r["text_score"] == r["itm_text_score"]
         options = ([(r["itm_text_score"], r["text"], passes(r, None, thresholds))] if r["text"] else [])
-        options += [(s, c, passes(r, j, thresholds)) for j, (s, c) in enumerate(zip(r["itm_caption_scores"], r["captions"]))]
+        pairs = enumerate(zip(r["itm_caption_scores"], r["captions"], strict=True))
+        options += [(s, c, passes(r, j, thresholds)) for j, (s, c) in pairs]
         passing = [o for o in options if o[2]]
         assert r["keep"] == bool(passing)  # keep is false exactly when nothing passes
         assert r["keep_text"] == (bool(r["text"]) and passes(r, None, thresholds))
@@ -81,7 +82,7 @@ def test_clean_on_s3_is_consistent_and_writes_embeddings_in_the_same_pass(ray_lo
     vecs = np.array([v for v in emb["image_embedding"].to_pylist() if v is not None], dtype=np.float32)
     assert len(vecs) == len(ok) and np.allclose(np.linalg.norm(vecs, axis=1), 1, atol=2e-3)
     texts = {r["key"]: r["text"] for r in rows}
-    for k, t in zip(emb["key"].to_pylist(), emb["text_embedding"].to_pylist()):
+    for k, t in zip(emb["key"].to_pylist(), emb["text_embedding"].to_pylist(), strict=True):
         assert (t is not None) == (bool(texts[k]) and by_key[k]["status"] == "ok")
     run_json = json.loads(s3.cat_file("capfilt-clean/out/run.json"))
     assert set(run_json["models"]) == {"caption", "itm", "clip"}

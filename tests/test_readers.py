@@ -45,7 +45,7 @@ def test_list_shards_globs_braces_and_errors(tmp_path):
 def test_webdataset_groups_members_by_key(tmp_path, photos):
     img = jpeg(photos[0])
     data = tar_bytes({
-        "a.jpg": img, "a.txt": "a cat".encode(), "a.json": b'{"url": "http://x/a.jpg"}',
+        "a.jpg": img, "a.txt": b"a cat", "a.json": b'{"url": "http://x/a.jpg"}',
         "b.png": img, "b.txt": b"caf\xe9 latin-1",  # not UTF-8: kept, not lost
         "c.txt": b"text without image",
         "d.jpg": img,

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
-
 from pipeline.config import CaptionConfig, ModelConfig
-from pipeline.image import Target
+from pipeline.image import Images, Target
 from pipeline.models.generation import generate_kwargs
 from pipeline.models.loading import pretrained_kwargs, processor_target, setup_torch
 
@@ -27,7 +24,7 @@ class BlipCaptioner:
         self.revision = getattr(model.config, "_commit_hash", None) or cfg.revision
         self.gen_kwargs = generate_kwargs(cfg)
 
-    def caption(self, pixels: Sequence[np.ndarray]) -> list[list[str]]:
+    def caption(self, pixels: Images) -> list[list[str]]:
         import torch
 
         images = list(pixels)

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any, Protocol
 
-import numpy as np
-
 from pipeline.config import CaptionConfig
-from pipeline.image import Target
+from pipeline.image import Images, Target
 from pipeline.models.loading import resolve_model
 
 PIXELS_CAPTION = "pixels_caption"  # the decode target (and batch column) the captioner reads
@@ -18,7 +15,7 @@ class Captioner(Protocol):
     model_id: str
     revision: str | None
 
-    def caption(self, pixels: Sequence[np.ndarray]) -> list[list[str]]:
+    def caption(self, pixels: Images) -> list[list[str]]:
         """uint8 HxWx3 images → candidates per image (best first)."""
         ...
 

@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.config import ClipConfig
+from pipeline.image import Images
 from pipeline.models.loading import pretrained_kwargs, resolve_model, setup_torch
 
 
@@ -18,7 +19,7 @@ class ClipEmbedder:
         self.model_id = cfg.model
         self.max_length = int(model.config.text_config.max_position_embeddings)
 
-    def embed_images(self, pixels: Sequence[np.ndarray]) -> np.ndarray:
+    def embed_images(self, pixels: Images) -> np.ndarray:
         """uint8 images at the processor's size → (n, d) float32, L2-normalised."""
         import torch
         from torch.nn.functional import normalize

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.config import ItmConfig
+from pipeline.image import Images
 from pipeline.models.loading import pretrained_kwargs, resolve_model, setup_torch
 
 
@@ -20,7 +21,7 @@ class BlipItm:
         self.model, self.processor, self.cfg, self.device, self.dtype = model, processor, cfg, device, dtype
         self.model_id = cfg.model
 
-    def score(self, pixels: Sequence[np.ndarray], texts: Sequence[Sequence[str]]) -> tuple[list[list[float]], list[list[float]]]:
+    def score(self, pixels: Images, texts: Sequence[Sequence[str]]) -> tuple[list[list[float]], list[list[float]]]:
         """→ (ITM match probability, ITC cosine), one list per image with one value per text."""
         import torch
         from torch.nn.functional import normalize

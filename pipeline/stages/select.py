@@ -9,6 +9,8 @@ score and the best `top_k` kept; every ok row is kept.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from pipeline.config import CleanConfig
@@ -31,7 +33,7 @@ class SelectCaption:
         self.cfg = cfg
         self.thresholds = {"itm": cfg.itm_threshold, "clip": cfg.clip_threshold}
 
-    def _passes(self, batch: dict[str, np.ndarray], i: int, j: int | None) -> bool:
+    def _passes(self, batch: dict[str, np.ndarray], i: Any, j: int | None) -> bool:
         """Does text j of row i (None: the alt-text) clear every scorer's threshold?"""
         for kind in self.cfg.scorers:
             text_col, caps_col = SCORE_COLUMNS[kind]
@@ -60,7 +62,7 @@ class SelectCaption:
             else:
                 # (score, text, passes) for the alt-text and each candidate
                 options = [(text_score, batch[TEXT][i], self._passes(batch, i, None))] if text_score is not None else []
-                options += [(s, c, self._passes(batch, i, j)) for j, (s, c) in enumerate(zip(cand_scores, cands))]
+                options += [(s, c, self._passes(batch, i, j)) for j, (s, c) in enumerate(zip(cand_scores, cands, strict=True))]
                 if mode == "threshold":
                     passing = [o for o in options if o[2]]
                     out[KEEP_TEXT][i] = bool(options) and text_score is not None and options[0][2]
