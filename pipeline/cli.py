@@ -50,7 +50,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if getattr(args, "embed", False):
         overrides.append("clean.embed=true")
     try:
-        cfg = load_config(args.config, overrides)
+        cfg = load_config(args.config, overrides, job=args.job)
     except ConfigError as e:
         print(f"capfilt: {e}", file=sys.stderr)
         return 2

@@ -306,8 +306,23 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     return parts, value
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
-    """Loads YAML (or the built-in defaults), applies `--set` overrides, validates once."""
+# Defaults that differ by job, under the YAML file and the overrides: CapFilt samples several
+# candidates (nucleus, as in the BLIP paper); the Kaggle prompts recipe uses beam search with 3 beams.
+JOB_DEFAULTS: dict[str, dict[str, dict[str, Any]]] = {
+    "clean": {"caption": {"strategy": "sample", "num_captions": 3}},
+    "prompts": {"caption": {"strategy": "beam", "num_beams": 3, "num_captions": 1}},
+}
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None, job: str | None = None) -> Config:
+    """Loads the job's defaults, then YAML, then `--set` overrides; validates once."""
     data: dict[str, Any] = {}
     if path is not None:
         p = Path(path)
@@ -320,6 +335,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         if not isinstance(loaded, dict):
             raise ConfigError(f"config: {p}: expected a mapping at the top level, got {type(loaded).__name__}")
         data = loaded
+    data = _merge(JOB_DEFAULTS.get(job or "", {}), data)
     for item in overrides or []:
         parts, value = parse_override(item)
         node = data

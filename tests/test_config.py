@@ -72,3 +72,13 @@ def test_secrets_are_redacted():
 def test_unknown_image_format_is_a_config_error():
     with pytest.raises(ConfigError, match="decode.formats: expected PIL format names"):
         load_config(None, ["decode.formats=[JPEG, JPG2]"])
+
+
+def test_job_defaults_sit_under_the_file_and_overrides(tmp_path):
+    assert load_config(None, job="clean").caption.strategy == "sample"
+    assert load_config(None, job="clean").caption.num_captions == 3
+    assert load_config(None, job="caption").caption.strategy == "beam"
+    p = tmp_path / "c.yaml"
+    p.write_text("caption: {strategy: beam, num_beams: 4, num_captions: 2}\n")
+    cfg = load_config(p, ["caption.num_beams=5"], job="clean")
+    assert (cfg.caption.strategy, cfg.caption.num_beams, cfg.caption.num_captions) == ("beam", 5, 2)
