@@ -30,6 +30,8 @@ class InputConfig:
     key_column: str = "key"  # Parquet: the key column, if present (else `<shard>/<row>`)
     image_extensions: tuple[str, ...] = ("jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff")
     rows_per_block: int = 64  # rows per block a read task yields (a block streams, a shard never loads whole)
+    max_image_bytes: int = 64 * 2**20  # a larger member/file is not read: its row gets `too_large`
+    max_text_chars: int = 16384  # longer alt-text is cut (web alt-text can be megabytes of junk)
     num_cpus: float = 0.25
 
 
@@ -38,6 +40,8 @@ class DecodeConfig:
     max_pixels: int = 50_000_000  # checked from the header, before any pixel is decoded
     formats: tuple[str, ...] = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")  # PIL format names
     draft: bool = True  # JPEG DCT-scaled decoding when the image is ≥2× the model's input size
+    isolate: bool = True  # decode in a child process: a decoder crash becomes a row, not a dead task
+    max_memory_mb: int = 2048  # address-space cap of that child: a bomb that slips past max_pixels fails alone
     batch_size: int = 32
     num_cpus: float = 0.5
     concurrency: int | None = None  # decode tasks in flight; null = as many as the CPUs allow
@@ -127,6 +131,7 @@ class RunConfig:
     progress: Literal["auto", "bar", "log", "none"] = "auto"
     log_every_s: float = 10.0
     num_cpus: int | None = None  # local Ray only; null = all cores
+    stall_timeout_s: float = 1800.0  # no block for this long (lost node, hung actor) → exit 3 with a message
 
 
 @dataclass(frozen=True)
@@ -247,8 +252,8 @@ def _build(cls: Any, data: Any, where: str) -> Any:
 
 
 _POSITIVE = {"batch_size", "num_beams", "num_captions", "max_new_tokens", "max_pixels", "rows_per_block",
-             "concurrency", "top_k", "max_text_tokens"}
-_NON_NEGATIVE = {"num_gpus", "num_cpus", "min_new_tokens", "temperature"}
+             "concurrency", "top_k", "max_text_tokens", "max_image_bytes", "max_text_chars", "max_memory_mb"}
+_NON_NEGATIVE = {"stall_timeout_s", "num_gpus", "num_cpus", "min_new_tokens", "temperature"}
 
 
 def _check_ranges(cfg: Any, where: str) -> None:

@@ -8,6 +8,7 @@ is applied; every mode (CMYK, L, P, RGBA, 16-bit, ...) is brought to RGB the way
 from __future__ import annotations
 
 import io
+import os
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -84,6 +85,14 @@ def resize_to(im: Image.Image, t: Target) -> np.ndarray:
     else:
         w, h = im.size
         short, long = (w, h) if w <= h else (h, w)
+        if long > 4 * short:
+            # Extreme aspect ratios (1×20000 banners): resizing the short edge up first would make a
+            # giant image. Only the centre survives the crop, so cut the centre out first.
+            keep = 4 * short
+            box = ((w - keep) // 2, 0, (w - keep) // 2 + keep, h) if w > h else (0, (h - keep) // 2, w, (h - keep) // 2 + keep)
+            im = im.crop(box)
+            w, h = im.size
+            short, long = (w, h) if w <= h else (h, w)
         new_short, new_long = t.shortest_edge, int(t.shortest_edge * long / short)
         nw, nh = (new_short, new_long) if w <= h else (new_long, new_short)
         out = im.resize((nw, nh), resample=t.resample)
@@ -92,12 +101,20 @@ def resize_to(im: Image.Image, t: Target) -> np.ndarray:
     return np.asarray(out, dtype=np.uint8)
 
 
+# Fault injection for the isolation tests: with CAPFILT_FAILPOINT_DECODE_CRASH=<marker> in the
+# environment, an image whose bytes start with <marker> kills the decoding process, as a decoder
+# segfault would. Off unless that variable is set.
+_CRASH_MARKER = os.environ.get("CAPFILT_FAILPOINT_DECODE_CRASH", "").encode()
+
+
 def decode(
     data: bytes, targets: tuple[Target, ...], max_pixels: int, formats: tuple[str, ...], draft: bool = True
 ) -> tuple[dict[str, np.ndarray], int, int]:
     """Decodes once → ({target name: uint8 HxWx3}, width, height); raises DecodeFailure."""
     if not data:
         raise DecodeFailure(DECODE_ERROR, "empty file")
+    if _CRASH_MARKER and data.startswith(_CRASH_MARKER):
+        os.abort()
     try:
         with warnings.catch_warnings():
             # Our own max_pixels check below replaces PIL's bomb warning band (89–179 MP).

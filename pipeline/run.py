@@ -6,6 +6,8 @@ import json
 import logging
 import os
 import platform
+import sys
+import threading
 import time
 import warnings
 from collections.abc import Callable
@@ -130,6 +132,42 @@ def _apply(ds: Any, spec: StageSpec) -> Any:
         return ds.map_batches(fn, compute=compute, max_retries=2, **kwargs)
 
 
+class Watchdog:
+    """Exits the process (code 3) when no block has arrived for `timeout` seconds.
+
+    Ray retries lost tasks and restarts actors, but a lost node can leave a pipeline waiting for
+    resources that never come back; an overnight job must fail loudly, not hang until morning."""
+
+    EXIT_CODE = 3
+
+    def __init__(self, timeout: float):
+        self.timeout, self.last = timeout, time.monotonic()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="capfilt-watchdog", daemon=True)
+
+    def __enter__(self) -> Watchdog:
+        if self.timeout > 0:
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+
+    def beat(self) -> None:
+        self.last = time.monotonic()
+
+    def _watch(self) -> None:
+        while not self._stop.wait(min(5.0, self.timeout / 4)):
+            idle = time.monotonic() - self.last
+            if idle > self.timeout:
+                msg = (f"capfilt: no progress for {idle:.0f}s (run.stall_timeout_s={self.timeout:g}): a node or actor "
+                       "was probably lost. Committed shards are kept; rerun the same command to resume.")
+                log.error(msg)
+                sys.stderr.write(msg + "\n")
+                sys.stderr.flush()
+                os._exit(self.EXIT_CODE)  # the Ray call we wait in may never return: leave now
+
+
 def init_ray(cfg: Config) -> None:
     import ray
     from ray.data import DataContext
@@ -189,9 +227,11 @@ def run_job(job: Job, inputs: list[str], output: str, cfg: Config) -> Summary:
         for spec in job.stages:
             ds = _apply(ds, spec)
         ds = ds.select_columns(job.columns())
-        for block in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
-            rows = committer.add(block)
-            progress.update(rows, len(committer.committed))
+        with Watchdog(cfg.run.stall_timeout_s) as watchdog:
+            for block in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+                watchdog.beat()
+                rows = committer.add(block)
+                progress.update(rows, len(committer.committed))
         progress.close()
         if committer.incomplete():
             raise RuntimeError(f"shards not complete at the end of the run: {committer.incomplete()}")

@@ -51,6 +51,8 @@ MISSING_IMAGE = "missing_image"
 DECODE_ERROR = "decode_error"
 TOO_LARGE = "too_large"
 UNSUPPORTED_FORMAT = "unsupported_format"
+DUPLICATE_KEY = "duplicate_key"  # a key seen before in the same shard: kept as `KEY#dupN`
+DECODE_CRASH = "decode_crash"  # the decoder process died on this image (twice)
 
 CAPTIONS_SCHEMA = pa.schema(
     [

@@ -6,6 +6,7 @@ import logging
 import os
 import socket
 import tarfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,6 +15,9 @@ import pytest
 # Offline always: any download attempt fails fast instead of hanging on a closed network.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# Fault injection (see pipeline/image.py): images starting with this marker kill the decoder process.
+POISON = b"CAPFILT-POISON"
+os.environ["CAPFILT_FAILPOINT_DECODE_CRASH"] = POISON.decode()
 logging.getLogger("werkzeug").setLevel(logging.WARNING)  # moto's request log
 
 
@@ -31,21 +35,46 @@ def model_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return Path(os.environ["CAPFILT_CACHE"])
 
 
+class FlakyS3:
+    """moto's WSGI app, answering every `fail_every`-th request with 503 SlowDown when set (moto has
+    no fault injection of its own). Requests to moto's own API (reset) are never failed."""
+
+    SLOWDOWN = (b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>SlowDown</Code>'
+                b"<Message>Please reduce your request rate.</Message></Error>")
+
+    def __init__(self, app: object):
+        self.app, self.fail_every, self.count, self.failed = app, 0, 0, 0
+        self.lock = threading.Lock()
+
+    def __call__(self, environ: dict, start_response):  # type: ignore[no-untyped-def]
+        with self.lock:
+            self.count += 1
+            fail = self.fail_every and self.count % self.fail_every == 0 and "moto-api" not in environ["PATH_INFO"]
+            self.failed += bool(fail)
+        if fail:
+            start_response("503 Slow Down", [("Content-Type", "application/xml"), ("Content-Length", str(len(self.SLOWDOWN)))])
+            return [self.SLOWDOWN]
+        return self.app(environ, start_response)  # type: ignore[operator]
+
+
 @pytest.fixture(scope="session")
-def s3_server() -> Iterator[str]:
+def s3_server() -> Iterator[FlakyS3]:
     """moto in server mode on 127.0.0.1 (what s3fs's own tests use); env points s3fs/boto at it."""
-    from moto.server import ThreadedMotoServer
+    from moto.server import DomainDispatcherApplication, create_backend_app
+    from werkzeug.serving import make_server
 
     port = _free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
-    server.start()
-    endpoint = f"http://127.0.0.1:{port}"
-    env = {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-           "AWS_DEFAULT_REGION": "us-east-1"}
+    flaky = FlakyS3(DomainDispatcherApplication(create_backend_app))
+    server = make_server("127.0.0.1", port, flaky, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    flaky.endpoint = f"http://127.0.0.1:{port}"  # type: ignore[attr-defined]
+    env = {"AWS_ENDPOINT_URL": flaky.endpoint, "AWS_ACCESS_KEY_ID": "testing",  # type: ignore[attr-defined]
+           "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
     old = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
-    yield endpoint
-    server.stop()
+    yield flaky
+    server.shutdown()
     for k, v in old.items():
         if v is None:
             os.environ.pop(k, None)
@@ -54,21 +83,24 @@ def s3_server() -> Iterator[str]:
 
 
 @pytest.fixture()
-def s3(s3_server: str) -> Iterator[object]:
+def s3(s3_server: FlakyS3) -> Iterator[object]:
     """An s3fs filesystem on a fresh moto state (reset between tests)."""
     import urllib.request
 
     import s3fs
 
-    urllib.request.urlopen(urllib.request.Request(f"{s3_server}/moto-api/reset", method="POST")).read()
+    s3_server.fail_every = 0
+    endpoint = s3_server.endpoint  # type: ignore[attr-defined]
+    urllib.request.urlopen(urllib.request.Request(f"{endpoint}/moto-api/reset", method="POST")).read()
     s3fs.S3FileSystem.clear_instance_cache()
-    fs = s3fs.S3FileSystem(client_kwargs={"endpoint_url": s3_server})
+    fs = s3fs.S3FileSystem(client_kwargs={"endpoint_url": endpoint})
     yield fs
+    s3_server.fail_every = 0
     s3fs.S3FileSystem.clear_instance_cache()
 
 
 @pytest.fixture(scope="session")
-def ray_local(s3_server: str, model_cache: Path) -> Iterator[None]:
+def ray_local(s3_server: FlakyS3, model_cache: Path) -> Iterator[None]:
     """One local Ray for the session, started after the S3 and cache env is set so workers inherit it."""
     import ray
 

@@ -20,6 +20,7 @@ from pipeline.config import InputConfig
 from pipeline.io.shards import Shard
 from pipeline.io.storage import get_fs
 from pipeline.schema import (
+    DUPLICATE_KEY,
     ERROR,
     IMAGE,
     KEY,
@@ -31,6 +32,7 @@ from pipeline.schema import (
     SOURCE,
     STATUS,
     TEXT,
+    TOO_LARGE,
 )
 
 READ_SCHEMA = pa.schema(
@@ -47,12 +49,13 @@ READ_SCHEMA = pa.schema(
 
 
 class _Blocks:
-    """Collects rows and hands out tables of `size` rows."""
+    """Collects rows and hands out tables of `size` rows; makes keys unique within the shard."""
 
-    def __init__(self, source: str, size: int):
-        self.source, self.size = source, size
+    def __init__(self, source: str, cfg: InputConfig):
+        self.source, self.size, self.max_text = source, cfg.rows_per_block, cfg.max_text_chars
         self.rows: list[dict[str, Any]] = []
         self.count = 0
+        self.seen: dict[str, int] = {}
 
     def add(
         self,
@@ -63,6 +66,14 @@ class _Blocks:
         status: str = OK,
         error: str | None = None,
     ) -> pa.Table | None:
+        if key in self.seen:  # never two rows with one key: the repeat is kept, renamed, with a status
+            self.seen[key] += 1
+            key, status, error = f"{key}#dup{self.seen[key]}", DUPLICATE_KEY, f"key {key!r} seen before in this shard"
+            image = None
+        else:
+            self.seen[key] = 0
+        if text is not None and len(text) > self.max_text:
+            text = text[: self.max_text]
         self.rows.append(
             {KEY: key, SOURCE: self.source, IMAGE: image, TEXT: text, META: meta, STATUS: status, ERROR: error}
         )
@@ -101,33 +112,49 @@ def _split_name(name: str) -> tuple[str, str]:
 
 def read_webdataset(shard: Shard, cfg: InputConfig, options: dict[str, Any]) -> Iterator[pa.Table]:
     """Streams a tar member by member (never extracted to disk); consecutive members share a key."""
-    blocks = _Blocks(shard.uri, cfg.rows_per_block)
+    blocks = _Blocks(shard.uri, cfg)
     image_exts = set(cfg.image_extensions)
     fs, path = get_fs(shard.uri, options)
 
-    def emit(key: str, parts: dict[str, bytes]) -> pa.Table | None:
-        image = next((parts[e] for e in parts if e in image_exts), None)
-        text = _text(parts["txt"]) if "txt" in parts else None
-        meta = _text(parts["json"]) if "json" in parts else None
-        if image is None:
+    def emit(key: str, parts: dict[str, bytes | None]) -> pa.Table | None:
+        ext = next((e for e in parts if e in image_exts), None)
+        text = _text(parts["txt"]) if parts.get("txt") is not None else None  # type: ignore[arg-type]
+        meta = _text(parts["json"]) if parts.get("json") is not None else None  # type: ignore[arg-type]
+        if ext is None and key in links:
+            return blocks.add(key, None, text, meta, READ_ERROR, "the image member is a link: links are never followed")
+        if ext is None:
             return blocks.add(key, None, text, meta, MISSING_IMAGE, "no image member for this key")
-        return blocks.add(key, image, text, meta)
+        if parts[ext] is None:
+            return blocks.add(key, None, text, meta, TOO_LARGE, f"image member over input.max_image_bytes={cfg.max_image_bytes}")
+        return blocks.add(key, parts[ext], text, meta)
 
     key: str | None = None
-    parts: dict[str, bytes] = {}
+    parts: dict[str, bytes | None] = {}
+    links: set[str] = set()
     try:
         with fs.open(path, "rb") as f, tarfile.open(fileobj=f, mode="r|*") as tar:
             for member in tar:
-                if not member.isfile():
-                    continue  # links, directories, devices: nothing to read, never followed
+                if not (member.isfile() or member.issym() or member.islnk()):
+                    continue  # directories, devices, fifos: not samples
+                # The member name only ever becomes a key (data): nothing is written to disk, so
+                # `../x` or `/etc/x` names are harmless here.
                 k, ext = _split_name(member.name)
                 if k != key:
                     if key is not None and (t := emit(key, parts)) is not None:
                         yield t
                     key, parts = k, {}
+                if not member.isfile():  # a link: never followed, but the sample still gets its row
+                    links.add(k)
+                    continue
+                if ext in parts:
+                    continue
+                limit = cfg.max_image_bytes if ext in image_exts else cfg.max_text_chars * 4 + 65536
+                if member.size > limit and ext in image_exts:
+                    parts[ext] = None  # too large: skipped in the stream, never read into memory
+                    continue
                 fobj = tar.extractfile(member)
-                if fobj is not None and ext not in parts:
-                    parts[ext] = fobj.read()
+                if fobj is not None:
+                    parts[ext] = fobj.read(limit)
     except (tarfile.TarError, EOFError, OSError) as e:
         # The sample being read when the tar broke may be incomplete: it becomes the error row. A tar
         # that breaks between samples (or before the first) gets a row of its own.
@@ -144,7 +171,7 @@ def read_webdataset(shard: Shard, cfg: InputConfig, options: dict[str, Any]) -> 
 
 def read_parquet(shard: Shard, cfg: InputConfig, options: dict[str, Any]) -> Iterator[pa.Table]:
     """Streams a Parquet file by record batches: image bytes, optional text and key columns; the rest → meta."""
-    blocks = _Blocks(shard.uri, cfg.rows_per_block)
+    blocks = _Blocks(shard.uri, cfg)
     fs, path = get_fs(shard.uri, options)
     stem = posixpath.splitext(posixpath.basename(path))[0]
     row = 0
@@ -169,6 +196,8 @@ def read_parquet(shard: Shard, cfg: InputConfig, options: dict[str, Any]) -> Ite
                     row += 1
                     if image is None:
                         t = blocks.add(key, None, text, meta, MISSING_IMAGE, f"null {cfg.image_column!r}")
+                    elif len(image) > cfg.max_image_bytes:
+                        t = blocks.add(key, None, text, meta, TOO_LARGE, f"over input.max_image_bytes={cfg.max_image_bytes}")
                     else:
                         t = blocks.add(key, image, text, meta)
                     if t is not None:
@@ -185,7 +214,7 @@ def read_parquet(shard: Shard, cfg: InputConfig, options: dict[str, Any]) -> Ite
 
 def read_folder(shard: Shard, cfg: InputConfig, options: dict[str, Any]) -> Iterator[pa.Table]:
     """A folder of images with optional same-name `.txt`; keys are paths relative to the folder."""
-    blocks = _Blocks(shard.uri, cfg.rows_per_block)
+    blocks = _Blocks(shard.uri, cfg)
     fs, root = get_fs(shard.uri, options)
     root = root.rstrip("/")
     image_exts = set(cfg.image_extensions)
@@ -200,9 +229,11 @@ def read_folder(shard: Shard, cfg: InputConfig, options: dict[str, Any]) -> Iter
             text = _text(fs.cat_file(files["txt"])) if "txt" in files else None
             if "image" not in files:
                 t = blocks.add(key, None, text, None, MISSING_IMAGE, "no image file for this text")
+            elif fs.size(files["image"]) > cfg.max_image_bytes:
+                t = blocks.add(key, None, text, None, TOO_LARGE, f"file over input.max_image_bytes={cfg.max_image_bytes}")
             else:
                 t = blocks.add(key, fs.cat_file(files["image"]), text)
-        except FileNotFoundError as e:  # gone between listing and reading
+        except OSError as e:  # e.g. gone between listing and reading
             t = blocks.add(key, None, None, None, READ_ERROR, f"{type(e).__name__}: {e}")
         if t is not None:
             yield t

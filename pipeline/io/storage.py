@@ -14,10 +14,19 @@ for _name in ("botocore", "boto3", "s3fs", "aiobotocore", "urllib3"):
     logging.getLogger(_name).setLevel(logging.WARNING)
 
 
+# Throttling (503 SlowDown), timeouts and connection resets: botocore retries them with backoff;
+# "adaptive" also slows the client down when S3 says so. Ten attempts ride out a bad minute.
+S3_RETRIES = {"max_attempts": 10, "mode": "adaptive"}
+
+
 def get_fs(uri: str, options: dict[str, Any] | None = None) -> tuple[fsspec.AbstractFileSystem, str]:
     """Returns (filesystem, path without protocol) for a URI; s3fs honours AWS_ENDPOINT_URL itself."""
-    fs, path = url_to_fs(uri, **(options or {}) if _is_remote(uri) else {})
-    return fs, path
+    opts = dict(options or {}) if _is_remote(uri) else {}
+    if uri.startswith(("s3://", "s3a://")):
+        config = dict(opts.get("config_kwargs") or {})
+        config.setdefault("retries", S3_RETRIES)
+        opts["config_kwargs"] = config
+    return url_to_fs(uri, **opts)
 
 
 def _is_remote(uri: str) -> bool:

@@ -49,8 +49,12 @@ def write_atomic(uri: str, data: bytes, options: dict[str, Any] | None = None) -
     if "file" in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)):
         fs.makedirs(posixpath.dirname(path), exist_ok=True)
         tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
-        fs.pipe_file(tmp, data)
-        fs.mv(tmp, path)
+        try:
+            fs.pipe_file(tmp, data)
+            fs.mv(tmp, path)
+        finally:
+            if fs.exists(tmp):
+                fs.rm(tmp)
     else:
         fs.pipe_file(path, data)
 

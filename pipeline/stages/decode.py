@@ -2,11 +2,77 @@
 
 from __future__ import annotations
 
+import logging
+import subprocess
+import sys
+from typing import Any
+
 import numpy as np
 
 from pipeline.config import DecodeConfig
 from pipeline.image import DecodeFailure, Target, decode
-from pipeline.schema import ERROR, HEIGHT, IMAGE, OK, STATUS, WIDTH
+from pipeline.schema import DECODE_CRASH, ERROR, HEIGHT, IMAGE, OK, STATUS, WIDTH
+
+log = logging.getLogger(__name__)
+
+Result = tuple[str, Any, Any, Any]  # (status, pixels by target | error message, width, height)
+
+
+def decode_many(datas: list[bytes], targets: tuple[Target, ...], cfg: DecodeConfig) -> list[Result]:
+    out: list[Result] = []
+    for data in datas:
+        try:
+            pixels, w, h = decode(data, targets, cfg.max_pixels, cfg.formats, cfg.draft)
+            out.append((OK, pixels, w, h))
+        except DecodeFailure as e:
+            out.append((e.kind, str(e)[:500], None, None))
+    return out
+
+
+class _Isolated:
+    """One decoder child process per Ray worker, reused across tasks; replaced when it dies.
+
+    PIL and libjpeg/libpng/libwebp are C: a hostile file can crash them or ask for more memory than
+    the machine has. In a child with a capped address space, such an image costs one row, not a Ray
+    task (which Ray would retry, crash again, and finally fail the whole job)."""
+
+    proc: subprocess.Popen[bytes] | None = None
+
+    @classmethod
+    def run(cls, datas: list[bytes], targets: tuple[Target, ...], cfg: DecodeConfig) -> list[Result]:
+        from pipeline.decoder_process import receive, send
+
+        if cls.proc is None or cls.proc.poll() is not None:
+            cls.proc = subprocess.Popen([sys.executable, "-m", "pipeline.decoder_process", str(cfg.max_memory_mb)],
+                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        assert cls.proc.stdin is not None and cls.proc.stdout is not None
+        try:
+            send(cls.proc.stdin, (datas, targets, cfg))
+            return receive(cls.proc.stdout)  # type: ignore[no-any-return]
+        except (EOFError, BrokenPipeError, OSError):
+            cls.proc.kill()
+            cls.proc.wait()
+            cls.proc = None
+            raise _Crashed() from None
+
+    @classmethod
+    def run_isolating(cls, datas: list[bytes], targets: tuple[Target, ...], cfg: DecodeConfig) -> list[Result]:
+        """The batch in one call; if the child dies, each image on its own: twice at most for any image."""
+        try:
+            return cls.run(datas, targets, cfg)
+        except _Crashed:
+            log.warning("decoder process died on a batch of %d images; decoding them one by one", len(datas))
+        out: list[Result] = []
+        for data in datas:
+            try:
+                out += cls.run([data], targets, cfg)
+            except _Crashed:
+                out.append((DECODE_CRASH, "the decoder process died on this image (2 attempts)", None, None))
+        return out
+
+
+class _Crashed(Exception):
+    pass
 
 
 class DecodeImages:
@@ -22,17 +88,18 @@ class DecodeImages:
         pixels = {t.name: np.zeros((n, t.height, t.width, 3), dtype=np.uint8) for t in self.targets}
         width = np.full(n, None, dtype=object)
         height = np.full(n, None, dtype=object)
-        for i in range(n):
-            if status[i] != OK:
+        rows = [i for i in range(n) if status[i] == OK]
+        datas = [batch[IMAGE][i] for i in rows]
+        if self.cfg.isolate:
+            results = _Isolated.run_isolating(datas, self.targets, self.cfg) if rows else []
+        else:
+            results = decode_many(datas, self.targets, self.cfg)
+        for i, (kind, payload, w, h) in zip(rows, results, strict=True):
+            if kind != OK:
+                status[i], error[i] = kind, payload
                 continue
-            try:
-                out, width[i], height[i] = decode(
-                    batch[IMAGE][i], self.targets, self.cfg.max_pixels, self.cfg.formats, self.cfg.draft
-                )
-            except DecodeFailure as e:
-                status[i], error[i] = e.kind, str(e)[:500]
-                continue
-            for name, arr in out.items():
+            width[i], height[i] = w, h
+            for name, arr in payload.items():
                 pixels[name][i] = arr
         batch = {k: v for k, v in batch.items() if k != IMAGE}  # the heaviest column: gone after decode
         batch.update(pixels)
