@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pyarrow.parquet as pq
+import pytest
 from conftest import tar_bytes
 
 from pipeline.cli import main
@@ -108,3 +110,177 @@ def test_hostile_corpus_every_sample_gets_its_status(ray_local, tmp_path, photos
     assert [r["status"] for r in by_source["00003.parquet"]] == ["read_error"]
     print(f"hostile corpus: peak RSS of the run (driver + Ray) {mem.peak / 2**30:.2f} GiB")
     assert mem.peak < MEMORY_BOUND
+
+
+def _actor_pids(stage: str) -> list[int]:
+    import psutil
+
+    pids = []
+    for p in psutil.process_iter(["cmdline"]):
+        cmd = " ".join(p.info["cmdline"] or [])
+        if cmd.startswith("ray::") and f"MapBatches({stage})" in cmd:
+            pids.append(p.pid)
+    return pids
+
+
+def test_killed_actor_is_restarted_and_nothing_is_lost_or_doubled(ray_local, tmp_path):
+    import os
+    import signal
+    import threading
+    import time
+
+    keys = write_webdataset(tmp_path / "in", n_shards=8, per_shard=6, size=96)
+    out = tmp_path / "out"
+    killed: list[int] = []
+
+    def killer() -> None:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            done = list((out / "_committed").glob("*.json")) if (out / "_committed").exists() else []
+            pids = _actor_pids("CaptionImages")
+            if done and len(pids) >= 2:
+                os.kill(pids[0], signal.SIGKILL)
+                killed.append(pids[0])
+                return
+            time.sleep(0.05)
+
+    t = threading.Thread(target=killer, daemon=True)
+    t.start()
+    code = caption([str(tmp_path / "in" / "*.tar")], str(out), "--set", "caption.concurrency=2",
+                   "--set", "caption.num_cpus=0.5", "--set", "caption.batch_size=4", "--set", "caption.max_new_tokens=30",
+                   "--set", "caption.min_new_tokens=30", "--set", "caption.num_beams=4")
+    t.join()
+    assert killed, "an actor should have been killed mid-run"
+    assert code == 0
+    rows = pq.read_table(out / "captions").to_pylist()
+    assert sorted(r["key"] for r in rows) == sorted(keys)  # rows out == rows in, 0 duplicates
+    assert all(r["status"] == "ok" and r["caption"] for r in rows)
+
+
+def _subprocess_env(ray_dir: Path, **extra: str) -> dict[str, str]:
+    """Env for a CLI subprocess with its own local Ray under `ray_dir` (short: AF_UNIX paths ≤ 107 bytes)."""
+    import os
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    env.update(RAY_TMPDIR=str(ray_dir), PYTHONUNBUFFERED="1", **extra)
+    return env
+
+
+@pytest.fixture()
+def ray_dir() -> Iterator[Path]:
+    import shutil
+    import tempfile
+
+    d = Path(tempfile.mkdtemp(prefix="cfray", dir="/tmp"))
+    yield d
+    _kill_leftovers(str(d))
+    shutil.rmtree(d, ignore_errors=True)
+
+
+def _kill_leftovers(marker: str) -> None:
+    """Ray processes of a SIGKILLed local cluster outlive their driver: sweep them by their temp dir."""
+    import psutil
+
+    for p in psutil.process_iter(["cmdline"]):
+        if marker in " ".join(p.info["cmdline"] or []):
+            try:
+                p.kill()
+            except psutil.Error:
+                pass
+
+
+def _cli(*args: str) -> list[str]:
+    import sys
+
+    return [sys.executable, "-m", "pipeline", *args]
+
+
+def test_sigkill_driver_half_way_then_rerun_finishes_exactly_once(tmp_path, ray_dir):
+    import os
+    import signal
+    import subprocess
+    import time
+
+    keys = write_webdataset(tmp_path / "in", n_shards=10, per_shard=4, size=96)
+    out = tmp_path / "out"
+    cmd = _cli("caption", "--input", str(tmp_path / "in" / "*.tar"), "--output", str(out), "--config", TINY,
+               "--set", "caption.max_new_tokens=20", "--set", "caption.min_new_tokens=20", "--set", "caption.batch_size=4",
+               "--set", "input.rows_per_block=4", "--set", "run.progress=log")
+    env = _subprocess_env(ray_dir)
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.monotonic() + 240
+    committed = 0
+    while time.monotonic() < deadline and proc.poll() is None:
+        committed = len(list((out / "_committed").glob("*.json"))) if (out / "_committed").exists() else 0
+        if committed >= 4:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run ended before it could be killed: " + proc.stdout.read().decode()[-2000:]
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    _kill_leftovers(str(ray_dir))
+    done_before = len(list((out / "_committed").glob("*.json")))
+    assert 4 <= done_before < 10
+    rerun = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    _kill_leftovers(str(ray_dir))
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert f"resume: {done_before} of 10 shards already committed" in rerun.stderr
+    print(f"SIGKILL at {done_before}/10 shards; the rerun skipped them")
+    rows = pq.read_table(out / "captions").to_pylist()
+    assert sorted(r["key"] for r in rows) == sorted(keys)  # 0 missing, 0 duplicates
+    assert not [p for p in (out / "captions").iterdir() if p.suffix != ".parquet" and not p.name.startswith(".")]
+    assert f"{10 - done_before} shards ({done_before} already done)" in rerun.stdout
+
+
+def test_canary_credentials_never_leak(s3_server, tmp_path, ray_dir):
+    import subprocess
+
+    import s3fs
+
+    key_id, secret = "AKIACANARY7Q3XLZ5W2M", "canary+Secret/9f8e7d6c5b4a3210CANARY"
+    fs = s3fs.S3FileSystem(key=key_id, secret=secret, client_kwargs={"endpoint_url": s3_server.endpoint})
+    write_webdataset(tmp_path / "in", n_shards=2, per_shard=3, size=64)
+    fs.mkdir("capfilt-canary")
+    for p in sorted((tmp_path / "in").glob("*.tar")):
+        fs.put(str(p), f"capfilt-canary/in/{p.name}")
+    env = _subprocess_env(ray_dir, AWS_ACCESS_KEY_ID=key_id, AWS_SECRET_ACCESS_KEY=secret)
+    cmd = _cli("caption", "--input", "s3://capfilt-canary/in/*.tar", "--output", "s3://capfilt-canary/out",
+               "--config", TINY, "--set", "caption.max_new_tokens=4", "--set", f"storage={{key: {key_id}, secret: '{secret}'}}",
+               "--verbose")
+    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    _kill_leftovers(str(ray_dir))
+    assert res.returncode == 0, res.stderr[-3000:]
+    places = {"stdout": res.stdout, "stderr": res.stderr}
+    for p in ray_dir.rglob("*"):
+        if p.is_file() and p.stat().st_size < 50 * 2**20:
+            places[str(p)] = p.read_bytes().decode("utf-8", errors="replace")
+    for name in fs.find("capfilt-canary/out"):
+        places[name] = fs.cat_file(name).decode("utf-8", errors="replace")
+    assert any("run.json" in k for k in places) and any("_committed" in k for k in places)
+    assert any("session" in k and k.endswith(".log") for k in places), "Ray's session logs should be searched"
+    leaks = [k for k, text in places.items() if key_id in text or secret in text]
+    assert leaks == []
+
+
+def test_losing_a_worker_node_completes_or_fails_fast(tmp_path, ray_dir):
+    import json
+    import subprocess
+    import sys
+
+    keys = write_webdataset(tmp_path / "in", n_shards=8, per_shard=4, size=96)
+    out = tmp_path / "out"
+    stall = 45
+    env = _subprocess_env(ray_dir)
+    res = subprocess.run([sys.executable, str(ROOT / "tests" / "multinode.py"), str(tmp_path / "in" / "*.tar"), str(out),
+                          TINY, str(stall)], env=env, capture_output=True, text=True, timeout=stall + 420)
+    assert res.returncode == 0, res.stderr[-3000:]
+    report = json.loads(res.stdout.strip().splitlines()[-1])
+    assert report["removed"], "the node should have been removed mid-run: " + report["stderr"]
+    print(f"node removed; the job ended with {report['rc']} {report['seconds_after_removal']:.0f}s later")
+    assert report["rc"] in (0, 3), report["stderr"]  # never a hang (None), never another failure
+    assert report["seconds_after_removal"] <= stall + 120
+    if report["rc"] == 0:
+        rows = pq.read_table(out / "captions").to_pylist()
+        assert sorted(r["key"] for r in rows) == sorted(keys)
+    else:
+        assert "no progress for" in report["stderr"] and "rerun the same command" in report["stderr"]

@@ -48,7 +48,8 @@ def write_atomic(uri: str, data: bytes, options: dict[str, Any] | None = None) -
     fs, path = get_fs(uri, options)
     if "file" in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)):
         fs.makedirs(posixpath.dirname(path), exist_ok=True)
-        tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
+        # A leading dot: readers of the folder (pyarrow, pandas, duckdb/polars globs) skip it.
+        tmp = posixpath.join(posixpath.dirname(path), f".{posixpath.basename(path)}.tmp-{uuid.uuid4().hex[:8]}")
         try:
             fs.pipe_file(tmp, data)
             fs.mv(tmp, path)
