@@ -39,7 +39,8 @@ class InputConfig:
 class DecodeConfig:
     max_pixels: int = 50_000_000  # checked from the header, before any pixel is decoded
     formats: tuple[str, ...] = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")  # PIL format names
-    draft: bool = True  # JPEG DCT-scaled decoding when the image is ≥2× the model's input size
+    fast: bool = True  # JPEG: libjpeg-turbo scaled decode + area resize (≈3×; cos ≥ 0.99 vs the processor path)
+    draft: bool = True  # PIL path: JPEG DCT-scaled decoding when the image is ≥2× the model's input size
     isolate: bool = True  # decode in a child process: a decoder crash becomes a row, not a dead task
     max_memory_mb: int = 2048  # address-space cap of that child: a bomb that slips past max_pixels fails alone
     batch_size: int = 32

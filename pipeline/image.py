@@ -78,10 +78,12 @@ def to_rgb(im: Image.Image) -> Image.Image:
     return im if im.mode == "RGB" else im.convert("RGB")
 
 
-def resize_to(im: Image.Image, t: Target) -> np.ndarray:
-    """Resizes as the HF image processors do (PIL, same filter, same rounding)."""
+def resize_to(im: Image.Image, t: Target, resample: int | None = None) -> np.ndarray:
+    """Resizes as the HF image processors do (PIL, same filter, same rounding); `resample` overrides
+    the filter (the fast path uses BOX: an area average, the right filter for shrinking)."""
+    resample = t.resample if resample is None else resample
     if t.mode == "squash":
-        out = im.resize((t.width, t.height), resample=t.resample)
+        out = im.resize((t.width, t.height), resample=resample)
     else:
         w, h = im.size
         short, long = (w, h) if w <= h else (h, w)
@@ -95,7 +97,7 @@ def resize_to(im: Image.Image, t: Target) -> np.ndarray:
             short, long = (w, h) if w <= h else (h, w)
         new_short, new_long = t.shortest_edge, int(t.shortest_edge * long / short)
         nw, nh = (new_short, new_long) if w <= h else (new_long, new_short)
-        out = im.resize((nw, nh), resample=t.resample)
+        out = im.resize((nw, nh), resample=resample)
         top, left = (nh - t.height) // 2, (nw - t.width) // 2
         out = out.crop((left, top, left + t.width, top + t.height))
     return np.asarray(out, dtype=np.uint8)
@@ -107,10 +109,46 @@ def resize_to(im: Image.Image, t: Target) -> np.ndarray:
 _CRASH_MARKER = os.environ.get("CAPFILT_FAILPOINT_DECODE_CRASH", "").encode()
 
 
+_TRANSPOSE = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
+              5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+              8: Image.Transpose.ROTATE_90}
+
+
+def _orientation(im: Image.Image) -> int:
+    try:
+        return int(im.getexif().get(0x0112, 1))
+    except Exception:  # a malformed EXIF block loses the orientation, not the image
+        return 1
+
+
+def _turbo(data: bytes, im: Image.Image, targets: tuple[Target, ...]) -> Image.Image | None:
+    """JPEG decoded by libjpeg-turbo straight to the smallest DCT scale (n/8) that still covers every
+    target: most of a web JPEG's pixels are never materialised. None when not applicable."""
+    try:
+        import simplejpeg
+    except ImportError:
+        return None
+    if im.mode not in ("RGB", "L"):  # CMYK/YCCK: PIL knows Adobe's inverted CMYK, libjpeg-turbo does not
+        return None
+    orientation = _orientation(im)
+    need = max(max(t.height, t.width, t.shortest_edge) for t in targets)
+    try:
+        arr = simplejpeg.decode_jpeg(data, colorspace="RGB", min_height=need, min_width=need, strict=True)
+    except ValueError as e:  # truncated or corrupt: strict mode says so instead of filling in grey
+        raise DecodeFailure(DECODE_ERROR, f"{type(e).__name__}: {e}") from None
+    out = Image.fromarray(arr)
+    return out.transpose(_TRANSPOSE[orientation]) if orientation in _TRANSPOSE else out
+
+
 def decode(
-    data: bytes, targets: tuple[Target, ...], max_pixels: int, formats: tuple[str, ...], draft: bool = True
+    data: bytes, targets: tuple[Target, ...], max_pixels: int, formats: tuple[str, ...], draft: bool = True,
+    fast: bool = False,
 ) -> tuple[dict[str, np.ndarray], int, int]:
-    """Decodes once → ({target name: uint8 HxWx3}, width, height); raises DecodeFailure."""
+    """Decodes once → ({target name: uint8 HxWx3}, width, height); raises DecodeFailure.
+
+    `fast`: JPEGs through libjpeg-turbo's scaled decoding and an area resize (embeddings within
+    cos 0.99 of the processor path, about 3× the speed); otherwise PIL and the processor's own filter,
+    bit-identical to the processor path (with `draft`, JPEGs ≥2× the target decode DCT-scaled first)."""
     if not data:
         raise DecodeFailure(DECODE_ERROR, "empty file")
     if _CRASH_MARKER and data.startswith(_CRASH_MARKER):
@@ -131,6 +169,8 @@ def decode(
         raise DecodeFailure(TOO_LARGE, f"{width}x{height} exceeds decode.max_pixels={max_pixels}")
     if width < 1 or height < 1:
         raise DecodeFailure(DECODE_ERROR, f"empty image {width}x{height}")
+    if fast and im.format == "JPEG" and targets and (turbo := _turbo(data, im, targets)) is not None:
+        return {t.name: resize_to(turbo, t, Image.Resampling.BOX) for t in targets}, width, height
     try:
         if draft and im.format == "JPEG" and targets:
             # DCT-domain downscale: decode at 1/2, 1/4 or 1/8 when the result still covers every target.

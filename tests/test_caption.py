@@ -44,7 +44,7 @@ def pipeline_batch(cfg, datas):
     ("beam", dict(num_beams=3, do_sample=False)),
 ])
 def test_parity_with_plain_transformers(tiny_blip, photos, strategy, gen):
-    cfg = load_config(None, ["caption.model=tiny:blip", f"caption.strategy={strategy}", "decode.draft=false",
+    cfg = load_config(None, ["caption.model=tiny:blip", f"caption.strategy={strategy}", "decode.draft=false", "decode.fast=false",
                              "caption.max_new_tokens=8", "caption.min_new_tokens=3"])
     datas = [png(p) for p in photos[:6]]
     ref = reference_captions(tiny_blip, [Image.open(io.BytesIO(d)).convert("RGB") for d in datas],
@@ -55,7 +55,7 @@ def test_parity_with_plain_transformers(tiny_blip, photos, strategy, gen):
 
 
 def test_prompt_conditional_captioning(tiny_blip, photos):
-    cfg = load_config(None, ["caption.model=tiny:blip", "caption.strategy=greedy", "decode.draft=false",
+    cfg = load_config(None, ["caption.model=tiny:blip", "caption.strategy=greedy", "decode.draft=false", "decode.fast=false",
                              "caption.prompt=a photography of", "caption.max_new_tokens=6"])
     datas = [png(p) for p in photos[:3]]
     ref = reference_captions(tiny_blip, [Image.open(io.BytesIO(d)).convert("RGB") for d in datas],

@@ -57,7 +57,7 @@ def test_image_folder_matches_the_reference_captions(ray_local, tmp_path, tiny_b
     from test_caption import reference_captions
 
     keys = write_folder(tmp_path / "imgs", 8, size=160)
-    assert caption([str(tmp_path / "imgs")], str(tmp_path / "out"), "--set", "decode.draft=false",
+    assert caption([str(tmp_path / "imgs")], str(tmp_path / "out"), "--set", "decode.draft=false", "--set", "decode.fast=false",
                    "--set", "caption.strategy=greedy") == 0
     rows = {r["key"]: r for r in pq.read_table(tmp_path / "out" / "captions").to_pylist()}
     assert sorted(rows) == sorted(keys)

@@ -106,3 +106,26 @@ def test_squash_resize_matches_the_hf_processor_exactly(photos):
     ref = proc(images=[Image.open(io.BytesIO(data)).convert("RGB")], return_tensors="np")["pixel_values"]
     via_ours = proc(images=[ours["p"]], return_tensors="np")["pixel_values"]
     np.testing.assert_array_equal(ref, via_ours)
+
+
+def test_fast_jpeg_path_is_close_to_the_processor_path_and_keeps_orientation(photos):
+    big = Image.fromarray(photos[2]).resize((1000, 700))
+    data = encode(big, "JPEG", quality=90)
+    t = (Target("p", 96, 96),)
+    exact, _, _ = run(data, t, draft=False)
+    fast, w, h = decode(data, t, 10_000_000, FORMATS, draft=False, fast=True)
+    assert (w, h) == (1000, 700)
+    a, b = exact["p"].astype(float).ravel() - 128, fast["p"].astype(float).ravel() - 128
+    assert np.dot(a, b) / np.linalg.norm(a) / np.linalg.norm(b) > 0.99
+    # EXIF orientation is applied on the fast path too.
+    arr = np.zeros((20, 40, 3), np.uint8)
+    arr[:, :20] = (255, 0, 0)
+    im = Image.fromarray(arr)
+    exif = im.getexif()
+    exif[0x0112] = 6
+    out, w, h = decode(encode(im, "JPEG", exif=exif, quality=95), (Target("p", 40, 20),), 10**7, FORMATS, fast=True)
+    assert (w, h) == (20, 40) and out["p"][:18, :, 0].mean() > 200
+    # Truncation is an error, not grey filler.
+    with pytest.raises(DecodeFailure) as e:
+        decode(data[: len(data) // 2], t, 10**7, FORMATS, fast=True)
+    assert e.value.kind == DECODE_ERROR

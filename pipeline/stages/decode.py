@@ -22,7 +22,7 @@ def decode_many(datas: list[bytes], targets: tuple[Target, ...], cfg: DecodeConf
     out: list[Result] = []
     for data in datas:
         try:
-            pixels, w, h = decode(data, targets, cfg.max_pixels, cfg.formats, cfg.draft)
+            pixels, w, h = decode(data, targets, cfg.max_pixels, cfg.formats, cfg.draft, cfg.fast)
             out.append((OK, pixels, w, h))
         except DecodeFailure as e:
             out.append((e.kind, str(e)[:500], None, None))
