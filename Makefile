@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml Makefile | cksum | cut -d' ' -f1)
 export CAPFILT_CACHE ?= $(CURDIR)/.venv/capfilt-cache
 
-.PHONY: help install demo test lint bench clean
+.PHONY: help install demo test lint bench bench-gpu clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 12
@@ -33,6 +33,12 @@ test: install  ## run the test suite (CPU; GPU tests are skipped without CUDA)
 lint: install  ## ruff and mypy
 	$(BIN)/ruff check pipeline jobs tests
 	$(BIN)/mypy
+
+bench: install  ## CPU benchmark, side by side (decode, loop vs model alone vs pipeline, memory) → bench-out/
+	$(BIN)/python -m pipeline.bench --out bench-out/bench-cpu.json
+
+bench-gpu: install  ## GPU benchmark: full-size BLIP/CLIP configs, bf16, NVML utilisation → bench-out/
+	$(BIN)/python -m pipeline.bench --device cuda --out bench-out/bench-gpu.json
 
 clean:  ## remove outputs and the venv
 	rm -rf out .venv .pytest_cache .mypy_cache .ruff_cache

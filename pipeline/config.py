@@ -307,8 +307,8 @@ def parse_override(item: str) -> tuple[list[str], Any]:
         raise ConfigError(f"config: --set {item!r}: expected a dotted key such as caption.batch_size")
     try:
         value = yaml.safe_load(raw) if raw.strip() else None
-    except yaml.YAMLError as e:
-        raise ConfigError(f"config: {key}: value {raw!r} is not valid YAML ({e.__class__.__name__})") from None
+    except yaml.YAMLError:
+        value = raw  # not YAML (e.g. a prompt with colons): the plain string; the field's type still checks it
     return parts, value
 
 

@@ -88,6 +88,8 @@ class Summary:
     shards_done: int
     shards_skipped: int
     seconds: float
+    first_block_s: float | None = None  # start → first block at the driver (Ray, actors, model loading)
+    steady_images_per_s: float | None = None  # rows after the first block / time after it
 
     @property
     def images_per_s(self) -> float:
@@ -219,6 +221,8 @@ def run_job(job: Job, inputs: list[str], output: str, cfg: Config) -> Summary:
         log.info("resume: %d of %d shards already committed in %s; %d to do", skipped, len(shards), output, len(todo))
     committer = ShardCommitter(output, job.tables, ids, options, digest, cfg.output.compression)
     progress = Progress(len(todo), cfg.run.progress, cfg.run.log_every_s)
+    first_block_at: float | None = None
+    first_rows = 0
     if todo:
         init_ray(cfg)
         from pipeline.io.datasource import ShardDatasource
@@ -231,6 +235,8 @@ def run_job(job: Job, inputs: list[str], output: str, cfg: Config) -> Summary:
             for block in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
                 watchdog.beat()
                 rows = committer.add(block)
+                if first_block_at is None:
+                    first_block_at, first_rows = time.monotonic(), rows
                 progress.update(rows, len(committer.committed))
         progress.close()
         if committer.incomplete():
@@ -238,9 +244,14 @@ def run_job(job: Job, inputs: list[str], output: str, cfg: Config) -> Summary:
     else:
         log.info("nothing to do: all %d shards of %s are committed", len(shards), output)
     extra = job.finish(cfg, output) if job.finish is not None else {}
-    seconds = time.monotonic() - start
-    summary = Summary(output, sum(committer.counts.values()), dict(committer.counts), len(committer.committed),
-                      skipped, seconds)
+    end = time.monotonic()
+    seconds = end - start
+    rows_total = sum(committer.counts.values())
+    steady = None
+    if first_block_at is not None and end - first_block_at > 0:
+        steady = (rows_total - first_rows) / (end - first_block_at)
+    summary = Summary(output, rows_total, dict(committer.counts), len(committer.committed), skipped, seconds,
+                      None if first_block_at is None else first_block_at - start, steady)
     report = {
         "job": job.name,
         "inputs": inputs,
@@ -254,6 +265,8 @@ def run_job(job: Job, inputs: list[str], output: str, cfg: Config) -> Summary:
         "counts": summary.counts,
         "seconds": round(seconds, 3),
         "images_per_s": round(summary.images_per_s, 3),
+        "first_block_s": None if summary.first_block_s is None else round(summary.first_block_s, 3),
+        "steady_images_per_s": None if steady is None else round(steady, 3),
         **extra,
     }
     write_atomic(join(output, "run.json"), json.dumps(report, indent=2, default=str).encode(), options)

@@ -6,7 +6,7 @@ from typing import Any, Protocol
 
 from pipeline.config import CaptionConfig
 from pipeline.image import Images, Target
-from pipeline.models.loading import resolve_model
+from pipeline.models.loading import processor_target, resolve_model
 
 PIXELS_CAPTION = "pixels_caption"  # the decode target (and batch column) the captioner reads
 
@@ -27,25 +27,26 @@ def model_type(path: str, cfg: CaptionConfig) -> str:
     return str(conf.model_type)
 
 
-FAMILIES = {"blip": "pipeline.models.blip"}
+FAMILIES = ("blip", "blip-2", "vision-encoder-decoder")
 
 
-def _family(path: str, cfg: CaptionConfig) -> Any:
-    import importlib
-
+def _family(path: str, cfg: CaptionConfig) -> str:
     kind = model_type(path, cfg)
     if kind not in FAMILIES:
         raise ValueError(f"caption.model {cfg.model!r}: model_type {kind!r} is not a supported captioner "
-                         f"(supported: {', '.join(sorted(FAMILIES))})")
-    return importlib.import_module(FAMILIES[kind])
+                         f"(supported: {', '.join(FAMILIES)})")
+    return kind
 
 
 def caption_target(cfg: CaptionConfig, storage_options: dict[str, Any] | None = None) -> Target:
     """The pixel size the captioner's processor wants, read from its config (no weights loaded)."""
     path = resolve_model(cfg.model, storage_options)
-    return _family(path, cfg).target(path, cfg, PIXELS_CAPTION)
+    _family(path, cfg)
+    return processor_target(path, cfg, PIXELS_CAPTION)
 
 
 def load_captioner(cfg: CaptionConfig, storage_options: dict[str, Any] | None = None) -> Captioner:
+    from pipeline.models import hf_captioner
+
     path = resolve_model(cfg.model, storage_options)
-    return _family(path, cfg).load(path, cfg)  # type: ignore[no-any-return]
+    return hf_captioner.load(_family(path, cfg), path, cfg)

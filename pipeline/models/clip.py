@@ -9,7 +9,7 @@ import numpy as np
 
 from pipeline.config import ClipConfig
 from pipeline.image import Images
-from pipeline.models.loading import pretrained_kwargs, resolve_model, setup_torch
+from pipeline.models.loading import load_pretrained, pretrained_kwargs, resolve_model, setup_torch
 
 
 class ClipEmbedder:
@@ -55,7 +55,7 @@ def load_clip(cfg: ClipConfig, storage_options: dict[str, Any] | None = None) ->
     path = resolve_model(cfg.model, storage_options)
     device, dtype = setup_torch(cfg)
     kw = pretrained_kwargs(cfg)
-    model = CLIPModel.from_pretrained(path, dtype=dtype, device_map=device if device != "cpu" else None, **kw).eval()
+    model = load_pretrained(CLIPModel, path, cfg, device, dtype)
     return ClipEmbedder(model, AutoImageProcessor.from_pretrained(path, **kw), AutoTokenizer.from_pretrained(path, **kw),
                         cfg, device, dtype)
 

@@ -13,7 +13,7 @@ import numpy as np
 
 from pipeline.config import ItmConfig
 from pipeline.image import Images
-from pipeline.models.loading import pretrained_kwargs, resolve_model, setup_torch
+from pipeline.models.loading import load_pretrained, pretrained_kwargs, resolve_model, setup_torch
 
 
 class BlipItm:
@@ -62,7 +62,5 @@ def load_itm(cfg: ItmConfig, storage_options: dict[str, Any] | None = None) -> B
     path = resolve_model(cfg.model, storage_options)
     device, dtype = setup_torch(cfg)
     processor = AutoProcessor.from_pretrained(path, **pretrained_kwargs(cfg))
-    model = BlipForImageTextRetrieval.from_pretrained(
-        path, dtype=dtype, device_map=device if device != "cpu" else None, **pretrained_kwargs(cfg)
-    ).eval()
+    model = load_pretrained(BlipForImageTextRetrieval, path, cfg, device, dtype)
     return BlipItm(model, processor, cfg, device, dtype)

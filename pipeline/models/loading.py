@@ -93,6 +93,28 @@ def setup_torch(cfg: Any) -> tuple[str, Any]:
     return device, resolve_dtype(cfg.dtype, device)
 
 
+def device_map(device: str) -> dict[str, Any]:
+    """`device_map=` for from_pretrained on an accelerator: weights go straight to the GPU (accelerate),
+    never through a full copy in host RAM. On CPU the plain path already loads lazily from safetensors."""
+    if device == "cpu":
+        return {}
+    try:
+        import accelerate  # noqa: F401
+    except ImportError:
+        return {}
+    return {"device_map": device}
+
+
+def load_pretrained(cls: Any, path: str, cfg: Any, device: str, dtype: Any) -> Any:
+    """`cls.from_pretrained` in the config's dtype (never a full fp32 copy first: transformers 5 builds
+    on the meta device and fills tensors from the memory-mapped safetensors), on the device, in eval mode."""
+    placement = device_map(device)
+    model = cls.from_pretrained(path, dtype=dtype, **placement, **pretrained_kwargs(cfg))
+    if device != "cpu" and not placement:
+        model = model.to(device)
+    return model.eval()
+
+
 def pretrained_kwargs(cfg: Any) -> dict[str, Any]:
     return {"revision": cfg.revision, "trust_remote_code": cfg.trust_remote_code}
 

@@ -36,26 +36,27 @@ def _blip_tokenizer():  # type: ignore[no-untyped-def]
     return tok
 
 
-def _blip_config(tok, image_size: int):  # type: ignore[no-untyped-def]
+def _blip_config(tok, image_size: int, hidden: int = 32, layers: int = 2, heads: int = 2):  # type: ignore[no-untyped-def]
     from transformers import BlipConfig
 
-    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-                  image_size=image_size, patch_size=16)
-    text = dict(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                num_attention_heads=2, encoder_hidden_size=32, max_position_embeddings=64,
-                bos_token_id=tok.bos_token_id, sep_token_id=tok.sep_token_id, pad_token_id=tok.pad_token_id)
-    return BlipConfig(vision_config=vision, text_config=text, projection_dim=32, image_text_hidden_size=32)
+    vision = dict(hidden_size=hidden, intermediate_size=4 * hidden if hidden > 32 else 64, num_hidden_layers=layers,
+                  num_attention_heads=heads, image_size=image_size, patch_size=16)
+    text = dict(vocab_size=len(tok), hidden_size=hidden, intermediate_size=4 * hidden if hidden > 32 else 64,
+                num_hidden_layers=layers, num_attention_heads=heads, encoder_hidden_size=hidden,
+                max_position_embeddings=64, bos_token_id=tok.bos_token_id, sep_token_id=tok.sep_token_id,
+                pad_token_id=tok.pad_token_id)
+    return BlipConfig(vision_config=vision, text_config=text, projection_dim=hidden, image_text_hidden_size=hidden)
 
 
-def _build_blip_class(cls_name: str, out: Path, image_size: int) -> None:
+def _build_blip_class(cls_name: str, out: Path, image_size: int, **size: int) -> None:
     import torch
     import transformers
     from transformers import BlipImageProcessorPil, BlipProcessor
 
     torch.manual_seed(0)
     tok = _blip_tokenizer()
-    model = getattr(transformers, cls_name)(_blip_config(tok, image_size)).eval()
-    _spread_weights(model)
+    model = getattr(transformers, cls_name)(_blip_config(tok, image_size, **size)).eval()
+    _spread_weights(model, 0.2 if not size else 0.05)
     processor = BlipProcessor(
         image_processor=BlipImageProcessorPil(size={"height": image_size, "width": image_size}), tokenizer=tok
     )
@@ -66,6 +67,12 @@ def _build_blip_class(cls_name: str, out: Path, image_size: int) -> None:
 def build_blip(out: Path, image_size: int = 64) -> None:
     """BlipForConditionalGeneration, the captioner."""
     _build_blip_class("BlipForConditionalGeneration", out, image_size)
+
+
+def build_blip_small(out: Path) -> None:
+    """A ~16M-parameter BlipForConditionalGeneration at 384 px (hidden 256, 4 layers): big enough that
+    compute dominates on a CPU, for the benchmark."""
+    _build_blip_class("BlipForConditionalGeneration", out, 384, hidden=256, layers=4, heads=4)
 
 
 def build_blip_itm(out: Path, image_size: int = 64) -> None:
@@ -95,6 +102,80 @@ def build_clip(out: Path, image_size: int = 48) -> None:
                           crop_size={"height": image_size, "width": image_size}).save_pretrained(out)
 
 
+def _bert_tokenizer():  # type: ignore[no-untyped-def]
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(minilm_dir())
+
+
+def build_blip2(out: Path, lm: str = "opt", image_size: int = 64, hidden: int = 32, lm_hidden: int = 32,
+                lm_layers: int = 2, dtype: str | None = None) -> None:
+    """Blip2ForConditionalGeneration with an OPT (decoder-only) or T5 (encoder-decoder) language model,
+    BLIP-2's processor (<image> query tokens) and a real BERT tokenizer standing in for OPT's/T5's
+    (their vocabularies are not on this disk; the model classes do not care which tokenizer)."""
+    import torch
+    from transformers import Blip2Config, Blip2ForConditionalGeneration, Blip2Processor, BlipImageProcessorPil
+
+    torch.manual_seed(0)
+    tok = _bert_tokenizer()
+    n_query = 4
+    processor = Blip2Processor(image_processor=BlipImageProcessorPil(size={"height": image_size, "width": image_size}),
+                               tokenizer=tok, num_query_tokens=n_query)  # adds the <image> token
+    image_token = processor.tokenizer.convert_tokens_to_ids("<image>")
+    vocab = len(processor.tokenizer)
+    vision = dict(hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=2, num_attention_heads=2,
+                  image_size=image_size, patch_size=16)
+    qformer = dict(hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=2, num_attention_heads=2,
+                   encoder_hidden_size=hidden, vocab_size=vocab)
+    special = dict(bos_token_id=tok.cls_token_id, eos_token_id=tok.sep_token_id, pad_token_id=tok.pad_token_id)
+    if lm == "opt":
+        text = dict(model_type="opt", vocab_size=vocab, hidden_size=lm_hidden, word_embed_proj_dim=lm_hidden,
+                    ffn_dim=4 * lm_hidden, num_hidden_layers=lm_layers, num_attention_heads=max(2, lm_hidden // 64),
+                    max_position_embeddings=256, **special)
+    else:
+        text = dict(model_type="t5", vocab_size=vocab, d_model=lm_hidden, d_kv=16, d_ff=2 * lm_hidden,
+                    num_layers=lm_layers, num_decoder_layers=lm_layers, num_heads=2, decoder_start_token_id=0,
+                    bos_token_id=tok.cls_token_id,
+                    eos_token_id=tok.sep_token_id, pad_token_id=0)
+    config = Blip2Config(vision_config=vision, qformer_config=qformer, text_config=text, num_query_tokens=n_query,
+                         image_token_index=image_token)
+    model = Blip2ForConditionalGeneration(config).eval()
+    _spread_weights(model, 0.2 if lm_hidden <= 64 else 0.02)
+    if dtype:
+        model = model.to(getattr(torch, dtype))
+    model.save_pretrained(out)
+    processor.save_pretrained(out)
+
+
+def build_blip2_t5(out: Path) -> None:
+    build_blip2(out, lm="t5")
+
+
+def build_vit_gpt2(out: Path, image_size: int = 64) -> None:
+    """VisionEncoderDecoderModel (ViT encoder + GPT-2 decoder with cross-attention), as
+    nlpconnect/vit-gpt2-image-captioning, with ViT's image processor and a real BERT tokenizer."""
+    import torch
+    from transformers import GPT2Config, VisionEncoderDecoderConfig, VisionEncoderDecoderModel, ViTConfig, ViTImageProcessorPil
+
+    torch.manual_seed(0)
+    tok = _bert_tokenizer()
+    enc = ViTConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                    image_size=image_size, patch_size=16)
+    dec = GPT2Config(vocab_size=len(tok), n_embd=32, n_layer=2, n_head=2, n_positions=64, add_cross_attention=True,
+                     bos_token_id=tok.cls_token_id, eos_token_id=tok.sep_token_id, pad_token_id=tok.pad_token_id)
+    config = VisionEncoderDecoderConfig.from_encoder_decoder_configs(enc, dec)
+    config.decoder_start_token_id, config.eos_token_id = tok.cls_token_id, tok.sep_token_id
+    config.pad_token_id = tok.pad_token_id
+    model = VisionEncoderDecoderModel(config=config).eval()
+    model.generation_config.decoder_start_token_id = tok.cls_token_id
+    model.generation_config.eos_token_id = tok.sep_token_id
+    model.generation_config.pad_token_id = tok.pad_token_id
+    _spread_weights(model)
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    ViTImageProcessorPil(size={"height": image_size, "width": image_size}).save_pretrained(out)
+
+
 def _spread_weights(model, std: float = 0.2) -> None:  # type: ignore[no-untyped-def]
     """Re-draws every weight matrix with a wider spread (seeded). At the default 0.02 a tiny random
     model ignores its image and writes the same caption for every input, which would let a pixel bug
@@ -110,6 +191,10 @@ def _spread_weights(model, std: float = 0.2) -> None:  # type: ignore[no-untyped
 
 BUILDERS: dict[str, Callable[[Path], None]] = {
     "blip": build_blip,
+    "blip-small": build_blip_small,
+    "blip2-opt": build_blip2,
+    "blip2-t5": build_blip2_t5,
+    "vit-gpt2": build_vit_gpt2,
     "blip-itm": build_blip_itm,
     "clip": build_clip,
 }

@@ -1,0 +1,88 @@
+"""Captioning with any transformers image-to-text model: one class, three families.
+
+- BLIP (`BlipForConditionalGeneration`): the prompt conditions the caption and stays in it
+  ("a photography of a dog ..."), as the model card shows;
+- BLIP-2 (`Blip2ForConditionalGeneration`, OPT or Flan-T5): instructed prompts ("Question: what is in
+  this image? Answer:"); with a decoder-only LM the output echoes the prompt, so only new tokens are kept;
+- VisionEncoderDecoder (ViT-GPT2, ...): the prompt becomes the decoder's first tokens.
+
+The processor, tokenizer, generation and decoding are transformers' own; only the wiring differs.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pipeline.config import CaptionConfig
+from pipeline.image import Images
+from pipeline.models.generation import generate_kwargs
+from pipeline.models.loading import load_pretrained, pretrained_kwargs, setup_torch
+
+
+class HFCaptioner:
+    """Batched captioning; `caption()` takes uint8 pixels already at the image processor's size."""
+
+    def __init__(self, family: str, model: Any, image_processor: Any, tokenizer: Any, processor: Any,
+                 cfg: CaptionConfig, device: str, dtype: Any):
+        self.family, self.model, self.cfg, self.device, self.dtype = family, model, cfg, device, dtype
+        self.image_processor, self.tokenizer, self.processor = image_processor, tokenizer, processor
+        self.model_id = cfg.model
+        self.revision = getattr(model.config, "_commit_hash", None) or cfg.revision
+        self.gen_kwargs = generate_kwargs(cfg)
+        lm = getattr(model.config, "text_config", None)
+        self.decoder_only = family == "blip-2" and not getattr(lm, "is_encoder_decoder", False)
+
+    def inputs(self, images: list[Any]) -> dict[str, Any]:
+        prompt = self.cfg.prompt
+        if self.family == "vision-encoder-decoder":
+            out = dict(self.image_processor(images=images, return_tensors="pt"))
+            if prompt:
+                import torch
+
+                start = self.model.config.decoder_start_token_id
+                ids = self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+                out["decoder_input_ids"] = torch.tensor([[start, *ids]] * len(images))
+            return out
+        text = [prompt] * len(images) if prompt else None
+        return dict(self.processor(images=images, text=text, return_tensors="pt"))
+
+    def caption(self, pixels: Images) -> list[list[str]]:
+        import torch
+
+        images = list(pixels)
+        inputs = {k: v.to(self.device) for k, v in self.inputs(images).items()}
+        inputs["pixel_values"] = inputs["pixel_values"].to(self.dtype)
+        if self.cfg.strategy == "sample":
+            torch.manual_seed(self.cfg.seed)  # same batch, same seed → same candidates
+        with torch.inference_mode():
+            out = self.model.generate(**inputs, **self.gen_kwargs)
+        if self.decoder_only and "input_ids" in inputs and out.shape[1] >= inputs["input_ids"].shape[1]:
+            out = out[:, inputs["input_ids"].shape[1] :]  # the LM echoes its input: keep what it wrote
+        decoder = self.tokenizer if self.family == "vision-encoder-decoder" else self.processor
+        texts = [t.strip() for t in decoder.batch_decode(out, skip_special_tokens=True)]
+        n = len(texts) // len(images)
+        return [texts[i * n : (i + 1) * n] for i in range(len(images))]
+
+
+MODEL_CLASSES = {
+    "blip": "BlipForConditionalGeneration",
+    "blip-2": "Blip2ForConditionalGeneration",
+    "vision-encoder-decoder": "VisionEncoderDecoderModel",
+}
+
+
+def load(family: str, path: str, cfg: CaptionConfig) -> HFCaptioner:
+    """Weights straight to the device in the config's dtype: safetensors, no full fp32 copy in RAM
+    (transformers 5 loads on the meta device, then fills each tensor from the memory-mapped file)."""
+    import transformers
+    from transformers import AutoImageProcessor, AutoProcessor, AutoTokenizer
+
+    device, dtype = setup_torch(cfg)
+    kw = pretrained_kwargs(cfg)
+    cls = getattr(transformers, MODEL_CLASSES[family])
+    model = load_pretrained(cls, path, cfg, device, dtype)
+    if family == "vision-encoder-decoder":
+        return HFCaptioner(family, model, AutoImageProcessor.from_pretrained(path, **kw),
+                           AutoTokenizer.from_pretrained(path, **kw), None, cfg, device, dtype)
+    processor = AutoProcessor.from_pretrained(path, **kw)
+    return HFCaptioner(family, model, processor.image_processor, processor.tokenizer, processor, cfg, device, dtype)
