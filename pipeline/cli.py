@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from pipeline.config import ConfigError, load_config
 
 JOBS = {
-    "caption": ("jobs.caption", "caption every image (BLIP)"),
+    "caption": ("jobs.caption", "caption every image (BLIP, BLIP-2, ViT-GPT2)"),
     "clean": ("jobs.clean", "CapFilt: caption, score alt-text and candidates (ITM/CLIP), keep what matches"),
     "embed": ("jobs.embed", "CLIP image embeddings (and alt-text embeddings)"),
     "prompts": ("jobs.prompts", "caption + all-MiniLM-L6-v2 prompt embeddings (Kaggle image-to-prompts)"),

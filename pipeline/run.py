@@ -100,20 +100,24 @@ class _OnArrow:
     """Runs a numpy-batch stage on Arrow blocks, converting with our column types (see batch.py)."""
 
     stage_cls: Any = None
+    keep: list[str] | None = None  # the last stage drops what the driver does not need (pixels above all)
 
     def __init__(self, *args: Any):
         self.stage = self.stage_cls(*args)
 
     def __call__(self, table: pa.Table) -> pa.Table:
-        return to_arrow(self.stage(to_numpy(table)))
+        out = self.stage(to_numpy(table))
+        if self.keep is not None:
+            out = {k: out[k] for k in self.keep}
+        return to_arrow(out)
 
 
-def _on_arrow(stage_cls: Any) -> type:
+def _on_arrow(stage_cls: Any, keep: list[str] | None = None) -> type:
     # Named after the stage, so Ray's progress lines and errors show `CaptionImages`, not the adapter.
-    return type(stage_cls.__name__, (_OnArrow,), {"stage_cls": stage_cls, "__module__": __name__})
+    return type(stage_cls.__name__, (_OnArrow,), {"stage_cls": stage_cls, "keep": keep, "__module__": __name__})
 
 
-def _apply(ds: Any, spec: StageSpec) -> Any:
+def _apply(ds: Any, spec: StageSpec, keep: list[str] | None = None) -> Any:
     """Ray-specific wiring of one stage (Ray's map_batches arguments churn between releases)."""
     from ray.data import ActorPoolStrategy, TaskPoolStrategy
 
@@ -126,10 +130,10 @@ def _apply(ds: Any, spec: StageSpec) -> Any:
                 kwargs["num_gpus"] = spec.num_gpus
             # A crashed actor is restarted and its batch retried, but not forever: Ray's default is
             # unbounded, which a poison input would turn into an endless loop.
-            return ds.map_batches(_on_arrow(spec.fn), fn_constructor_args=spec.args,
+            return ds.map_batches(_on_arrow(spec.fn, keep), fn_constructor_args=spec.args,
                                   compute=ActorPoolStrategy(size=spec.concurrency or 1),
                                   max_restarts=2, max_task_retries=2, **kwargs)
-        fn = _on_arrow(spec.fn)(*spec.args)  # a stateless stage: built once here, shipped to the tasks
+        fn = _on_arrow(spec.fn, keep)(*spec.args)  # a stateless stage: built once here, shipped to the tasks
         compute = TaskPoolStrategy(size=spec.concurrency) if spec.concurrency else None
         return ds.map_batches(fn, compute=compute, max_retries=2, **kwargs)
 
@@ -228,9 +232,10 @@ def run_job(job: Job, inputs: list[str], output: str, cfg: Config) -> Summary:
         from pipeline.io.datasource import ShardDatasource
 
         ds = ray.data.read_datasource(ShardDatasource(todo, cfg.input, options), num_cpus=cfg.input.num_cpus)
-        for spec in job.stages:
-            ds = _apply(ds, spec)
-        ds = ds.select_columns(job.columns())
+        for i, spec in enumerate(job.stages):
+            # The last stage keeps only the output columns: a separate select_columns op would hold
+            # blocks back until the end (seen with Ray 2.60), delaying commits and progress.
+            ds = _apply(ds, spec, job.columns() if i == len(job.stages) - 1 else None)
         with Watchdog(cfg.run.stall_timeout_s) as watchdog:
             for block in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
                 watchdog.beat()
