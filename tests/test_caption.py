@@ -101,3 +101,30 @@ def test_unsupported_model_type_is_a_clear_error(tmp_path):
     cfg = load_config(None, [f"caption.model={tmp_path}"])
     with pytest.raises(ValueError, match="model_type 'bert' is not a supported captioner"):
         load_captioner(cfg.caption)
+
+
+def test_a_batch_that_runs_out_of_gpu_memory_is_split_not_failed():
+    import torch
+
+    from pipeline.models.batching import split_on_oom
+
+    calls = []
+
+    class FakeCaptioner:
+        def caption(self, pixels):
+            calls.append(len(pixels))
+            if len(pixels) > 2:
+                raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+            return [[f"c{int(p[0, 0, 0])}"] for p in pixels]
+
+    cfg = load_config(None, ["caption.model=tiny:blip"]).caption
+    stage = CaptionImages(cfg, load=lambda *a: FakeCaptioner())
+    n = 7
+    pixels = np.zeros((n, 4, 4, 3), np.uint8)
+    pixels[:, 0, 0, 0] = np.arange(n)
+    batch = {STATUS: np.array([OK] * n, dtype=object), "pixels_caption": pixels}
+    out = stage(batch)
+    assert list(out[CAPTION]) == [f"c{i}" for i in range(n)]
+    assert calls[0] == 7 and sum(c for c in calls if c <= 2) == 7  # every image captioned once, in halves
+    with pytest.raises(ValueError):
+        split_on_oom(lambda items: (_ for _ in ()).throw(ValueError("not an OOM")), [1, 2, 3])

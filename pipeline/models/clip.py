@@ -10,6 +10,7 @@ import numpy as np
 from pipeline.config import ClipConfig
 from pipeline.image import Images
 from pipeline.models.loading import load_pretrained, pretrained_kwargs, resolve_model, setup_torch
+from pipeline.models.pixels import pixel_values
 
 
 class ClipEmbedder:
@@ -26,7 +27,9 @@ class ClipEmbedder:
 
         if len(pixels) == 0:
             return np.zeros((0, self.dim), np.float32)
-        pv = self.image_processor(images=list(pixels), return_tensors="pt")["pixel_values"]
+        pv = pixel_values(self.image_processor, pixels, self.device, self.dtype)
+        if pv is None:
+            pv = self.image_processor(images=list(pixels), return_tensors="pt")["pixel_values"]
         with torch.inference_mode():
             out = self.model.get_image_features(pixel_values=pv.to(self.device, self.dtype)).pooler_output
             return normalize(out.float(), dim=-1).cpu().numpy()  # type: ignore[no-any-return]

@@ -17,6 +17,7 @@ from pipeline.config import CaptionConfig
 from pipeline.image import Images
 from pipeline.models.generation import generate_kwargs
 from pipeline.models.loading import load_pretrained, pretrained_kwargs, setup_torch
+from pipeline.models.pixels import pixel_values
 
 
 class HFCaptioner:
@@ -32,24 +33,31 @@ class HFCaptioner:
         lm = getattr(model.config, "text_config", None)
         self.decoder_only = family == "blip-2" and not getattr(lm, "is_encoder_decoder", False)
 
-    def inputs(self, images: list[Any]) -> dict[str, Any]:
+    def inputs(self, images: Images) -> dict[str, Any]:
         prompt = self.cfg.prompt
+        fast = pixel_values(self.image_processor, images, self.device, self.dtype)
+        if fast is not None and not (prompt and self.family == "blip-2"):  # BLIP-2 prompts need the processor's <image> tokens
+            out: dict[str, Any] = {"pixel_values": fast}
+            if prompt and self.family == "blip":
+                out.update(self.tokenizer([prompt] * len(images), return_tensors="pt", return_token_type_ids=False))
+        elif self.family == "vision-encoder-decoder":
+            out = dict(self.image_processor(images=list(images), return_tensors="pt"))
+        else:
+            text = [prompt] * len(images) if prompt else None
+            out = dict(self.processor(images=list(images), text=text, return_tensors="pt"))
         if self.family == "vision-encoder-decoder":
-            out = dict(self.image_processor(images=images, return_tensors="pt"))
             if prompt:
                 import torch
 
                 start = self.model.config.decoder_start_token_id
                 ids = self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
                 out["decoder_input_ids"] = torch.tensor([[start, *ids]] * len(images))
-            return out
-        text = [prompt] * len(images) if prompt else None
-        return dict(self.processor(images=images, text=text, return_tensors="pt"))
+        return out
 
     def caption(self, pixels: Images) -> list[list[str]]:
         import torch
 
-        images = list(pixels)
+        images = pixels
         inputs = {k: v.to(self.device) for k, v in self.inputs(images).items()}
         inputs["pixel_values"] = inputs["pixel_values"].to(self.dtype)
         if self.cfg.strategy == "sample":

@@ -14,6 +14,7 @@ import numpy as np
 from pipeline.config import ItmConfig
 from pipeline.image import Images
 from pipeline.models.loading import load_pretrained, pretrained_kwargs, resolve_model, setup_torch
+from pipeline.models.pixels import pixel_values
 
 
 class BlipItm:
@@ -31,7 +32,9 @@ class BlipItm:
             return [[] for _ in texts], [[] for _ in texts]
         m = self.model
         with torch.inference_mode():
-            pv = self.processor(images=list(pixels), return_tensors="pt")["pixel_values"]
+            pv = pixel_values(self.processor.image_processor, pixels, self.device, self.dtype)
+            if pv is None:
+                pv = self.processor(images=list(pixels), return_tensors="pt")["pixel_values"]
             image_embeds = m.vision_model(pixel_values=pv.to(self.device, self.dtype)).last_hidden_state
             idx = torch.tensor([i for i, _ in pairs], device=self.device)
             tok = self.processor.tokenizer([t for _, t in pairs], padding="longest", truncation=True,

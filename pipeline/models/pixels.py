@@ -1,0 +1,45 @@
+"""uint8 pixels (already at the processor's size) → the model's `pixel_values`, without the processor.
+
+The HF image processors convert every image to PIL and back and normalise in NumPy, one image at a
+time: on a GPU box that is CPU time the GPU waits for. Our decode stage already resized to the
+processor's size, so what is left is rescale + normalise: done here on the whole batch, on the model's
+device (uint8 crosses the bus, 4× smaller than float32). On CPU the arithmetic follows the processor's
+own (float64 rescale, float32 normalise), so pixel values equal the processor's bit for bit.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+
+def _size(ip: Any) -> tuple[int, int] | None:
+    crop = getattr(ip, "crop_size", None) if getattr(ip, "do_center_crop", False) else None
+    size = crop or getattr(ip, "size", None)
+    size = size if isinstance(size, dict) or size is None else size.__dict__
+    if size and size.get("height") and size.get("width"):
+        return int(size["height"]), int(size["width"])
+    return None
+
+
+def pixel_values(ip: Any, pixels: Any, device: str, dtype: Any) -> Any | None:
+    """A (N, 3, H, W) tensor in `dtype` on `device`, or None where the processor must do it itself."""
+    import torch
+
+    arr = np.asarray(pixels) if not isinstance(pixels, np.ndarray) else pixels
+    if arr.dtype != np.uint8 or arr.ndim != 4 or arr.shape[-1] != 3:
+        return None
+    if _size(ip) != tuple(arr.shape[1:3]) or getattr(ip, "do_pad", False):
+        return None
+    if not (getattr(ip, "do_rescale", False) and getattr(ip, "do_normalize", False)):
+        return None
+    x = torch.from_numpy(np.ascontiguousarray(arr)).permute(0, 3, 1, 2)
+    mean = torch.tensor(ip.image_mean, dtype=torch.float32).view(1, 3, 1, 1)
+    std = torch.tensor(ip.image_std, dtype=torch.float32).view(1, 3, 1, 1)
+    if device == "cpu":
+        x = (x.double() * ip.rescale_factor).float()
+    else:
+        x = x.to(device, non_blocking=True).float() * ip.rescale_factor
+        mean, std = mean.to(device), std.to(device)
+    return ((x - mean) / std).to(dtype)
