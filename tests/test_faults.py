@@ -9,6 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import tar_bytes
 
+from pipeline.bench import PeakRss
 from pipeline.cli import main
 from pipeline.samples import write_webdataset
 
@@ -36,41 +37,6 @@ def test_s3_slowdown_every_third_request_gives_identical_output(ray_local, s3, s
     flaky = pq.read_table("capfilt-flaky/flaky/captions", filesystem=s3).sort_by("key")
     assert clean.num_rows == 12
     assert clean.equals(flaky)
-
-
-def _tree_rss() -> int:
-    import psutil
-
-    me = psutil.Process()
-    total = 0
-    for p in [me, *me.children(recursive=True)]:
-        try:
-            total += p.memory_info().rss
-        except psutil.Error:
-            pass
-    return total
-
-
-class PeakRss:
-    """Samples the RSS of this process and all its descendants (Ray's raylet and workers)."""
-
-    def __init__(self) -> None:
-        import threading
-
-        self.peak, self._stop = 0, threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.wait(0.1):
-            self.peak = max(self.peak, _tree_rss())
-
-    def __enter__(self) -> PeakRss:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
 
 
 MEMORY_BOUND = 6 * 2**30  # the bound the README states for this corpus on tiny models
