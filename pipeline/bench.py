@@ -252,7 +252,7 @@ def bench_pipeline(inputs: str, out: Path, model: str, threads: int, batch: int)
         f"caption.model={model}", "caption.device=cpu", "caption.dtype=float32", "caption.strategy=greedy",
         f"caption.max_new_tokens={GEN['max_new_tokens']}", f"caption.min_new_tokens={GEN['min_new_tokens']}",
         f"caption.batch_size={batch}", f"caption.num_threads={threads}", "caption.num_cpus=1",
-        "decode.num_cpus=0.5", f"decode.batch_size={batch}", "input.num_cpus=0.25", f"input.rows_per_block={batch}",
+        "decode.num_cpus=0.25", f"decode.batch_size={batch}", "input.num_cpus=0.25", f"input.rows_per_block={batch}",
         "run.progress=none",
     ], job="caption")
     with PeakRss() as mem:
