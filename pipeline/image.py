@@ -53,15 +53,6 @@ class DecodeFailure(Exception):
 _ORIENTATION_SWAPS = {5, 6, 7, 8}  # EXIF orientations that turn the image by 90°
 
 
-def oriented_size(im: Image.Image) -> tuple[int, int]:
-    w, h = im.size
-    try:
-        orientation = im.getexif().get(0x0112, 1)
-    except Exception:  # a malformed EXIF block must not fail the image; it only loses orientation
-        orientation = 1
-    return (h, w) if orientation in _ORIENTATION_SWAPS else (w, h)
-
-
 def to_rgb(im: Image.Image) -> Image.Image:
     """Any PIL mode → RGB: 16/32-bit scaled (not saturated), transparency composited on white."""
     if im.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
@@ -121,7 +112,7 @@ def _orientation(im: Image.Image) -> int:
         return 1
 
 
-def _turbo(data: bytes, im: Image.Image, targets: tuple[Target, ...]) -> Image.Image | None:
+def _turbo(data: bytes, im: Image.Image, targets: tuple[Target, ...], orientation: int) -> Image.Image | None:
     """JPEG decoded by libjpeg-turbo straight to the smallest DCT scale (n/8) that still covers every
     target: most of a web JPEG's pixels are never materialised. None when not applicable."""
     try:
@@ -130,7 +121,6 @@ def _turbo(data: bytes, im: Image.Image, targets: tuple[Target, ...]) -> Image.I
         return None
     if im.mode not in ("RGB", "L"):  # CMYK/YCCK: PIL knows Adobe's inverted CMYK, libjpeg-turbo does not
         return None
-    orientation = _orientation(im)
     need = max(max(t.height, t.width, t.shortest_edge) for t in targets)
     try:
         arr = simplejpeg.decode_jpeg(data, colorspace="RGB", min_height=need, min_width=need, strict=True)
@@ -164,12 +154,13 @@ def decode(
         raise DecodeFailure(UNSUPPORTED_FORMAT, f"not an image, or a format outside {list(formats)}") from None
     except (OSError, ValueError, SyntaxError) as e:  # PIL raises these for broken headers
         raise DecodeFailure(DECODE_ERROR, f"{type(e).__name__}: {e}") from None
-    width, height = oriented_size(im)
+    orientation = _orientation(im)  # read once: the reported size and the fast path both need it
+    width, height = im.size[::-1] if orientation in _ORIENTATION_SWAPS else im.size
     if width * height > max_pixels:
         raise DecodeFailure(TOO_LARGE, f"{width}x{height} exceeds decode.max_pixels={max_pixels}")
     if width < 1 or height < 1:
         raise DecodeFailure(DECODE_ERROR, f"empty image {width}x{height}")
-    if fast and im.format == "JPEG" and targets and (turbo := _turbo(data, im, targets)) is not None:
+    if fast and im.format == "JPEG" and targets and (turbo := _turbo(data, im, targets, orientation)) is not None:
         return {t.name: resize_to(turbo, t, Image.Resampling.BOX) for t in targets}, width, height
     try:
         if draft and im.format == "JPEG" and targets:

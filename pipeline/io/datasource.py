@@ -6,21 +6,15 @@ of our per-row statuses and shard-end rows, so the read tasks call our readers i
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from functools import partial
 from typing import Any
 
-import pyarrow as pa
 from ray.data.block import BlockMetadata
 from ray.data.datasource import Datasource, ReadTask
 
 from pipeline.config import InputConfig
 from pipeline.io.readers import READ_SCHEMA, read_shard
 from pipeline.io.shards import Shard
-
-
-def _read(shard: Shard, cfg: InputConfig, options: dict[str, Any]) -> Iterator[pa.Table]:
-    yield from read_shard(shard, cfg, options)
 
 
 class ShardDatasource(Datasource):
@@ -36,7 +30,7 @@ class ShardDatasource(Datasource):
                        data_context: Any = None) -> list[ReadTask]:
         return [
             ReadTask(
-                partial(_read, s, self.cfg, self.options),
+                partial(read_shard, s, self.cfg, self.options),
                 BlockMetadata(num_rows=None, size_bytes=s.size, exec_stats=None, input_files=(s.uri,)),
                 schema=READ_SCHEMA,
             )
