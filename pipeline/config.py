@@ -32,7 +32,9 @@ class InputConfig:
     rows_per_block: int = 64  # rows per block a read task yields (a block streams, a shard never loads whole)
     max_image_bytes: int = 64 * 2**20  # a larger member/file is not read: its row gets `too_large`
     max_text_chars: int = 16384  # longer alt-text is cut (web alt-text can be megabytes of junk)
-    num_cpus: float = 0.25
+    # CPUs per read task; null = decode.num_cpus, so that Ray fuses each read with its decode in one
+    # task (the JPEG bytes never go through the object store, and there is one pool of task workers).
+    num_cpus: float | None = None
 
 
 @dataclass(frozen=True)

@@ -35,7 +35,7 @@ class StageSpec:
     fn: Callable[..., Any]
     args: tuple[Any, ...] = ()
     actor: bool = False
-    batch_size: int = 32
+    batch_size: int | None = 32  # None: each block as it comes
     num_cpus: float = 1.0
     num_gpus: float = 0.0
     concurrency: int | None = None
@@ -60,8 +60,11 @@ def decode_stage(cfg: Config, targets: dict[str, Target]) -> tuple[StageSpec, di
             unique[spec] = replace(t, name=f"pixels_{role}")
         columns[role] = unique[spec].name
     d = cfg.decode
-    stage = StageSpec(DecodeImages, (d, tuple(unique.values())), batch_size=d.batch_size, num_cpus=d.num_cpus,
-                      concurrency=d.concurrency)
+    # Fused with the read (input.num_cpus null, see _read), decode takes each read block whole: Ray
+    # fuses a read with a map only when the map asks for no batch size of its own.
+    fused = cfg.input.num_cpus is None
+    stage = StageSpec(DecodeImages, (d, tuple(unique.values())), batch_size=None if fused else d.batch_size,
+                      num_cpus=d.num_cpus, concurrency=d.concurrency)
     return stage, columns
 
 
@@ -90,6 +93,7 @@ class Summary:
     seconds: float
     first_block_s: float | None = None  # start → first block at the driver (Ray, actors, model loading)
     steady_images_per_s: float | None = None  # rows after the first block / time after it
+    stages: dict[str, dict[str, float]] = field(default_factory=dict)  # Ray Data operator → time in it
 
     @property
     def images_per_s(self) -> float:
@@ -117,6 +121,19 @@ def _on_arrow(stage_cls: Any, keep: list[str] | None = None) -> type:
     return type(stage_cls.__name__, (_OnArrow,), {"stage_cls": stage_cls, "keep": keep, "__module__": __name__})
 
 
+def _read(source: Any, shards: int, cfg: Config) -> Any:
+    """The read op, set up so that Ray fuses it with the decode stage that follows.
+
+    One block count per shard: Ray would otherwise split each read's output (for parallelism our
+    reader already gives, block by block), and a split read is never fused. Same CPUs, concurrency
+    and scheduling as the decode tasks (see _apply): fusion needs equal remote args."""
+    import ray
+
+    num_cpus = cfg.input.num_cpus if cfg.input.num_cpus is not None else cfg.decode.num_cpus
+    return ray.data.read_datasource(source, num_cpus=num_cpus, override_num_blocks=shards,
+                                    concurrency=cfg.decode.concurrency if cfg.input.num_cpus is None else None)
+
+
 def _apply(ds: Any, spec: StageSpec, keep: list[str] | None = None) -> Any:
     """Ray-specific wiring of one stage (Ray's map_batches arguments churn between releases)."""
     from ray.data import ActorPoolStrategy, TaskPoolStrategy
@@ -135,7 +152,31 @@ def _apply(ds: Any, spec: StageSpec, keep: list[str] | None = None) -> Any:
                                   max_restarts=2, max_task_retries=2, **kwargs)
         fn = _on_arrow(spec.fn, keep)(*spec.args)  # a stateless stage: built once here, shipped to the tasks
         compute = TaskPoolStrategy(size=spec.concurrency) if spec.concurrency else None
-        return ds.map_batches(fn, compute=compute, max_retries=2, **kwargs)
+        # Ray's task default of 3 retries (system failures only) and the read's SPREAD scheduling: equal
+        # remote args let Ray fuse this stage with the read (see _read).
+        return ds.map_batches(fn, compute=compute, scheduling_strategy="SPREAD", **kwargs)
+
+
+def stage_times(ds: Any) -> dict[str, dict[str, float]]:
+    """Time spent in each operator of a finished run, from Ray Data's own stats: `busy_s` sums its
+    tasks' wall time (across workers, so it can exceed the run), `udf_s` the time in our code.
+
+    Ray's stats summary is not a public API; a release that changes it costs this report, not the run."""
+    try:
+        out = {}
+        todo = [ds._get_stats_summary()]
+        while todo:  # the summary of the last operator chain, with the earlier ones as its parents
+            summary = todo.pop()
+            todo += summary.parents
+            for op in summary.operators_stats:
+                wall, udf = op.wall_time, op.function_body_time
+                out[op.operator_name] = {"busy_s": round(wall.sum, 3) if wall else 0.0,
+                                         "udf_s": round(udf.sum, 3) if udf else 0.0,
+                                         "tasks": int(wall.count) if wall else 0}
+        return dict(reversed(out.items()))  # first operator first
+    except Exception as e:  # noqa: BLE001 - see the docstring
+        log.debug("no stage times: %s", e)
+        return {}
 
 
 class Watchdog:
@@ -207,7 +248,6 @@ def versions() -> dict[str, str]:
 
 def run_job(job: Job, inputs: list[str], output: str, cfg: Config) -> Summary:
     """Plans shards (skipping committed ones), streams them through the stages, commits per shard."""
-    import ray
 
     start = time.monotonic()
     options = cfg.storage
@@ -227,11 +267,12 @@ def run_job(job: Job, inputs: list[str], output: str, cfg: Config) -> Summary:
     progress = Progress(len(todo), cfg.run.progress, cfg.run.log_every_s)
     first_block_at: float | None = None
     first_rows = 0
+    stages: dict[str, dict[str, float]] = {}
     if todo:
         init_ray(cfg)
         from pipeline.io.datasource import ShardDatasource
 
-        ds = ray.data.read_datasource(ShardDatasource(todo, cfg.input, options), num_cpus=cfg.input.num_cpus)
+        ds = _read(ShardDatasource(todo, cfg.input, options), len(todo), cfg)
         for i, spec in enumerate(job.stages):
             # The last stage keeps only the output columns: a separate select_columns op would hold
             # blocks back until the end (seen with Ray 2.60), delaying commits and progress.
@@ -244,6 +285,7 @@ def run_job(job: Job, inputs: list[str], output: str, cfg: Config) -> Summary:
                     first_block_at, first_rows = time.monotonic(), rows
                 progress.update(rows, len(committer.committed))
         progress.close()
+        stages = stage_times(ds)
         if committer.incomplete():
             raise RuntimeError(f"shards not complete at the end of the run: {committer.incomplete()}")
     else:
@@ -256,7 +298,7 @@ def run_job(job: Job, inputs: list[str], output: str, cfg: Config) -> Summary:
     if first_block_at is not None and end - first_block_at > 0:
         steady = (rows_total - first_rows) / (end - first_block_at)
     summary = Summary(output, rows_total, dict(committer.counts), len(committer.committed), skipped, seconds,
-                      None if first_block_at is None else first_block_at - start, steady)
+                      None if first_block_at is None else first_block_at - start, steady, stages)
     report = {
         "job": job.name,
         "inputs": inputs,
@@ -272,6 +314,7 @@ def run_job(job: Job, inputs: list[str], output: str, cfg: Config) -> Summary:
         "images_per_s": round(summary.images_per_s, 3),
         "first_block_s": None if summary.first_block_s is None else round(summary.first_block_s, 3),
         "steady_images_per_s": None if steady is None else round(steady, 3),
+        "stages": stages,
         **extra,
     }
     write_atomic(join(output, "run.json"), json.dumps(report, indent=2, default=str).encode(), options)

@@ -12,7 +12,35 @@ def test_gpu_suite_runs_on_cpu_with_tiny_configs(tmp_path, capsys):
     assert set(res["gpu"]) == {"blip-base", "clip-b32"}
     assert all(r["model_only_img_s"] > 0 for r in res["gpu"].values())
     assert res["environment"]["device"] == "cpu"
-    assert "| blip-base |" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "| blip-base |" in printed
+    # End to end: each preset job ran on 2 linked copies of a 16-image shard, and Ray Data's stats
+    # give the time in the fused read+decode op and in every model stage.
+    e2e = res["e2e"]
+    assert set(e2e) == {"blip-base", "blip-large", "clip-b32", "clip-l14", "clean"}
+    assert all(r["images"] == 32 and r["img_s"] > 0 for r in e2e.values())
+    assert {"ReadReadShards->MapBatches(DecodeImages)", "MapBatches(CaptionImages)"} <= set(e2e["blip-base"]["stages"])
+    assert {"MapBatches(CaptionImages)", "MapBatches(ScoreItm)", "MapBatches(ScoreClip)"} <= set(e2e["clean"]["stages"])
+    assert all(t["busy_s"] > 0 for op, t in e2e["clean"]["stages"].items() if "Select" not in op)
+    assert "| clean (clean, clean-blip.yaml) | 32 |" in printed
+
+
+def test_full_size_blip_is_built_and_loads_through_capfilt(tmp_path):
+    """The GPU suite's full-size BLIP-base (random weights, real class and processor) on the CPU."""
+    import numpy as np
+
+    from pipeline.bench import build_full_size
+    from pipeline.config import load_config
+    from pipeline.models.captioner import load_captioner
+
+    build_full_size("blip-base", tmp_path / "blip-base", "cpu")
+    cfg = load_config(None, [f"caption.model={tmp_path / 'blip-base'}", "caption.device=cpu", "caption.dtype=float32",
+                             "caption.strategy=greedy", "caption.max_new_tokens=3", "caption.min_new_tokens=3"],
+                      job="caption")
+    captioner = load_captioner(cfg.caption, None)
+    assert sum(p.numel() for p in captioner.model.parameters()) > 200e6  # BLIP-base: 224M here, 247M real
+    pixels = np.random.default_rng(0).integers(0, 256, (1, 384, 384, 3), dtype=np.uint8)
+    assert len(captioner.caption(pixels)) == 1
 
 
 def test_full_size_configs_are_the_real_sizes():

@@ -90,10 +90,13 @@ class DecodeImages:
         height = np.full(n, None, dtype=object)
         rows = [i for i in range(n) if status[i] == OK]
         datas = [batch[IMAGE][i] for i in rows]
-        if self.cfg.isolate:
-            results = _Isolated.run_isolating(datas, self.targets, self.cfg) if rows else []
-        else:
-            results = decode_many(datas, self.targets, self.cfg)
+        results: list[Result] = []
+        step = self.cfg.batch_size  # images per call to the decoder (a fused read hands over whole blocks)
+        for chunk in (datas[i : i + step] for i in range(0, len(datas), step)):
+            if self.cfg.isolate:
+                results += _Isolated.run_isolating(chunk, self.targets, self.cfg)
+            else:
+                results += decode_many(chunk, self.targets, self.cfg)
         for i, (kind, payload, w, h) in zip(rows, results, strict=True):
             if kind != OK:
                 status[i], error[i] = kind, payload
