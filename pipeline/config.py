@@ -78,6 +78,10 @@ class CaptionConfig(ModelConfig):
     min_new_tokens: int = 5
     prompt: str | None = None  # conditional captioning, e.g. "a photography of"
     seed: int = 0
+    # KV cache of generation: "static" preallocates it, and on a GPU transformers then compiles the
+    # decoder step (torch.compile) for the models it marks compilable (BLIP-2 OPT/Flan-T5, GPT-2 decoders);
+    # BLIP's own text decoder does not support it.
+    cache: Literal["dynamic", "static"] = "dynamic"
 
 
 @dataclass(frozen=True)

@@ -133,3 +133,15 @@ def tar_bytes(members: dict[str, bytes]) -> bytes:
         for name, data in members.items():
             add_member(tar, name, data)
     return buf.getvalue()
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked `gpu` need CUDA: skipped, with the reason, on machines without it (CI has none)."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)

@@ -95,6 +95,25 @@ def test_parity_greedy_beam_prompt_and_sampling(name, photos):
     assert len({c for cands in ours for c in cands}) > 1
 
 
+@pytest.mark.parametrize("name", ["blip2-opt", "blip2-t5", "vit-gpt2"])
+def test_static_kv_cache_writes_the_same_captions(name, photos):
+    datas = pngs(photos)
+    common = [f"caption.model=tiny:{name}", "caption.max_new_tokens=6", "caption.min_new_tokens=3", "decode.fast=false",
+              "caption.strategy=beam", "caption.num_beams=3"]
+    dynamic = load_config(None, common)
+    static = load_config(None, [*common, "caption.cache=static"])
+    captioner = load_captioner(static.caption)
+    assert captioner.gen_kwargs["cache_implementation"] == "static"
+    pixels = our_pixels(static, datas)
+    assert captioner.caption(pixels) == load_captioner(dynamic.caption).caption(pixels)
+
+
+def test_static_kv_cache_is_refused_for_blip_with_a_clear_error():
+    cfg = load_config(None, ["caption.model=tiny:blip", "caption.cache=static"])
+    with pytest.raises(ValueError, match="caption.cache: 'static' is not supported by BLIP"):
+        load_captioner(cfg.caption)
+
+
 def run(job: str, config: str, inputs: str, output: Path, *extra: str) -> int:
     return main([job, "--input", inputs, "--output", str(output), "--config", str(ROOT / "configs" / config),
                  "--set", "decode.fast=false", "--set", "run.progress=none", *extra])

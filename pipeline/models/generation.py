@@ -9,6 +9,8 @@ from pipeline.config import CaptionConfig
 
 def generate_kwargs(cfg: CaptionConfig) -> dict[str, Any]:
     kw: dict[str, Any] = {"max_new_tokens": cfg.max_new_tokens, "min_new_tokens": cfg.min_new_tokens}
+    if cfg.cache == "static":
+        kw["cache_implementation"] = "static"
     if cfg.strategy == "greedy":
         kw.update(do_sample=False, num_beams=1)
     elif cfg.strategy == "beam":

@@ -85,6 +85,10 @@ def load(family: str, path: str, cfg: CaptionConfig) -> HFCaptioner:
     import transformers
     from transformers import AutoImageProcessor, AutoProcessor, AutoTokenizer
 
+    if cfg.cache == "static" and family == "blip":
+        # transformers sizes the static cache for max_new_tokens, but BLIP's decoder also holds its
+        # [DEC] start token: the last step writes past the end (IndexError in index_copy_).
+        raise ValueError(f"caption.cache: 'static' is not supported by BLIP ({cfg.model}); use 'dynamic'")
     device, dtype = setup_torch(cfg)
     kw = pretrained_kwargs(cfg)
     cls = getattr(transformers, MODEL_CLASSES[family])
