@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml Makefile | cksum | cut -d' ' -f1)
 export CAPFILT_CACHE ?= $(CURDIR)/.venv/capfilt-cache
 
-.PHONY: help install demo test lint bench bench-gpu clean
+.PHONY: help install demo test lint bench bench-gpu devicepack clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 12
@@ -39,6 +39,14 @@ bench: install  ## CPU benchmark, side by side (decode, loop vs model alone vs p
 
 bench-gpu: install  ## GPU benchmark: full-size BLIP/CLIP configs, bf16, NVML utilisation → bench-out/
 	$(BIN)/python -m pipeline.bench --device cuda --out bench-out/bench-gpu.json
+
+# For an offline GPU box that has PyTorch and transformers but not Ray (see BENCHMARKS.md): Ray, plus
+# what capfilt's fast path and the benchmark use beyond those (libjpeg-turbo decode, accelerate's
+# device_map loading, NVML bindings, psutil).
+devicepack: install  ## .devicepack/site.tar.xz for the offline GPU box
+	DEVICEPACK_EXTRA="simplejpeg==$$($(BIN)/python -c 'import simplejpeg; print(simplejpeg.__version__)') \
+	  accelerate==$$($(BIN)/python -c 'import accelerate; print(accelerate.__version__)') nvidia-ml-py psutil" \
+	  PATH=$(CURDIR)/$(BIN):$$PATH bash ../shared/tools/device-pack.sh
 
 clean:  ## remove outputs and the venv
 	rm -rf out .venv .pytest_cache .mypy_cache .ruff_cache

@@ -614,8 +614,12 @@ def environment(device: str) -> dict[str, Any]:
     import torch
 
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    import importlib.util
+
     env = {"date": time.strftime("%Y-%m-%d"), "commit": commit or None, "python": platform.python_version(),
-           "torch": torch.__version__, "cpus": os.cpu_count(), "machine": platform.machine(), "device": device}
+           "torch": torch.__version__, "cpus": os.cpu_count(), "machine": platform.machine(), "device": device,
+           # what the fast path and the data depend on, where a GPU box may lack it
+           "has": {m: importlib.util.find_spec(m) is not None for m in ("simplejpeg", "accelerate", "pynvml", "skimage", "ray")}}
     if device == "cuda":
         env["gpu"] = torch.cuda.get_device_name(0)
     return env
@@ -644,7 +648,12 @@ def main(argv: list[str] | None = None) -> int:
         print("| model | img/s (model only) | batch | dtype | GPU busy |\n|---|---|---|---|---|")
         for name, r in result["gpu"].items():
             print(f"| {name} | {r['model_only_img_s']:.1f} | {r['batch_size']} | {r['dtype']} | {_pct(r['gpu_busy_pct'])} |")
-        if not args.no_e2e:
+        import importlib.util
+
+        if not args.no_e2e and importlib.util.find_spec("ray") is None:
+            print("end to end: skipped, Ray is not importable here (on an offline GPU box: `make devicepack`, "
+                  "then PYTHONPATH=<unpacked site>; see BENCHMARKS.md)")
+        elif not args.no_e2e:
             with tempfile.TemporaryDirectory(prefix="capfilt-bench-") as work:
                 result["e2e"] = e2e_suite(args.device, args.tiny, args.e2e_scale, Path(work))
             print(e2e_table(result["e2e"]))

@@ -20,8 +20,14 @@ ALT_TEXTS = ("an astronaut in a white suit", "a cat lying down", "a cup of coffe
 
 
 def photos(size: int | None = None) -> list[np.ndarray]:
-    """Real photos as uint8 RGB (from scikit-image's package data), optionally resized to ~size px."""
-    from skimage import data
+    """Real photos as uint8 RGB (from scikit-image's package data), optionally resized to ~size px.
+
+    Without scikit-image (an offline GPU box), textured synthetic images stand in: smooth colour fields
+    with edges and grain, which JPEG compresses about as hard as a photo."""
+    try:
+        from skimage import data
+    except ImportError:
+        return synthetic_photos(size or 512)
 
     out = []
     for name in PHOTOS:
@@ -34,6 +40,26 @@ def photos(size: int | None = None) -> list[np.ndarray]:
             scale = size / max(im.size)
             im = im.resize((max(1, round(im.width * scale)), max(1, round(im.height * scale))), Image.Resampling.BICUBIC)
         out.append(np.asarray(im))
+    return out
+
+
+def synthetic_photos(size: int, n: int = len(PHOTOS)) -> list[np.ndarray]:
+    rng = np.random.default_rng(0)
+    out = []
+    for _ in range(n):
+        h, w = size, int(size * rng.uniform(0.6, 1.0))
+        yy, xx = np.mgrid[0:h, 0:w].astype(np.float32) / size
+        img = np.zeros((h, w, 3), np.float32)
+        for c in range(3):  # low-frequency colour waves
+            for _ in range(4):
+                fx, fy, ph = rng.uniform(0.5, 6, 2).tolist() + [rng.uniform(0, 6.3)]
+                img[..., c] += np.sin(2 * np.pi * (fx * xx + fy * yy) + ph)
+        img = (img - img.min()) / (np.ptp(img) + 1e-6) * 200
+        for _ in range(12):  # hard-edged shapes
+            y0, x0 = int(rng.integers(0, h)), int(rng.integers(0, w))
+            img[y0 : y0 + int(rng.integers(10, h // 3)), x0 : x0 + int(rng.integers(10, w // 3))] = rng.uniform(0, 255, 3)
+        img += rng.normal(0, 8, img.shape)  # grain
+        out.append(np.clip(img, 0, 255).astype(np.uint8))
     return out
 
 
