@@ -44,6 +44,7 @@ bench-gpu: install  ## GPU benchmark: full-size BLIP/CLIP configs, bf16, NVML ut
 # what capfilt's fast path and the benchmark use beyond those (libjpeg-turbo decode, accelerate's
 # device_map loading, NVML bindings, psutil).
 devicepack: install  ## .devicepack/site.tar.xz for the offline GPU box
+	mkdir -p "$$(git rev-parse --git-path info)"  # the script records .devicepack in info/exclude
 	DEVICEPACK_EXTRA="simplejpeg==$$($(BIN)/python -c 'import simplejpeg; print(simplejpeg.__version__)') \
 	  accelerate==$$($(BIN)/python -c 'import accelerate; print(accelerate.__version__)') nvidia-ml-py psutil" \
 	  PATH=$(CURDIR)/$(BIN):$$PATH bash ../shared/tools/device-pack.sh
