@@ -9,6 +9,7 @@ import sys
 from collections.abc import Sequence
 
 from pipeline.config import ConfigError, load_config
+from pipeline.progress import fmt_rate
 
 JOBS = {
     "caption": ("jobs.caption", "caption every image (BLIP, BLIP-2, ViT-GPT2)"),
@@ -70,6 +71,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     counts = ", ".join(f"{k}={v}" for k, v in sorted(summary.counts.items())) or "none"
     print(f"capfilt {args.job}: {summary.rows} rows ({counts}) from {summary.shards_done} shards "
-          f"({summary.shards_skipped} already done) in {summary.seconds:.1f}s, {summary.images_per_s:.1f} img/s "
+          f"({summary.shards_skipped} already done) in {summary.seconds:.1f}s, {fmt_rate(summary.images_per_s)} img/s "
           f"→ {summary.output}")
     return 0

@@ -16,6 +16,10 @@ def _fmt_eta(seconds: float | None) -> str:
     s = int(seconds)
     return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
 
+def fmt_rate(x: float) -> str:
+    """1234.5 → "1234.5", 0.0433 → "0.0433": a slow CPU run of a full-size model is not "0.0 img/s"."""
+    return f"{x:.1f}" if x >= 1 else f"{x:.3g}"
+
 
 class Progress:
     """`update()` after each block; the ETA extrapolates rows per shard from the shards done so far."""
@@ -42,7 +46,7 @@ class Progress:
 
     def line(self) -> str:
         return (f"{self.rows} images | {self.shards_done}/{self.shards_total} shards | "
-                f"{self.rate():.1f} img/s | ETA {_fmt_eta(self.eta())}")
+                f"{fmt_rate(self.rate())} img/s | ETA {_fmt_eta(self.eta())}")
 
     def update(self, rows: int, shards_done: int) -> None:
         self.rows += rows
