@@ -29,7 +29,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import numpy as np
 
@@ -99,7 +99,26 @@ def rate(fn: Callable[[], int], min_seconds: float = 0.0) -> tuple[float, float]
             return n / elapsed, elapsed
 
 
-class PeakRss:
+class _Sampler:
+    """A daemon thread that samples (`_run`, polling `_stop`) for the duration of a `with` block."""
+
+    def __init__(self) -> None:
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+class PeakRss(_Sampler):
     """Peak memory of this process and its descendants (Ray's raylet and workers), sampled every 100 ms.
 
     `peak` sums RSS, which counts a shared page (torch's libraries, mapped by every worker) once per
@@ -107,10 +126,9 @@ class PeakRss:
     processes that map it: the memory the run really holds."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.peak = self.peak_pss = 0
         self.breakdown: list[tuple[str, int]] = []  # (process, PSS in MiB) at the PSS peak
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
         import psutil
@@ -122,30 +140,23 @@ class PeakRss:
             for p in [me, *me.children(recursive=True)]:
                 try:
                     info = p.memory_full_info()
-                    rss, pss = rss + info.rss, pss + getattr(info, "pss", info.rss)
-                    parts.append((" ".join(p.cmdline())[:60].strip(), getattr(info, "pss", info.rss) >> 20))
+                    p_pss = getattr(info, "pss", info.rss)
+                    rss, pss = rss + info.rss, pss + p_pss
+                    parts.append((" ".join(p.cmdline())[:60].strip(), p_pss >> 20))
                 except psutil.Error:
                     pass
             self.peak = max(self.peak, rss)
             if pss > self.peak_pss:
                 self.peak_pss, self.breakdown = pss, sorted(parts, key=lambda x: -x[1])
 
-    def __enter__(self) -> PeakRss:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
 
 
-class GpuSampler:
+class GpuSampler(_Sampler):
     """GPU utilisation (%) sampled with NVML every 100 ms; empty where NVML is missing."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.samples: list[int] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
         try:
@@ -173,14 +184,6 @@ class GpuSampler:
                     break
                 if line.strip().isdigit():
                     self.samples.append(int(line))
-
-    def __enter__(self) -> GpuSampler:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
 
     def busy(self) -> float | None:
         """Mean utilisation over the middle 80 % of the samples (steady state)."""
@@ -422,6 +425,12 @@ def cpu_table(res: dict[str, Any]) -> str:
 # ---------------------------------------------------------------- GPU suite
 
 
+# ViT-L (BLIP-large's and CLIP L/14's vision tower) and CLIP L/14's text tower, shared by the model-only
+# configs and the full-size models the end-to-end runs build.
+LARGE_VISION = dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16)
+L14_TEXT = dict(hidden_size=768, intermediate_size=3072, num_attention_heads=12)
+
+
 def gpu_models(tiny: bool) -> dict[str, Any]:
     """Full-size configs of the real classes (random weights), or tiny ones to test this code on CPU."""
     from transformers import BlipConfig, CLIPConfig
@@ -433,14 +442,12 @@ def gpu_models(tiny: bool) -> dict[str, Any]:
             "clip-b32": ("clip", CLIPConfig(vision_config={**small, "image_size": 64, "patch_size": 32},
                                              text_config=small, projection_dim=32)),
         }
-    large_vision = dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16)
     return {
         "blip-base": ("blip", BlipConfig()),  # the defaults are blip-image-captioning-base
-        "blip-large": ("blip", BlipConfig(vision_config=large_vision)),
+        "blip-large": ("blip", BlipConfig(vision_config=LARGE_VISION)),
         "clip-b32": ("clip", CLIPConfig()),  # the defaults are ViT-B/32
-        "clip-l14": ("clip", CLIPConfig(vision_config={**large_vision, "patch_size": 14, "image_size": 224},
-                                        text_config=dict(hidden_size=768, intermediate_size=3072, num_attention_heads=12),
-                                        projection_dim=768)),
+        "clip-l14": ("clip", CLIPConfig(vision_config={**LARGE_VISION, "patch_size": 14, "image_size": 224},
+                                        text_config=L14_TEXT, projection_dim=768)),
     }
 
 
@@ -512,12 +519,11 @@ def build_full_size(name: str, out: Path, device: str) -> None:
 
     from pipeline.models.tiny import _blip_tokenizer, minilm_dir
 
-    large = dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16)
     with torch.device(device):
         torch.manual_seed(0)
         if name.startswith(("blip", "itm")):
             tok = _blip_tokenizer()
-            vision: dict[str, Any] = {"image_size": 384, **(large if name.endswith("large") else {})}
+            vision: dict[str, Any] = {"image_size": 384, **(LARGE_VISION if name.endswith("large") else {})}
             text = dict(vocab_size=len(tok), bos_token_id=tok.bos_token_id, sep_token_id=tok.sep_token_id,
                         pad_token_id=tok.pad_token_id, encoder_hidden_size=vision.get("hidden_size", 768))
             cls = "BlipForImageTextRetrieval" if name.startswith("itm") else "BlipForConditionalGeneration"
@@ -530,8 +536,8 @@ def build_full_size(name: str, out: Path, device: str) -> None:
                         eos_token_id=tok.sep_token_id, pad_token_id=tok.pad_token_id)
             vision = {"patch_size": 32}
             if name == "clip-l14":
-                vision = {**large, "patch_size": 14}
-                text.update(hidden_size=768, intermediate_size=3072, num_attention_heads=12)
+                vision = {**LARGE_VISION, "patch_size": 14}
+                text.update(L14_TEXT)
             model = transformers.CLIPModel(CLIPConfig(text_config=text, vision_config=vision,
                                                       projection_dim=768 if name == "clip-l14" else 512))
             processor = transformers.CLIPProcessor(image_processor=CLIPImageProcessor(), tokenizer=tok)
@@ -544,12 +550,14 @@ def build_full_size(name: str, out: Path, device: str) -> None:
 def e2e_suite(device: str, tiny: bool, scale: float, work: Path) -> dict[str, Any]:
     """Each entry of E2E as `capfilt <job>` runs it: img/s end to end and in steady state, GPU busy
     (NVML) during the run, and the time in each Ray Data operator (decode, each model)."""
+    import importlib
+
     import ray
 
+    from pipeline.cli import JOBS
     from pipeline.config import load_config
     from pipeline.run import run_job
 
-    jobs = _job_builders()
     dirs: dict[str, str] = {}
     pool = web_jpegs(64 if tiny else 256, seed=4)
     per_shard = 16 if tiny else 500
@@ -578,7 +586,8 @@ def e2e_suite(device: str, tiny: bool, scale: float, work: Path) -> dict[str, An
                 overrides += ["decode.num_cpus=0.25", "decode.batch_size=8", "input.rows_per_block=8"]
             cfg = load_config(CONFIGS / preset, overrides, job=job)
             with GpuSampler() as gpu:
-                summary = run_job(jobs[job](cfg), [inputs], str(work / f"e2e-out-{name}"), cfg)
+                built = importlib.import_module(JOBS[job][0]).build(cfg)  # as `capfilt <job>` builds it
+                summary = run_job(built, [inputs], str(work / f"e2e-out-{name}"), cfg)
             res[name] = {"job": job, "preset": preset, "images": summary.rows, "img_s": summary.images_per_s,
                          "steady_img_s": summary.steady_images_per_s, "first_block_s": summary.first_block_s,
                          "gpu_busy_pct": gpu.busy(), "stages": summary.stages}
@@ -600,12 +609,6 @@ def e2e_table(res: dict[str, Any]) -> str:
         lines.append(f"| {name} ({r['job']}, {r['preset']}) | {r['images']} | {r['img_s']:.1f} | {steady} "
                      f"| {r['first_block_s'] or 0:.1f} | {_pct(r['gpu_busy_pct'])} | {stages} |")
     return "\n".join(lines)
-
-
-def _job_builders() -> dict[str, Callable[[Any], Any]]:
-    from jobs import caption, clean, embed
-
-    return {"caption": caption.build, "clean": clean.build, "embed": embed.build}
 
 
 # ---------------------------------------------------------------- main

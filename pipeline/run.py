@@ -60,10 +60,9 @@ def decode_stage(cfg: Config, targets: dict[str, Target]) -> tuple[StageSpec, di
             unique[spec] = replace(t, name=f"pixels_{role}")
         columns[role] = unique[spec].name
     d = cfg.decode
-    # Fused with the read (input.num_cpus null, see _read), decode takes each read block whole: Ray
-    # fuses a read with a map only when the map asks for no batch size of its own.
-    fused = cfg.input.num_cpus is None
-    stage = StageSpec(DecodeImages, (d, tuple(unique.values())), batch_size=None if fused else d.batch_size,
+    # Fused with the read (see _read), decode takes each read block whole: Ray fuses a read with a map
+    # only when the map asks for no batch size of its own.
+    stage = StageSpec(DecodeImages, (d, tuple(unique.values())), batch_size=None if read_fused(cfg) else d.batch_size,
                       num_cpus=d.num_cpus, concurrency=d.concurrency)
     return stage, columns
 
@@ -121,6 +120,11 @@ def _on_arrow(stage_cls: Any, keep: list[str] | None = None) -> type:
     return type(stage_cls.__name__, (_OnArrow,), {"stage_cls": stage_cls, "keep": keep, "__module__": __name__})
 
 
+def read_fused(cfg: Config) -> bool:
+    """Whether each read runs fused with decode in one task: `input.num_cpus` null (the default)."""
+    return cfg.input.num_cpus is None
+
+
 def _read(source: Any, shards: int, cfg: Config) -> Any:
     """The read op, set up so that Ray fuses it with the decode stage that follows.
 
@@ -129,9 +133,10 @@ def _read(source: Any, shards: int, cfg: Config) -> Any:
     and scheduling as the decode tasks (see _apply): fusion needs equal remote args."""
     import ray
 
-    num_cpus = cfg.input.num_cpus if cfg.input.num_cpus is not None else cfg.decode.num_cpus
-    return ray.data.read_datasource(source, num_cpus=num_cpus, override_num_blocks=shards,
-                                    concurrency=cfg.decode.concurrency if cfg.input.num_cpus is None else None)
+    if read_fused(cfg):
+        return ray.data.read_datasource(source, num_cpus=cfg.decode.num_cpus, override_num_blocks=shards,
+                                        concurrency=cfg.decode.concurrency)
+    return ray.data.read_datasource(source, num_cpus=cfg.input.num_cpus, override_num_blocks=shards)
 
 
 def _apply(ds: Any, spec: StageSpec, keep: list[str] | None = None) -> Any:
@@ -248,7 +253,6 @@ def versions() -> dict[str, str]:
 
 def run_job(job: Job, inputs: list[str], output: str, cfg: Config) -> Summary:
     """Plans shards (skipping committed ones), streams them through the stages, commits per shard."""
-
     start = time.monotonic()
     options = cfg.storage
     shards = list_shards(inputs, cfg.input.format, options)
