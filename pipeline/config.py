@@ -48,6 +48,10 @@ class DecodeConfig:
     batch_size: int = 32
     num_cpus: float = 0.5
     concurrency: int | None = None  # decode tasks in flight; null = as many as the CPUs allow
+    # "cuda": JPEGs are decoded by each model's actor on its GPU (nvJPEG via torchvision) and resized
+    # there; the CPU tasks check headers only (format, max_pixels) and pass the bytes on. For fast models
+    # whose CPU decode is the bottleneck (CLIP B/32). Other formats decode on the CPU in the actor.
+    device: Literal["cpu", "cuda"] = "cpu"
 
 
 @dataclass(frozen=True)
@@ -64,6 +68,7 @@ class ModelConfig:
     num_cpus: float = 1.0
     num_threads: int | None = None  # torch threads per actor on CPU; null = ceil(num_cpus)
     concurrency: int = 1  # actors in the pool
+    compile: bool = False  # torch.compile the vision tower on a GPU (first batches pay the compile)
 
 
 @dataclass(frozen=True)

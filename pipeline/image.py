@@ -130,15 +130,9 @@ def _turbo(data: bytes, im: Image.Image, targets: tuple[Target, ...], orientatio
     return out.transpose(_TRANSPOSE[orientation]) if orientation in _TRANSPOSE else out
 
 
-def decode(
-    data: bytes, targets: tuple[Target, ...], max_pixels: int, formats: tuple[str, ...], draft: bool = True,
-    fast: bool = False,
-) -> tuple[dict[str, np.ndarray], int, int]:
-    """Decodes once → ({target name: uint8 HxWx3}, width, height); raises DecodeFailure.
-
-    `fast`: JPEGs through libjpeg-turbo's scaled decoding and an area resize (embeddings within
-    cos 0.99 of the processor path, about 3× the speed); otherwise PIL and the processor's own filter,
-    bit-identical to the processor path (with `draft`, JPEGs ≥2× the target decode DCT-scaled first)."""
+def inspect(data: bytes, max_pixels: int, formats: tuple[str, ...]) -> tuple[Image.Image, int, int, int]:
+    """The header checks of `decode`, without decoding a pixel → (opened image, EXIF orientation,
+    width, height as shown); raises DecodeFailure."""
     if not data:
         raise DecodeFailure(DECODE_ERROR, "empty file")
     if _CRASH_MARKER and data.startswith(_CRASH_MARKER):
@@ -154,12 +148,32 @@ def decode(
         raise DecodeFailure(UNSUPPORTED_FORMAT, f"not an image, or a format outside {list(formats)}") from None
     except (OSError, ValueError, SyntaxError) as e:  # PIL raises these for broken headers
         raise DecodeFailure(DECODE_ERROR, f"{type(e).__name__}: {e}") from None
-    orientation = _orientation(im)  # read once: the reported size and the fast path both need it
+    orientation = _orientation(im)  # read once: the reported size and the fast paths both need it
     width, height = im.size[::-1] if orientation in _ORIENTATION_SWAPS else im.size
     if width * height > max_pixels:
         raise DecodeFailure(TOO_LARGE, f"{width}x{height} exceeds decode.max_pixels={max_pixels}")
     if width < 1 or height < 1:
         raise DecodeFailure(DECODE_ERROR, f"empty image {width}x{height}")
+    return im, orientation, width, height
+
+
+def gpu_decodable(im: Image.Image, data: bytes) -> bool:
+    """A JPEG that nvJPEG decodes as a viewer shows it: YCbCr or greyscale (not Adobe CMYK/YCCK), and
+    whole: it ends with the EOI marker (nvJPEG may fill a truncated file in silently; the CPU path's
+    strict decoder calls it an error)."""
+    return im.format == "JPEG" and im.mode in ("RGB", "L") and data.rstrip(b"\x00")[-2:] == b"\xff\xd9"
+
+
+def decode(
+    data: bytes, targets: tuple[Target, ...], max_pixels: int, formats: tuple[str, ...], draft: bool = True,
+    fast: bool = False,
+) -> tuple[dict[str, np.ndarray], int, int]:
+    """Decodes once → ({target name: uint8 HxWx3}, width, height); raises DecodeFailure.
+
+    `fast`: JPEGs through libjpeg-turbo's scaled decoding and an area resize (embeddings within
+    cos 0.99 of the processor path, about 3× the speed); otherwise PIL and the processor's own filter,
+    bit-identical to the processor path (with `draft`, JPEGs ≥2× the target decode DCT-scaled first)."""
+    im, orientation, width, height = inspect(data, max_pixels, formats)
     if fast and im.format == "JPEG" and targets and (turbo := _turbo(data, im, targets, orientation)) is not None:
         return {t.name: resize_to(turbo, t, Image.Resampling.BOX) for t in targets}, width, height
     try:

@@ -17,7 +17,7 @@ from typing import Any
 import pyarrow as pa
 
 from pipeline.batch import to_arrow, to_numpy
-from pipeline.config import Config, ModelConfig
+from pipeline.config import Config, ConfigError, ModelConfig
 from pipeline.image import Target
 from pipeline.io.shards import list_shards
 from pipeline.io.storage import join
@@ -60,6 +60,12 @@ def decode_stage(cfg: Config, targets: dict[str, Target]) -> tuple[StageSpec, di
             unique[spec] = replace(t, name=f"pixels_{role}")
         columns[role] = unique[spec].name
     d = cfg.decode
+    if d.device == "cuda":
+        import importlib.util
+
+        if importlib.util.find_spec("torchvision") is None:
+            raise ConfigError("config: decode.device: 'cuda' needs torchvision (torchvision.io.decode_jpeg), which is "
+                              "not installed here; install the torchvision that matches your torch, or use 'cpu'")
     # Fused with the read (see _read), decode takes each read block whole: Ray fuses a read with a map
     # only when the map asks for no batch size of its own.
     stage = StageSpec(DecodeImages, (d, tuple(unique.values())), batch_size=None if read_fused(cfg) else d.batch_size,

@@ -7,7 +7,7 @@ import pyarrow as pa
 # Columns made by the readers.
 KEY = "key"
 SOURCE = "source"
-IMAGE = "image"  # encoded bytes; dropped by the decode stage
+IMAGE = "image"  # encoded bytes; dropped by the decode stage (kept for the GPU with decode.device=cuda)
 TEXT = "text"
 META = "meta"  # JSON string (img2dataset's KEY.json, or other columns of a Parquet row)
 STATUS = "status"
@@ -17,6 +17,9 @@ ERROR = "error"
 PIXELS = "pixels"  # uint8 HxWx3 at the model's input size; never written
 WIDTH = "width"
 HEIGHT = "height"
+# decode.device=cuda: instead of pixels, per row 1–8 = a JPEG for the GPU with this EXIF orientation,
+# 0 = another format (decoded on the CPU by the model's actor); never written.
+GPU_DECODE = "gpu_decode"
 
 # Columns made by the model stages.
 CAPTION = "caption"

@@ -7,18 +7,21 @@ from pipeline.bench import gpu_models, main
 
 def test_gpu_suite_runs_on_cpu_with_tiny_configs(tmp_path, capsys):
     out = tmp_path / "gpu.json"
-    assert main(["--device", "cpu", "--gpu-suite", "--tiny", "--quick", "--batch-size", "4", "--out", str(out)]) == 0
+    assert main(["--device", "cpu", "--gpu-suite", "--tiny", "--quick", "--batch-size", "4", "--out", str(out),
+                 "--e2e-variant", "blip-base:caption.batch_size=4,caption.num_beams=2"]) == 0
     res = json.loads(out.read_text())
-    assert set(res["gpu"]) == {"blip-base", "clip-b32"}
+    assert set(res["gpu"]) == {"blip-base@4", "clip-b32@4"}
     assert all(r["model_only_img_s"] > 0 for r in res["gpu"].values())
     assert res["environment"]["device"] == "cpu"
     printed = capsys.readouterr().out
-    assert "| blip-base |" in printed
+    assert "| blip-base@4 |" in printed
     # End to end: each preset job ran on 2 linked copies of a 16-image shard, and Ray Data's stats
     # give the time in the fused read+decode op and in every model stage.
     e2e = res["e2e"]
-    assert set(e2e) == {"blip-base", "blip-large", "clip-b32", "clip-l14", "clean"}
+    variant = "blip-base[caption.batch_size=4,caption.num_beams=2]"  # the same entry again, with overrides
+    assert set(e2e) == {"blip-base", "blip-large", "clip-b32", "clip-l14", "clean", variant}
     assert all(r["images"] == 32 and r["img_s"] > 0 for r in e2e.values())
+    assert e2e[variant]["overrides"] == ["caption.batch_size=4", "caption.num_beams=2"]
     assert {"ReadReadShards->MapBatches(DecodeImages)", "MapBatches(CaptionImages)"} <= set(e2e["blip-base"]["stages"])
     assert {"MapBatches(CaptionImages)", "MapBatches(ScoreItm)", "MapBatches(ScoreClip)"} <= set(e2e["clean"]["stages"])
     assert all(t["busy_s"] > 0 for op, t in e2e["clean"]["stages"].items() if "Select" not in op)

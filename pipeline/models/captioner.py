@@ -14,6 +14,8 @@ PIXELS_CAPTION = "pixels_caption"  # the decode target (and batch column) the ca
 class Captioner(Protocol):
     model_id: str
     revision: str | None
+    image_processor: Any  # its HF image processor, and the device it runs on: decode.device=cuda needs them
+    device: str
 
     def caption(self, pixels: Images) -> list[list[str]]:
         """uint8 HxWx3 images → candidates per image (best first)."""

@@ -41,10 +41,10 @@ class HFCaptioner:
             if prompt and self.family == "blip":
                 out.update(self.tokenizer([prompt] * len(images), return_tensors="pt", return_token_type_ids=False))
         elif self.family == "vision-encoder-decoder":
-            out = dict(self.image_processor(images=list(images), return_tensors="pt"))
+            out = dict(self.image_processor(images=list(_host(images)), return_tensors="pt"))
         else:
             text = [prompt] * len(images) if prompt else None
-            out = dict(self.processor(images=list(images), text=text, return_tensors="pt"))
+            out = dict(self.processor(images=list(_host(images)), text=text, return_tensors="pt"))
         if self.family == "vision-encoder-decoder":
             if prompt:
                 import torch
@@ -98,3 +98,8 @@ def load(family: str, path: str, cfg: CaptionConfig) -> HFCaptioner:
                            AutoTokenizer.from_pretrained(path, **kw), None, cfg, device, dtype)
     processor = AutoProcessor.from_pretrained(path, **kw)
     return HFCaptioner(family, model, processor.image_processor, processor.tokenizer, processor, cfg, device, dtype)
+
+
+def _host(images: Any) -> Any:
+    """Pixels decoded on the GPU (decode.device=cuda) as NumPy, for the HF processor's own path."""
+    return images.cpu().numpy() if hasattr(images, "cpu") else images

@@ -22,6 +22,10 @@ class BlipItm:
         self.model, self.processor, self.cfg, self.device, self.dtype = model, processor, cfg, device, dtype
         self.model_id = cfg.model
 
+    @property
+    def image_processor(self) -> Any:
+        return self.processor.image_processor
+
     def score(self, pixels: Images, texts: Sequence[Sequence[str]]) -> tuple[list[list[float]], list[list[float]]]:
         """→ (ITM match probability, ITC cosine), one list per image with one value per text."""
         import torch

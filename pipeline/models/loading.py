@@ -112,6 +112,12 @@ def load_pretrained(cls: Any, path: str, cfg: Any, device: str, dtype: Any) -> A
     model = cls.from_pretrained(path, dtype=dtype, **placement, **pretrained_kwargs(cfg))
     if device != "cpu" and not placement:
         model = model.to(device)
+    if getattr(cfg, "compile", False) and device != "cpu" and hasattr(model, "vision_model"):
+        import torch
+
+        # The vision tower runs once per image in every model here (CLIP, BLIP ITM, the captioners'
+        # encoders); dynamic=False specialises on the batch shape (a last, shorter batch recompiles once).
+        model.vision_model = torch.compile(model.vision_model, dynamic=False)
     return model.eval()
 
 
@@ -124,9 +130,13 @@ def processor_target(path: str, cfg: Any, name: str) -> Target:
     no-op and the pixels match the processor path exactly). Reads the processor's config, no weights."""
     from transformers import AutoImageProcessor
 
+    return processor_size_target(AutoImageProcessor.from_pretrained(path, **pretrained_kwargs(cfg)), name)
+
+
+def processor_size_target(image_processor: Any, name: str) -> Target:
+    """The decode target of a loaded HF image processor (see processor_target)."""
     from pipeline.image import Target
 
-    image_processor = AutoImageProcessor.from_pretrained(path, **pretrained_kwargs(cfg))
     size = image_processor.size
     size = size if isinstance(size, dict) else size.__dict__
     resample = int(getattr(image_processor, "resample", 3) or 3)

@@ -24,24 +24,30 @@ def _size(ip: Any) -> tuple[int, int] | None:
 
 
 def pixel_values(ip: Any, pixels: Any, device: str, dtype: Any) -> Any | None:
-    """A (N, 3, H, W) tensor in `dtype` on `device`, or None where the processor must do it itself."""
+    """A (N, 3, H, W) tensor in `dtype` on `device`, or None where the processor must do it itself.
+    `pixels`: uint8 (N, H, W, 3), a NumPy array (or list), or a tensor (decoded on the GPU)."""
     import torch
 
-    arr = np.asarray(pixels) if not isinstance(pixels, np.ndarray) else pixels
-    if arr.dtype != np.uint8 or arr.ndim != 4 or arr.shape[-1] != 3:
+    if isinstance(pixels, torch.Tensor):
+        x = pixels
+    else:
+        arr = np.asarray(pixels) if not isinstance(pixels, np.ndarray) else pixels
+        if arr.dtype != np.uint8:
+            return None
+        x = torch.from_numpy(np.ascontiguousarray(arr))
+    if x.dtype != torch.uint8 or x.ndim != 4 or x.shape[-1] != 3:
         return None
-    if _size(ip) != tuple(arr.shape[1:3]) or getattr(ip, "do_pad", False):
+    if _size(ip) != tuple(x.shape[1:3]) or getattr(ip, "do_pad", False):
         return None
     if not (getattr(ip, "do_rescale", False) and getattr(ip, "do_normalize", False)):
         return None
-    x = torch.from_numpy(np.ascontiguousarray(arr))
     mean = torch.tensor(ip.image_mean, dtype=torch.float32).view(1, 3, 1, 1)
     std = torch.tensor(ip.image_std, dtype=torch.float32).view(1, 3, 1, 1)
     if device == "cpu":
-        x = (x.permute(0, 3, 1, 2).double() * ip.rescale_factor).float()
+        x = (x.cpu().permute(0, 3, 1, 2).double() * ip.rescale_factor).float()
     else:  # NHWC as it is in memory to the device, the layout change there
-        x = to_device(x, device).permute(0, 3, 1, 2).float() * ip.rescale_factor
-        mean, std = mean.to(device), std.to(device)
+        x = (x if x.device.type != "cpu" else to_device(x, device)).permute(0, 3, 1, 2).float() * ip.rescale_factor
+        mean, std = mean.to(x.device), std.to(x.device)
     return ((x - mean) / std).to(dtype)
 
 

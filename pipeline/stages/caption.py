@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.config import CaptionConfig
+from pipeline.gpu_decode import stage_pixels
 from pipeline.models.batching import split_on_oom
 from pipeline.models.captioner import PIXELS_CAPTION, Captioner, load_captioner
 from pipeline.schema import CAPTION, CAPTIONS, OK, STATUS
@@ -31,8 +32,9 @@ class CaptionImages:
         captions = np.empty(n, dtype=object)
         captions[:] = [[] for _ in range(n)]
         caption = np.full(n, None, dtype=object)
+        ok, pixels = stage_pixels(batch, self.column, ok, self.captioner)
         if len(ok):
-            for i, cands in zip(ok, split_on_oom(self.captioner.caption, batch[self.column][ok]), strict=True):
+            for i, cands in zip(ok, split_on_oom(self.captioner.caption, pixels), strict=True):
                 captions[i], caption[i] = cands, cands[0]
         batch[CAPTIONS], batch[CAPTION] = captions, caption
         return batch

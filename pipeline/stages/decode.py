@@ -10,20 +10,26 @@ from typing import Any
 import numpy as np
 
 from pipeline.config import DecodeConfig
-from pipeline.image import DecodeFailure, Target, decode
-from pipeline.schema import DECODE_CRASH, ERROR, HEIGHT, IMAGE, OK, STATUS, WIDTH
+from pipeline.image import DecodeFailure, Target, decode, gpu_decodable, inspect
+from pipeline.schema import DECODE_CRASH, ERROR, GPU_DECODE, HEIGHT, IMAGE, OK, STATUS, WIDTH
 
 log = logging.getLogger(__name__)
 
-Result = tuple[str, Any, Any, Any]  # (status, pixels by target | error message, width, height)
+# (status, pixels by target | GPU-decode mark (see GPU_DECODE) | error message, width, height)
+Result = tuple[str, Any, Any, Any]
 
 
 def decode_many(datas: list[bytes], targets: tuple[Target, ...], cfg: DecodeConfig) -> list[Result]:
+    """Each image decoded to every target; with `decode.device: cuda`, only its header checked."""
     out: list[Result] = []
     for data in datas:
         try:
-            pixels, w, h = decode(data, targets, cfg.max_pixels, cfg.formats, cfg.draft, cfg.fast)
-            out.append((OK, pixels, w, h))
+            if cfg.device == "cuda":
+                im, orientation, w, h = inspect(data, cfg.max_pixels, cfg.formats)
+                out.append((OK, orientation if gpu_decodable(im, data) else 0, w, h))
+            else:
+                pixels, w, h = decode(data, targets, cfg.max_pixels, cfg.formats, cfg.draft, cfg.fast)
+                out.append((OK, pixels, w, h))
         except DecodeFailure as e:
             out.append((e.kind, str(e)[:500], None, None))
     return out
@@ -76,7 +82,8 @@ class _Crashed(Exception):
 
 
 class DecodeImages:
-    """Adds one pixel column per target, `width`/`height`; drops the bytes. Failed rows get a status."""
+    """Adds one pixel column per target, `width`/`height`; drops the bytes. Failed rows get a status.
+    With `decode.device: cuda`: keeps the bytes of ok rows and adds GPU_DECODE instead of pixels."""
 
     def __init__(self, cfg: DecodeConfig, targets: tuple[Target, ...]):
         self.cfg, self.targets = cfg, targets
@@ -85,7 +92,9 @@ class DecodeImages:
         n = len(batch[STATUS])
         status = batch[STATUS].astype(object)
         error = batch[ERROR].astype(object)
-        pixels = {t.name: np.zeros((n, t.height, t.width, 3), dtype=np.uint8) for t in self.targets}
+        on_gpu = self.cfg.device == "cuda"
+        pixels = {} if on_gpu else {t.name: np.zeros((n, t.height, t.width, 3), dtype=np.uint8) for t in self.targets}
+        mark = np.zeros(n, dtype=np.int8)
         width = np.full(n, None, dtype=object)
         height = np.full(n, None, dtype=object)
         rows = [i for i in range(n) if status[i] == OK]
@@ -102,9 +111,17 @@ class DecodeImages:
                 status[i], error[i] = kind, payload
                 continue
             width[i], height[i] = w, h
+            if on_gpu:
+                mark[i] = payload
+                continue
             for name, arr in payload.items():
                 pixels[name][i] = arr
-        batch = {k: v for k, v in batch.items() if k != IMAGE}  # the heaviest column: gone after decode
+        if on_gpu:  # the model stages decode the bytes of ok rows; those of failed rows are not needed
+            image = batch[IMAGE].astype(object)
+            image[status != OK] = b""
+            batch = {**batch, IMAGE: image, GPU_DECODE: mark}
+        else:
+            batch = {k: v for k, v in batch.items() if k != IMAGE}  # the heaviest column: gone after decode
         batch.update(pixels)
         batch[STATUS], batch[ERROR], batch[WIDTH], batch[HEIGHT] = status, error, width, height
         return batch

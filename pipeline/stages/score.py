@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.config import ClipConfig, EmbedConfig, ItmConfig
+from pipeline.gpu_decode import stage_pixels
 from pipeline.models.clip import ClipEmbedder, load_clip
 from pipeline.models.itm import BlipItm, load_itm
 from pipeline.schema import CAPTIONS, IMAGE_EMBEDDING, OK, SCORE_COLUMNS, STATUS, TEXT, TEXT_EMBEDDING
@@ -48,9 +49,9 @@ class ScoreItm:
         self.model, self.column = load(cfg, storage_options), column
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        rows = np.flatnonzero(batch[STATUS] == OK)
+        rows, pixels = stage_pixels(batch, self.column, np.flatnonzero(batch[STATUS] == OK), self.model)
         texts, has_text = texts_of(batch, rows)
-        itm, itc = self.model.score(batch[self.column][rows], texts) if len(rows) else ([], [])
+        itm, itc = self.model.score(pixels, texts) if len(rows) else ([], [])
         put_scores(batch, "itm", rows, itm, has_text)
         put_scores(batch, "itc", rows, itc, has_text)
         return batch
@@ -74,8 +75,8 @@ class ScoreClip:
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         n = len(batch[STATUS])
-        rows = np.flatnonzero(batch[STATUS] == OK)
-        images = self.model.embed_images(batch[self.column][rows])
+        rows, pixels = stage_pixels(batch, self.column, np.flatnonzero(batch[STATUS] == OK), self.model)
+        images = self.model.embed_images(pixels)
         texts, has_text = texts_of(batch, rows)
         if self.score:
             flat = self.model.embed_texts([t for ts in texts for t in ts])
