@@ -70,7 +70,7 @@ def decode_on_device(datas: list[bytes], marks: list[int], target: Target, devic
         for j, (kind, payload, _, _) in zip(cpu, _Isolated.run_isolating([datas[j] for j in cpu], (target,), CPU_FALLBACK),
                                             strict=True):
             if kind == OK:
-                out[j] = torch.from_numpy(payload[target.name]).to(device)
+                out[j] = torch.from_numpy(payload[target.name].copy()).to(device)  # unpickled: read-only
             else:
                 failed[j] = (kind, payload)
     good = [o for o in out if o is not None]
