@@ -32,8 +32,12 @@ def stage_pixels(batch: dict[str, np.ndarray], column: str, rows: np.ndarray, mo
     """The pixels of `rows` for a model stage → (rows that have them, pixels): the decode stage's
     column, or, with decode.device=cuda, the rows' bytes decoded on the model's device. Rows whose
     image fails to decode get their status and error here and are left out."""
-    if column in batch or not len(rows):
-        return rows, batch[column][rows] if column in batch else np.zeros((0, 0, 0, 3), np.uint8)
+    if column in batch:
+        col = batch[column]
+        # All rows ok (the usual batch): the column itself, not a fancy-indexed copy of every pixel.
+        return rows, col if len(rows) == len(col) else col[rows]
+    if not len(rows):
+        return rows, np.zeros((0, 0, 0, 3), np.uint8)
     target = target_of(model.image_processor, column)
     pixels, failed = decode_on_device([batch[IMAGE][i] for i in rows], [int(batch[GPU_DECODE][i]) for i in rows],
                                       target, model.device)

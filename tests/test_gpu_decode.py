@@ -146,3 +146,17 @@ def test_decode_on_cuda_without_torchvision_is_a_one_line_config_error(monkeypat
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "torchvision" else real(name, *a))
     with pytest.raises(ConfigError, match=r"^config: decode\.device: 'cuda' needs torchvision"):
         decode_stage(load_config(None, ["decode.device=cuda"]), {"clip": Target("p", 224, 224, "crop", 224)})
+
+
+def test_stage_pixels_takes_the_decoded_column_without_copying_a_full_batch():
+    """With CPU decode: all rows ok → the column itself (no per-batch copy of every pixel in the
+    actor's thread); some rows failed → just their pixels."""
+    from pipeline.gpu_decode import stage_pixels
+
+    px = np.random.default_rng(0).integers(0, 256, (4, 8, 8, 3), dtype=np.uint8)
+    batch = {"pixels_clip": px, STATUS: np.array([OK] * 4, dtype=object)}
+    rows, got = stage_pixels(batch, "pixels_clip", np.arange(4), model=None)
+    assert got is px and list(rows) == [0, 1, 2, 3]
+    rows, got = stage_pixels(batch, "pixels_clip", np.array([1, 3]), model=None)
+    np.testing.assert_array_equal(got, px[[1, 3]])
+    assert list(rows) == [1, 3]
