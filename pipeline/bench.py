@@ -451,20 +451,26 @@ def gpu_models(tiny: bool) -> dict[str, Any]:
     }
 
 
-def bench_gpu_model(kind: str, config: Any, device: str, seconds: float, batch: int, compile: bool = False) -> dict[str, Any]:
-    """Model-only throughput of one full-size config: uint8 in, normalised on the device, bf16 on CUDA;
-    `compile`: the vision tower through torch.compile, as `<model>.compile: true` does."""
+def build_gpu_model(kind: str, config: Any, device: str) -> Any:
+    """A full-size model of the real class with random weights, bf16 on CUDA, in eval mode."""
     import torch
     from transformers import BlipForConditionalGeneration, CLIPModel
 
-    dtype = torch.bfloat16 if device == "cuda" else torch.float32
     torch.manual_seed(0)
     model: Any = (BlipForConditionalGeneration if kind == "blip" else CLIPModel)(config)
-    model = model.to(device=device, dtype=dtype).eval()
+    return model.to(device=device, dtype=torch.bfloat16 if device == "cuda" else torch.float32).eval()
+
+
+def bench_gpu_model(kind: str, model: Any, device: str, seconds: float, batch: int, compile: bool = False) -> dict[str, Any]:
+    """Model-only throughput: uint8 in, normalised on the device; `compile`: the vision tower through
+    torch.compile, as `<model>.compile: true` does (it replaces the model's tower: run it last)."""
+    import torch
+
+    dtype = model.dtype
     attention = str(model.config._attn_implementation)
     if compile:
         model.vision_model = torch.compile(model.vision_model, dynamic=False)
-    size = config.vision_config.image_size
+    size = model.config.vision_config.image_size
     pixels = torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8, device=device)
     mean = torch.tensor([0.481, 0.458, 0.408], device=device).view(1, 3, 1, 1)
     std = torch.tensor([0.269, 0.261, 0.276], device=device).view(1, 3, 1, 1)
@@ -503,11 +509,12 @@ def gpu_suite(device: str, tiny: bool, seconds: float, batches: tuple[int, ...] 
     for name, (kind, config) in gpu_models(tiny).items():
         runs = [(b, False) for b in (batches or GPU_BATCHES[kind])]
         if compile and kind == "clip":
-            runs.append((max(b for b, _ in runs), True))
+            runs.append((max(b for b, _ in runs), True))  # last: compiling replaces the model's tower
+        model = build_gpu_model(kind, config, device)  # once per model, every batch size on it
         for batch, compiled in runs:
             label = f"{name}@{batch}" + ("+compile" if compiled else "")
             try:
-                res[label] = bench_gpu_model(kind, config, device, seconds, batch, compiled)
+                res[label] = bench_gpu_model(kind, model, device, seconds, batch, compiled)
             except Exception as e:  # an OOM or a missing kernel costs one figure, not the run
                 log.exception("model-only %s failed", label)
                 res[label] = {"error": f"{type(e).__name__}: {e}"}
@@ -515,6 +522,7 @@ def gpu_suite(device: str, tiny: bool, seconds: float, batches: tuple[int, ...] 
             save(res)
             if device == "cuda":
                 torch.cuda.empty_cache()
+        del model
     return res
 
 

@@ -20,6 +20,7 @@ import numpy as np
 
 from pipeline.config import DecodeConfig
 from pipeline.image import Target
+from pipeline.models.loading import processor_size_target
 from pipeline.schema import ERROR, GPU_DECODE, IMAGE, OK, STATUS
 
 CHUNK = 64  # images per nvJPEG call: the full-size frames of 64 web images are ~0.5 GB of GPU memory
@@ -38,7 +39,7 @@ def stage_pixels(batch: dict[str, np.ndarray], column: str, rows: np.ndarray, mo
         return rows, col if len(rows) == len(col) else col[rows]
     if not len(rows):
         return rows, np.zeros((0, 0, 0, 3), np.uint8)
-    target = target_of(model.image_processor, column)
+    target = processor_size_target(model.image_processor, column)
     pixels, failed = decode_on_device([batch[IMAGE][i] for i in rows], [int(batch[GPU_DECODE][i]) for i in rows],
                                       target, model.device)
     if failed:
@@ -46,12 +47,6 @@ def stage_pixels(batch: dict[str, np.ndarray], column: str, rows: np.ndarray, mo
         for j, (kind, message) in failed.items():
             batch[STATUS][rows[j]], batch[ERROR][rows[j]] = kind, message
     return np.array([r for j, r in enumerate(rows) if j not in failed], dtype=np.int64), pixels
-
-
-def target_of(image_processor: Any, name: str) -> Target:
-    from pipeline.models.loading import processor_size_target
-
-    return processor_size_target(image_processor, name)
 
 
 def decode_on_device(datas: list[bytes], marks: list[int], target: Target, device: str) -> tuple[Any, dict[int, tuple[str, str]]]:

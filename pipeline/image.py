@@ -161,7 +161,8 @@ def gpu_decodable(im: Image.Image, data: bytes) -> bool:
     """A JPEG that nvJPEG decodes as a viewer shows it: YCbCr or greyscale (not Adobe CMYK/YCCK), and
     whole: it ends with the EOI marker (nvJPEG may fill a truncated file in silently; the CPU path's
     strict decoder calls it an error)."""
-    return im.format == "JPEG" and im.mode in ("RGB", "L") and data.rstrip(b"\x00")[-2:] == b"\xff\xd9"
+    # The last bytes only (zero padding allowed): stripping the whole file would copy it per image.
+    return im.format == "JPEG" and im.mode in ("RGB", "L") and data[-64:].rstrip(b"\x00")[-2:] == b"\xff\xd9"
 
 
 def decode(

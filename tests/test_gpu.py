@@ -6,6 +6,7 @@ import pytest
 from pipeline.config import load_config
 from pipeline.models.captioner import load_captioner
 from pipeline.models.pixels import _PINNED, pixel_values
+from pipeline.samples import jpeg
 
 pytestmark = pytest.mark.gpu
 
@@ -34,16 +35,6 @@ def test_captions_on_cuda_match_the_cpu_in_float32(cache):
     assert on_gpu == on_cpu
 
 
-def _jpeg(arr, **kw):
-    import io
-
-    from PIL import Image
-
-    buf = io.BytesIO()
-    Image.fromarray(arr).save(buf, format="JPEG", quality=90, **kw)
-    return buf.getvalue()
-
-
 def test_nvjpeg_decode_matches_the_cpu_path_and_bad_images_become_rows(photos):
     """decode.device=cuda's real nvJPEG: web-size JPEGs (colour, grey, CMYK) within a few levels of
     the CPU processor path (PIL decode + bicubic); a truncated JPEG and a refused one are rows."""
@@ -57,10 +48,10 @@ def test_nvjpeg_decode_matches_the_cpu_path_and_bad_images_become_rows(photos):
 
     target = Target("p", 224, 224, "crop", 224)
     big = [np.asarray(Image.fromarray(p).resize((1200, 900), Image.Resampling.BICUBIC)) for p in photos[:6]]
-    datas = [_jpeg(a) for a in big[:4]] + [_jpeg(big[4][:, :, 0])]
+    datas = [jpeg(a) for a in big[:4]] + [jpeg(big[4][:, :, 0])]
     cmyk = io.BytesIO()
     Image.fromarray(big[5]).convert("CMYK").save(cmyk, format="JPEG", quality=90)
-    datas += [cmyk.getvalue(), _jpeg(big[0])[:-3000], b"\xff\xd8garbage\xff\xd9"]
+    datas += [cmyk.getvalue(), jpeg(big[0])[:-3000], b"\xff\xd8garbage\xff\xd9"]
     marks = [1, 6, 1, 1, 1, 0, 0, 1]  # as the CPU stage marks them: CMYK and the cut file go to the CPU
     pixels, failed = decode_on_device(datas, marks, target, "cuda")
     assert pixels.is_cuda and pixels.shape == (6, 224, 224, 3)

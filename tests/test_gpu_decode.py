@@ -12,6 +12,7 @@ from pipeline import gpu_decode
 from pipeline.config import load_config
 from pipeline.gpu_decode import orient, resize_on_device
 from pipeline.image import _TRANSPOSE, Target, resize_to
+from pipeline.models.loading import processor_size_target
 from pipeline.schema import DECODE_ERROR, ERROR, GPU_DECODE, IMAGE, OK, STATUS, UNSUPPORTED_FORMAT
 from pipeline.stages.decode import DecodeImages
 
@@ -124,7 +125,7 @@ def test_pixels_decoded_on_the_device_give_the_processor_path_embeddings(photos,
     rng = np.random.default_rng(0)
     ims = [Image.fromarray(p).resize((int(rng.integers(500, 1600)), int(rng.integers(500, 1600)))) for p in photos[:12]]
     datas = [jpeg(np.asarray(im)) for im in ims]
-    target = gpu_decode.target_of(ip, "p")
+    target = processor_size_target(ip, "p")
     pixels, failed = gpu_decode.decode_on_device(datas, [1] * len(datas), target, "cpu")
     assert not failed and pixels.shape == (len(datas), target.height, target.width, 3)
     from pipeline.models.pixels import pixel_values
