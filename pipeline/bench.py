@@ -28,6 +28,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Self
 
@@ -262,28 +263,72 @@ def bench_loop(datas: list[bytes], model_dir: str, threads: int, seconds: float)
     return rate(one, seconds)[0]
 
 
-def bench_model_alone(datas: list[bytes], model_dir: str, threads: int, batch: int, seconds: float) -> float:
-    """The model alone, batched, on pre-decoded pixel values."""
-    import torch
+def _pixel_batches(datas: list[bytes], processor: Any, batch: int, n: int) -> list[Any]:
     from PIL import Image
+
+    images = [Image.open(io.BytesIO(d)).convert("RGB") for d in datas[: batch * n]]
+    return [processor(images=images[i : i + batch], return_tensors="pt")["pixel_values"]
+            for i in range(0, len(images), batch)]
+
+
+def bench_model_alone(datas: list[bytes], model_dir: str, threads: int, batch: int, seconds: float) -> float:
+    """The model alone, batched, on pre-decoded pixel values, with the decoder the captioner runs."""
+    import torch
     from transformers import AutoProcessor, BlipForConditionalGeneration
+
+    from pipeline.models.blip_cross import SharedCrossAttention
 
     torch.set_num_threads(threads)
     processor = AutoProcessor.from_pretrained(model_dir)
     model = BlipForConditionalGeneration.from_pretrained(model_dir).eval()
-    images = [Image.open(io.BytesIO(d)).convert("RGB") for d in datas[: batch * 2]]
-    batches = [processor(images=images[i : i + batch], return_tensors="pt")["pixel_values"]
-               for i in range(0, len(images), batch)]
+    shared = SharedCrossAttention.of(model)
+    batches = _pixel_batches(datas, processor, batch, 2)
     it = iter(range(10**9))
 
     def one() -> int:
         pv = batches[next(it) % len(batches)]
-        with torch.inference_mode():
+        with torch.inference_mode(), shared.session(len(pv)):
             model.generate(pixel_values=pv, **GEN)
         return len(pv)
 
     one()
     return rate(one, seconds)[0]
+
+
+BEAM = {"num_beams": 3, "do_sample": False, "max_new_tokens": 20, "min_new_tokens": 20}
+
+
+def bench_cross(datas: list[bytes], model_dir: str, threads: int, batch: int, seconds: float) -> dict[str, Any]:
+    """BLIP beam-3 captioning, model alone: transformers' decoder vs shared cross-attention, on the
+    same model and pixels in turn; `same_tokens`: both wrote the same captions."""
+    import torch
+    from transformers import AutoProcessor, BlipForConditionalGeneration
+
+    from pipeline.models.blip_cross import SharedCrossAttention
+
+    torch.set_num_threads(threads)
+    processor = AutoProcessor.from_pretrained(model_dir)
+    model = BlipForConditionalGeneration.from_pretrained(model_dir).eval()
+    shared = SharedCrossAttention.of(model)
+    batches = _pixel_batches(datas, processor, batch, 2)
+
+    def run(pv: Any, on: bool) -> Any:
+        with torch.inference_mode(), shared.session(len(pv)) if on else nullcontext():
+            return model.generate(pixel_values=pv, **BEAM)
+
+    same = all(torch.equal(run(pv, False), run(pv, True)) for pv in batches)  # also the warm-up
+    rates = {}
+    for on in (False, True):
+        turn = iter(range(10**9))
+
+        def one(on: bool = on, turn: Iterator[int] = turn) -> int:
+            pv = batches[next(turn) % len(batches)]
+            run(pv, on)
+            return len(pv)
+
+        rates[on] = rate(one, seconds)[0]
+    return {"stock_img_s": rates[False], "shared_img_s": rates[True], "ratio": rates[True] / rates[False],
+            "same_tokens": same, "batch_size": batch, "num_beams": BEAM["num_beams"], "params_m": _params(model_dir)}
 
 
 def bench_pipeline(inputs: str, out: Path, model: str, threads: int, batch: int) -> dict[str, Any]:
@@ -310,7 +355,7 @@ def bench_pipeline(inputs: str, out: Path, model: str, threads: int, batch: int)
 
 
 MEMORY_SHARD = 64  # images per shard of the memory runs: 1× is 64 shards, 32 model batches
-CPU_PARTS = ("decode", "small", "tiny", "memory")
+CPU_PARTS = ("decode", "cross", "small", "tiny", "memory")
 
 
 def cpu_suite(quick: bool, work: Path, parts: tuple[str, ...] = CPU_PARTS) -> dict[str, Any]:
@@ -325,6 +370,8 @@ def cpu_suite(quick: bool, work: Path, parts: tuple[str, ...] = CPU_PARTS) -> di
     res: dict[str, Any] = {}
     if "decode" in parts:
         res["decode"] = bench_decode(datas, small, secs)
+    if "cross" in parts:
+        res["cross"] = bench_cross(datas, small, 1, 8, secs)
     ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.WARNING, configure_logging=False)
     try:
         warm = write_shards(datas[:4], work / "warm", 4)
@@ -397,6 +444,12 @@ def cpu_table(res: dict[str, Any]) -> str:
             f"| fidelity of that decode (embedding cos, min / mean) | | {d['fidelity_cos_min']:.4f} / "
             f"{d['fidelity_cos_mean']:.4f} | | ≥ 0.99 |",
         ]
+    if "cross" in res:
+        c = res["cross"]
+        same = "same captions" if c["same_tokens"] else "CAPTIONS DIFFER"
+        lines.append(f"| small BLIP ({c['params_m']}M, batch {c['batch_size']}), beam {c['num_beams']}, model alone: "
+                     f"transformers' decoder vs shared cross-attention ({same}) (img/s) | {c['stock_img_s']:.2f} "
+                     f"| {c['shared_img_s']:.2f} | {c['ratio']:.2f}× | |")
     for name in ("small", "tiny"):
         if name not in res:
             continue
@@ -461,15 +514,23 @@ def build_gpu_model(kind: str, config: Any, device: str) -> Any:
     return model.to(device=device, dtype=torch.bfloat16 if device == "cuda" else torch.float32).eval()
 
 
-def bench_gpu_model(kind: str, model: Any, device: str, seconds: float, batch: int, compile: bool = False) -> dict[str, Any]:
-    """Model-only throughput: uint8 in, normalised on the device; `compile`: the vision tower through
-    torch.compile, as `<model>.compile: true` does (it replaces the model's tower: run it last)."""
+# Model-only variants: "" as capfilt runs the model (BLIP with shared cross-attention, blip_cross.py);
+# "stock": transformers' own BLIP decoder; "compile": the vision tower through torch.compile.
+VARIANTS = ("", "stock", "compile")
+
+
+def bench_gpu_model(kind: str, model: Any, device: str, seconds: float, batch: int, variant: str = "") -> dict[str, Any]:
+    """Model-only throughput: uint8 in, normalised on the device; `compile` replaces the model's vision
+    tower, as `<model>.compile: true` does (run it last)."""
     import torch
+
+    from pipeline.models.blip_cross import SharedCrossAttention
 
     dtype = model.dtype
     attention = str(model.config._attn_implementation)
-    if compile:
+    if variant == "compile":
         model.vision_model = torch.compile(model.vision_model, dynamic=False)
+    shared = SharedCrossAttention.of(model) if kind == "blip" else None  # outside a session: the stock decoder
     size = model.config.vision_config.image_size
     pixels = torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8, device=device)
     mean = torch.tensor([0.481, 0.458, 0.408], device=device).view(1, 3, 1, 1)
@@ -478,8 +539,9 @@ def bench_gpu_model(kind: str, model: Any, device: str, seconds: float, batch: i
     def step() -> int:
         pv = ((pixels.float() / 255 - mean) / std).to(dtype)
         with torch.inference_mode():
-            if kind == "blip":
-                model.generate(pixel_values=pv, num_beams=3, max_new_tokens=20, min_new_tokens=5)
+            if shared is not None:
+                with shared.session(batch) if variant != "stock" else nullcontext():
+                    model.generate(pixel_values=pv, num_beams=3, max_new_tokens=20, min_new_tokens=5)
             else:
                 model.get_image_features(pixel_values=pv)
         if device == "cuda":
@@ -487,12 +549,12 @@ def bench_gpu_model(kind: str, model: Any, device: str, seconds: float, batch: i
         return batch
 
     step()
-    if compile:
+    if variant == "compile":
         step()
     with GpuSampler() as gpu:
         img_s, secs = rate(step, seconds)
     return {"model_only_img_s": img_s, "batch_size": batch, "dtype": str(dtype), "seconds": secs,
-            "gpu_busy_pct": gpu.busy(), "image_size": size, "attention": attention, "compile": compile}
+            "gpu_busy_pct": gpu.busy(), "image_size": size, "attention": attention, "variant": variant or "capfilt"}
 
 
 # Model-only batch sizes (GPU): generation is launch-bound at small batches, so BLIP is swept wide.
@@ -501,20 +563,24 @@ GPU_BATCHES = {"blip": (64, 256, 512), "clip": (256, 1024)}
 
 def gpu_suite(device: str, tiny: bool, seconds: float, batches: tuple[int, ...] | None, compile: bool = False,
               save: Callable[[dict[str, Any]], None] = lambda r: None) -> dict[str, Any]:
-    """Model-only figures, one model and batch size at a time ("name@batch"; "+compile" for the
-    torch.compile'd vision tower of CLIP); a run that fails is recorded and the others still run."""
+    """Model-only figures, one model and batch size at a time ("name@batch"; "+stock" for BLIP with
+    transformers' own decoder beside capfilt's, "+compile" for CLIP's torch.compile'd vision tower);
+    a run that fails is recorded and the others still run."""
     import torch
 
     res: dict[str, Any] = {}
     for name, (kind, config) in gpu_models(tiny).items():
-        runs = [(b, False) for b in (batches or GPU_BATCHES[kind])]
+        runs = [(b, "") for b in (batches or GPU_BATCHES[kind])]
+        widest = max(b for b, _ in runs)
+        if kind == "blip":
+            runs.append((widest, "stock"))
         if compile and kind == "clip":
-            runs.append((max(b for b, _ in runs), True))  # last: compiling replaces the model's tower
+            runs.append((widest, "compile"))  # last: compiling replaces the model's tower
         model = build_gpu_model(kind, config, device)  # once per model, every batch size on it
-        for batch, compiled in runs:
-            label = f"{name}@{batch}" + ("+compile" if compiled else "")
+        for batch, variant in runs:
+            label = f"{name}@{batch}" + (f"+{variant}" if variant else "")
             try:
-                res[label] = bench_gpu_model(kind, model, device, seconds, batch, compiled)
+                res[label] = bench_gpu_model(kind, model, device, seconds, batch, variant)
             except Exception as e:  # an OOM or a missing kernel costs one figure, not the run
                 log.exception("model-only %s failed", label)
                 res[label] = {"error": f"{type(e).__name__}: {e}"}

@@ -10,8 +10,9 @@ def test_gpu_suite_runs_on_cpu_with_tiny_configs(tmp_path, capsys):
     assert main(["--device", "cpu", "--gpu-suite", "--tiny", "--quick", "--batch-size", "4", "--out", str(out),
                  "--e2e-variant", "blip-base:caption.batch_size=4,caption.num_beams=2"]) == 0
     res = json.loads(out.read_text())
-    assert set(res["gpu"]) == {"blip-base@4", "clip-b32@4"}
+    assert set(res["gpu"]) == {"blip-base@4", "blip-base@4+stock", "clip-b32@4"}  # BLIP: transformers' decoder beside ours
     assert all(r["model_only_img_s"] > 0 for r in res["gpu"].values())
+    assert res["gpu"]["blip-base@4+stock"]["variant"] == "stock" and res["gpu"]["blip-base@4"]["variant"] == "capfilt"
     assert res["environment"]["device"] == "cpu"
     printed = capsys.readouterr().out
     assert "| blip-base@4 |" in printed

@@ -11,10 +11,12 @@ The processor, tokenizer, generation and decoding are transformers' own; only th
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from typing import Any
 
 from pipeline.config import CaptionConfig
 from pipeline.image import Images
+from pipeline.models.blip_cross import SharedCrossAttention
 from pipeline.models.generation import generate_kwargs
 from pipeline.models.loading import load_pretrained, pretrained_kwargs, setup_torch
 from pipeline.models.pixels import pixel_values
@@ -32,6 +34,8 @@ class HFCaptioner:
         self.gen_kwargs = generate_kwargs(cfg)
         lm = getattr(model.config, "text_config", None)
         self.decoder_only = family == "blip-2" and not getattr(lm, "is_encoder_decoder", False)
+        # BLIP: one cross-attention K/V per image for all its beams/samples (blip_cross.py says why)
+        self.shared_cross = SharedCrossAttention.of(model) if family == "blip" else None
 
     def inputs(self, images: Images) -> dict[str, Any]:
         prompt = self.cfg.prompt
@@ -62,7 +66,8 @@ class HFCaptioner:
         inputs["pixel_values"] = inputs["pixel_values"].to(self.dtype)
         if self.cfg.strategy == "sample":
             torch.manual_seed(self.cfg.seed)  # same batch, same seed → same candidates
-        with torch.inference_mode():
+        session = self.shared_cross.session(len(images)) if self.shared_cross else nullcontext()
+        with torch.inference_mode(), session:
             out = self.model.generate(**inputs, **self.gen_kwargs)
         if self.decoder_only and "input_ids" in inputs and out.shape[1] >= inputs["input_ids"].shape[1]:
             out = out[:, inputs["input_ids"].shape[1] :]  # the LM echoes its input: keep what it wrote

@@ -1,0 +1,109 @@
+"""BLIP's decoder with one cross-attention K/V per image: the same tokens as transformers' decoder,
+K/V held once per image (not per beam) and outside the cache that beam search reorders."""
+
+from __future__ import annotations
+
+import pytest
+
+from pipeline.models.blip_cross import SharedCrossAttention
+from pipeline.models.tiny import ensure_tiny
+
+torch = pytest.importorskip("torch")
+
+GEN = {"max_new_tokens": 12, "min_new_tokens": 4, "return_dict_in_generate": True}
+
+
+@pytest.fixture(scope="module")
+def model():
+    from transformers import BlipForConditionalGeneration
+
+    return BlipForConditionalGeneration.from_pretrained(ensure_tiny("blip")).eval()
+
+
+def pixels(model, n: int, seed: int = 0):
+    size = model.config.vision_config.image_size
+    return torch.randn(n, 3, size, size, generator=torch.Generator().manual_seed(seed))
+
+
+def generate(model, shared, pv, on: bool, seed: int = 1, **kw):
+    torch.manual_seed(seed)
+    with torch.inference_mode():
+        if not on:
+            return model.generate(pixel_values=pv, **GEN, **kw)
+        with shared.session(len(pv)):
+            out = model.generate(pixel_values=pv, **GEN, **kw)
+            kv = dict(shared.kv)
+        assert not shared.kv  # released with the call
+        return out, kv
+
+
+@pytest.mark.parametrize("kw", [
+    {"num_beams": 3},
+    {"num_beams": 4, "num_return_sequences": 2},
+    {"do_sample": True, "top_p": 0.9, "top_k": 0, "num_return_sequences": 3},
+    {"num_beams": 1},
+], ids=["beam", "beam-2-returned", "sample", "greedy"])
+def test_same_tokens_as_transformers_with_kv_once_per_image(model, kw):
+    shared = SharedCrossAttention.of(model)
+    pv = pixels(model, 6)
+    stock = generate(model, shared, pv, False, **kw)
+    ours, kv = generate(model, shared, pv, True, **kw)
+    assert torch.equal(ours.sequences, stock.sequences)
+    assert ours.sequences.shape[0] == 6 * kw.get("num_return_sequences", 1)
+    layers = model.config.text_config.num_hidden_layers
+    assert sorted(kv) == list(range(layers))
+    heads = model.config.text_config.num_attention_heads
+    k, v, _, group = kv[0]
+    tokens = model.vision_model(pixel_values=pv[:1]).last_hidden_state.shape[1]
+    assert k.shape[:3] == v.shape[:3] == (6, heads, tokens)  # one per image, not one per beam or sample
+    assert group == kw.get("num_beams", 1) * (kw.get("num_return_sequences", 1) if kw.get("do_sample") else 1)
+    # transformers' cache — the one beam search index-copies every step — holds self-attention only
+    assert ours.past_key_values.cross_attention_cache.get_seq_length() == 0
+    assert stock.past_key_values.cross_attention_cache.get_seq_length() == tokens
+
+
+def test_outside_a_session_transformers_decoder_runs(model):
+    shared = SharedCrossAttention.of(model)
+    assert SharedCrossAttention.of(model) is shared  # installed once
+    out = generate(model, shared, pixels(model, 2), False, num_beams=3)
+    assert out.past_key_values.cross_attention_cache.get_seq_length() > 0
+    assert not shared.kv
+
+
+def test_a_padding_mask_over_image_tokens_equals_dropping_them(model):
+    """The mask path (BLIP's captioning passes all ones): masking the last image tokens gives the
+    tokens that cutting them off gives."""
+    shared = SharedCrossAttention.of(model)
+    with torch.inference_mode():
+        emb = model.vision_model(pixel_values=pixels(model, 3, seed=2)).last_hidden_state
+    keep = emb.shape[1] // 2
+    mask = torch.ones(emb.shape[:2], dtype=torch.long)
+    mask[:, keep:] = 0
+    text = model.config.text_config
+    ids = torch.full((3, 1), text.bos_token_id)
+
+    def run(states, attention):
+        with torch.inference_mode(), shared.session(3):
+            return model.text_decoder.generate(input_ids=ids, encoder_hidden_states=states, encoder_attention_mask=attention,
+                                               eos_token_id=text.sep_token_id, pad_token_id=text.pad_token_id,
+                                               num_beams=3, max_new_tokens=8, min_new_tokens=8)
+
+    masked, cut, whole = run(emb, mask), run(emb[:, :keep], mask[:, :keep]), run(emb, torch.ones_like(mask))
+    assert torch.equal(masked, cut)
+    assert not torch.equal(masked, whole)  # the mask did change something
+
+
+def test_a_session_for_another_number_of_images_is_a_clear_error(model):
+    shared = SharedCrossAttention.of(model)
+    error = "rows of image embeddings for a session of 4"
+    with torch.inference_mode(), shared.session(4), pytest.raises(ValueError, match=error):
+        model.generate(pixel_values=pixels(model, 3), num_beams=1, max_new_tokens=3)
+
+
+def test_a_model_without_cross_attention_is_refused():
+    from types import SimpleNamespace
+
+    encoder = SimpleNamespace(layer=[SimpleNamespace(attention=None)])
+    model = SimpleNamespace(text_decoder=SimpleNamespace(bert=SimpleNamespace(encoder=encoder)))
+    with pytest.raises(ValueError, match="no cross-attention layers"):
+        SharedCrossAttention(model)
