@@ -28,7 +28,6 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Self
 
@@ -276,12 +275,12 @@ def bench_model_alone(datas: list[bytes], model_dir: str, threads: int, batch: i
     import torch
     from transformers import AutoProcessor, BlipForConditionalGeneration
 
-    from pipeline.models.blip_cross import SharedCrossAttention
+    from pipeline.models import blip_attention
 
     torch.set_num_threads(threads)
     processor = AutoProcessor.from_pretrained(model_dir)
     model = BlipForConditionalGeneration.from_pretrained(model_dir).eval()
-    shared = SharedCrossAttention.of(model)
+    shared = blip_attention.install(model)
     batches = _pixel_batches(datas, processor, batch, 2)
     it = iter(range(10**9))
 
@@ -299,35 +298,36 @@ BEAM = {"num_beams": 3, "do_sample": False, "max_new_tokens": 20, "min_new_token
 
 
 def bench_cross(datas: list[bytes], model_dir: str, threads: int, batch: int, seconds: float) -> dict[str, Any]:
-    """BLIP beam-3 captioning, model alone: transformers' decoder vs shared cross-attention, on the
-    same model and pixels in turn; `same_tokens`: both wrote the same captions."""
+    """BLIP beam-3 captioning, model alone: transformers' attention vs capfilt's (SDPA vision tower,
+    shared cross-attention), on the same model and pixels in turn; `same_tokens`: both wrote the same
+    captions."""
     import torch
     from transformers import AutoProcessor, BlipForConditionalGeneration
 
-    from pipeline.models.blip_cross import SharedCrossAttention
+    from pipeline.models import blip_attention
 
     torch.set_num_threads(threads)
     processor = AutoProcessor.from_pretrained(model_dir)
     model = BlipForConditionalGeneration.from_pretrained(model_dir).eval()
-    shared = SharedCrossAttention.of(model)
+    shared = blip_attention.install(model)
     batches = _pixel_batches(datas, processor, batch, 2)
 
-    def run(pv: Any, on: bool) -> Any:
-        with torch.inference_mode(), shared.session(len(pv)) if on else nullcontext():
+    def run(pv: Any, ours: bool) -> Any:
+        with torch.inference_mode(), shared.session(len(pv)) if ours else blip_attention.stock_attention(model):
             return model.generate(pixel_values=pv, **BEAM)
 
     same = all(torch.equal(run(pv, False), run(pv, True)) for pv in batches)  # also the warm-up
     rates = {}
-    for on in (False, True):
+    for ours in (False, True):
         turn = iter(range(10**9))
 
-        def one(on: bool = on, turn: Iterator[int] = turn) -> int:
+        def one(ours: bool = ours, turn: Iterator[int] = turn) -> int:
             pv = batches[next(turn) % len(batches)]
-            run(pv, on)
+            run(pv, ours)
             return len(pv)
 
-        rates[on] = rate(one, seconds)[0]
-    return {"stock_img_s": rates[False], "shared_img_s": rates[True], "ratio": rates[True] / rates[False],
+        rates[ours] = rate(one, seconds)[0]
+    return {"stock_img_s": rates[False], "capfilt_img_s": rates[True], "ratio": rates[True] / rates[False],
             "same_tokens": same, "batch_size": batch, "num_beams": BEAM["num_beams"], "params_m": _params(model_dir)}
 
 
@@ -448,8 +448,8 @@ def cpu_table(res: dict[str, Any]) -> str:
         c = res["cross"]
         same = "same captions" if c["same_tokens"] else "CAPTIONS DIFFER"
         lines.append(f"| small BLIP ({c['params_m']}M, batch {c['batch_size']}), beam {c['num_beams']}, model alone: "
-                     f"transformers' decoder vs shared cross-attention ({same}) (img/s) | {c['stock_img_s']:.2f} "
-                     f"| {c['shared_img_s']:.2f} | {c['ratio']:.2f}× | |")
+                     f"transformers' attention vs capfilt's ({same}) (img/s) | {c['stock_img_s']:.2f} "
+                     f"| {c['capfilt_img_s']:.2f} | {c['ratio']:.2f}× | |")
     for name in ("small", "tiny"):
         if name not in res:
             continue
@@ -514,8 +514,9 @@ def build_gpu_model(kind: str, config: Any, device: str) -> Any:
     return model.to(device=device, dtype=torch.bfloat16 if device == "cuda" else torch.float32).eval()
 
 
-# Model-only variants: "" as capfilt runs the model (BLIP with shared cross-attention, blip_cross.py);
-# "stock": transformers' own BLIP decoder; "compile": the vision tower through torch.compile.
+# Model-only variants: "" as capfilt runs the model (BLIP: SDPA vision tower and shared cross-attention,
+# blip_attention.py); "stock": transformers' own BLIP attention; "compile": the vision tower through
+# torch.compile.
 VARIANTS = ("", "stock", "compile")
 
 
@@ -524,13 +525,13 @@ def bench_gpu_model(kind: str, model: Any, device: str, seconds: float, batch: i
     tower, as `<model>.compile: true` does (run it last)."""
     import torch
 
-    from pipeline.models.blip_cross import SharedCrossAttention
+    from pipeline.models import blip_attention
 
     dtype = model.dtype
     attention = str(model.config._attn_implementation)
     if variant == "compile":
         model.vision_model = torch.compile(model.vision_model, dynamic=False)
-    shared = SharedCrossAttention.of(model) if kind == "blip" else None  # outside a session: the stock decoder
+    shared = blip_attention.install(model) if kind == "blip" else None
     size = model.config.vision_config.image_size
     pixels = torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8, device=device)
     mean = torch.tensor([0.481, 0.458, 0.408], device=device).view(1, 3, 1, 1)
@@ -540,7 +541,7 @@ def bench_gpu_model(kind: str, model: Any, device: str, seconds: float, batch: i
         pv = ((pixels.float() / 255 - mean) / std).to(dtype)
         with torch.inference_mode():
             if shared is not None:
-                with shared.session(batch) if variant != "stock" else nullcontext():
+                with shared.session(batch) if variant != "stock" else blip_attention.stock_attention(model):
                     model.generate(pixel_values=pv, num_beams=3, max_new_tokens=20, min_new_tokens=5)
             else:
                 model.get_image_features(pixel_values=pv)

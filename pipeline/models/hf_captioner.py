@@ -16,7 +16,7 @@ from typing import Any
 
 from pipeline.config import CaptionConfig
 from pipeline.image import Images
-from pipeline.models.blip_cross import SharedCrossAttention
+from pipeline.models import blip_attention
 from pipeline.models.generation import generate_kwargs
 from pipeline.models.loading import load_pretrained, pretrained_kwargs, setup_torch
 from pipeline.models.pixels import pixel_values
@@ -34,8 +34,9 @@ class HFCaptioner:
         self.gen_kwargs = generate_kwargs(cfg)
         lm = getattr(model.config, "text_config", None)
         self.decoder_only = family == "blip-2" and not getattr(lm, "is_encoder_decoder", False)
-        # BLIP: one cross-attention K/V per image for all its beams/samples (blip_cross.py says why)
-        self.shared_cross = SharedCrossAttention.of(model) if family == "blip" else None
+        # BLIP: SDPA in the vision tower, one cross-attention K/V per image for all its beams/samples
+        # (blip_attention.py says why)
+        self.shared_cross = blip_attention.install(model) if family == "blip" else None
 
     def inputs(self, images: Images) -> dict[str, Any]:
         prompt = self.cfg.prompt

@@ -13,6 +13,7 @@ import numpy as np
 
 from pipeline.config import ItmConfig
 from pipeline.image import Images
+from pipeline.models.blip_attention import sdpa_vision
 from pipeline.models.loading import load_pretrained, pretrained_kwargs, resolve_model, setup_torch
 from pipeline.models.pixels import pixel_values
 
@@ -70,4 +71,5 @@ def load_itm(cfg: ItmConfig, storage_options: dict[str, Any] | None = None) -> B
     device, dtype = setup_torch(cfg)
     processor = AutoProcessor.from_pretrained(path, **pretrained_kwargs(cfg))
     model = load_pretrained(BlipForImageTextRetrieval, path, cfg, device, dtype)
+    sdpa_vision(model)  # the vision tower through SDPA (blip_attention.py says why)
     return BlipItm(model, processor, cfg, device, dtype)

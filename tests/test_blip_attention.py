@@ -1,11 +1,12 @@
-"""BLIP's decoder with one cross-attention K/V per image: the same tokens as transformers' decoder,
-K/V held once per image (not per beam) and outside the cache that beam search reorders."""
+"""capfilt's BLIP attention: the same tokens as transformers' own, the vision tower through SDPA, and
+the decoder's cross-attention K/V held once per image (not per beam) outside the cache that beam search
+reorders."""
 
 from __future__ import annotations
 
 import pytest
 
-from pipeline.models.blip_cross import SharedCrossAttention
+from pipeline.models.blip_attention import SharedCrossAttention, install, sdpa_vision, stock_attention
 from pipeline.models.tiny import ensure_tiny
 
 torch = pytest.importorskip("torch")
@@ -29,7 +30,8 @@ def generate(model, shared, pv, on: bool, seed: int = 1, **kw):
     torch.manual_seed(seed)
     with torch.inference_mode():
         if not on:
-            return model.generate(pixel_values=pv, **GEN, **kw)
+            with stock_attention(model):
+                return model.generate(pixel_values=pv, **GEN, **kw)
         with shared.session(len(pv)):
             out = model.generate(pixel_values=pv, **GEN, **kw)
             kv = dict(shared.kv)
@@ -44,7 +46,7 @@ def generate(model, shared, pv, on: bool, seed: int = 1, **kw):
     {"num_beams": 1},
 ], ids=["beam", "beam-2-returned", "sample", "greedy"])
 def test_same_tokens_as_transformers_with_kv_once_per_image(model, kw):
-    shared = SharedCrossAttention.of(model)
+    shared = install(model)
     pv = pixels(model, 6)
     stock = generate(model, shared, pv, False, **kw)
     ours, kv = generate(model, shared, pv, True, **kw)
@@ -63,11 +65,39 @@ def test_same_tokens_as_transformers_with_kv_once_per_image(model, kw):
 
 
 def test_outside_a_session_transformers_decoder_runs(model):
-    shared = SharedCrossAttention.of(model)
-    assert SharedCrossAttention.of(model) is shared  # installed once
-    out = generate(model, shared, pixels(model, 2), False, num_beams=3)
+    shared = install(model)
+    assert install(model) is shared  # installed once
+    torch.manual_seed(0)
+    with torch.inference_mode():
+        out = model.generate(pixel_values=pixels(model, 2), num_beams=3, **GEN)
     assert out.past_key_values.cross_attention_cache.get_seq_length() > 0
     assert not shared.kv
+
+
+def test_the_vision_tower_through_sdpa_matches_transformers_eager_attention(monkeypatch):
+    import torch.nn.functional as F
+    from transformers import BlipForImageTextRetrieval
+
+    from pipeline.config import load_config
+    from pipeline.models.itm import load_itm
+
+    model = BlipForImageTextRetrieval.from_pretrained(ensure_tiny("blip-itm")).eval()
+    layers = model.config.vision_config.num_hidden_layers
+    pv = pixels(model, 3, seed=4)
+    with torch.inference_mode():
+        stock = model.vision_model(pixel_values=pv).last_hidden_state
+        assert sdpa_vision(model) == layers
+        calls, sdpa = [], F.scaled_dot_product_attention
+        monkeypatch.setattr(F, "scaled_dot_product_attention", lambda *a, **k: calls.append(1) or sdpa(*a, **k))
+        ours = model.vision_model(pixel_values=pv).last_hidden_state
+        with stock_attention(model):
+            again = model.vision_model(pixel_values=pv).last_hidden_state
+    assert len(calls) == layers  # ours ran, one fused call per layer; none under stock_attention
+    assert torch.allclose(ours, stock, rtol=1e-4, atol=1e-5 * float(stock.abs().max()))
+    assert torch.equal(again, stock)  # stock_attention: transformers' own forward, exactly
+    itm = load_itm(load_config(None, ["itm.model=tiny:blip-itm"], job="clean").itm)
+    patched = [m for m in itm.model.modules() if type(m).__name__ == "BlipAttention" and "forward" in m.__dict__]
+    assert len(patched) == layers  # the ITM scorer runs it too
 
 
 def test_a_padding_mask_over_image_tokens_equals_dropping_them(model):

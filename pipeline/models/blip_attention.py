@@ -1,7 +1,13 @@
-"""BLIP's caption decoder with one cross-attention K/V per image, shared by all of its beams or samples.
+"""Two replacements for transformers' eager BLIP attention (BLIP-1 alone: its classes take no
+`attn_implementation`; BLIP-2, CLIP and ViT get SDPA from transformers itself).
 
-Why not transformers' own: its BLIP decoder caches cross-attention keys and values per *sequence*.
-Beam search (and `num_return_sequences`) repeats each image's 577 embeddings for every beam, projects
+`sdpa_vision`: the vision tower's self-attention through `scaled_dot_product_attention` instead of
+matmul-softmax-matmul, which writes and reads every [heads, 577, 577] score matrix (BLIP-base at batch 256
+in bf16: 2 GB per layer, several times over) where a fused kernel keeps them on chip.
+
+`SharedCrossAttention`: the caption decoder with one cross-attention K/V per image, shared by all of its
+beams or samples. Why not transformers' own: its BLIP decoder caches cross-attention keys and values per
+*sequence*. Beam search (and `num_return_sequences`) repeats each image's 577 embeddings for every beam, projects
 K/V for each copy, and `EncoderDecoderCache.reorder_cache` index-copies all of them at every step although
 a beam never leaves its image — for BLIP-base at batch 256 × 3 beams in bf16 that is 16 GB read and 16 GB
 written per generated token to move identical rows, plus 3× the K/V reads of the attention itself.
@@ -21,6 +27,46 @@ import types
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
+
+
+def install(model: Any) -> SharedCrossAttention:
+    """Both on a `BlipForConditionalGeneration`: SDPA vision tower, shared cross-attention."""
+    sdpa_vision(model)
+    return SharedCrossAttention.of(model)
+
+
+@contextmanager
+def stock_attention(model: Any) -> Iterator[None]:
+    """transformers' own attention for a while (the benchmarks run it side by side with ours)."""
+    from transformers.models.blip.modeling_blip import BlipAttention
+    from transformers.models.blip.modeling_blip_text import BlipTextSelfAttention
+
+    ours = [m for m in model.modules() if isinstance(m, BlipAttention | BlipTextSelfAttention)]
+    patched = [(m, m.__dict__.pop("forward")) for m in ours if "forward" in m.__dict__]
+    try:
+        yield
+    finally:
+        for m, forward in patched:
+            m.forward = forward  # type: ignore[method-assign]
+
+
+def sdpa_vision(model: Any) -> int:
+    """Every `BlipAttention` of the model (vision tower) through SDPA; returns how many."""
+    from transformers.models.blip.modeling_blip import BlipAttention
+
+    modules = [m for m in model.modules() if isinstance(m, BlipAttention)]
+    for attn in modules:
+        attn.forward = types.MethodType(_vision_forward, attn)  # type: ignore[method-assign]
+    return len(modules)
+
+
+def _vision_forward(self: Any, hidden_states: Any, **kwargs: Any) -> tuple[Any, None]:
+    import torch.nn.functional as F
+
+    rows, tokens, width = hidden_states.shape
+    qkv = self.qkv(hidden_states).view(rows, tokens, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+    out = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2], scale=self.scale)
+    return self.projection(out.transpose(1, 2).reshape(rows, tokens, width)), None
 
 
 class SharedCrossAttention:
