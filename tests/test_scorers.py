@@ -98,3 +98,64 @@ def test_minilm_prompt_embedding_equals_sentence_transformers():
     assert np.allclose(np.linalg.norm(ours, axis=1), 1, atol=1e-5)
     paraphrase, unrelated = float(ours[0] @ ours[1]), float(ours[0] @ ours[2])
     assert paraphrase > unrelated + 0.3, (paraphrase, unrelated)
+
+
+def clip_batch(cfg, photos, statuses, alts, captions=None):
+    from pipeline.schema import CAPTIONS, ERROR, STATUS, TEXT
+
+    pixels = our_pixels(cfg.clip, "clip", [png(p) for p in photos[: len(statuses)]])
+    batch = {STATUS: np.array(statuses, dtype=object), ERROR: np.array([None] * len(statuses), dtype=object),
+             TEXT: np.array(alts, dtype=object), "pixels_clip": pixels}
+    if captions is not None:
+        batch[CAPTIONS] = np.array(captions, dtype=object)
+    return batch
+
+
+@pytest.mark.parametrize("score", [True, False], ids=["ScoreClip", "EmbedImages"])
+def test_clip_stage_scores_and_embeds_every_ok_row_from_one_text_forward(cfg, photos, score):
+    from pipeline.config import EmbedConfig
+    from pipeline.schema import IMAGE_EMBEDDING, SCORE_COLUMNS, TEXT_EMBEDDING
+    from pipeline.stages.score import EmbedImages, ScoreClip
+
+    captions = [["a cat", "a dog"], ["a tree"], ["x"], ["a car", "a bus", "a boat"]]
+    alts = ["a photo of a cat", None, "failed row", "   "]
+    batch = clip_batch(cfg, photos, ["ok", "ok", "decode_error", "ok"], alts, captions if score else None)
+    embed = EmbedConfig(dtype="float32", text=True)
+    stage = (ScoreClip(cfg.clip, "pixels_clip", embed) if score
+             else EmbedImages(cfg.clip, "pixels_clip", embed))
+    clip = stage.model
+    forwards = []
+    real = clip.text_features
+    clip.text_features = lambda texts: forwards.append(list(texts)) or real(texts)
+    out = stage(batch)
+    calls = list(forwards)
+    ok = [0, 1, 3]
+    text_score, caption_scores = SCORE_COLUMNS["clip"]
+    images = clip.embed_images(batch["pixels_clip"][ok])
+    assert [v is None for v in out[IMAGE_EMBEDDING]] == [False, False, True, False]
+    assert np.allclose(np.stack(out[IMAGE_EMBEDDING][ok]), images, atol=1e-6)
+    # the alt-text embedding only where there is alt-text
+    assert [v is None for v in out[TEXT_EMBEDDING]] == [False, True, True, True]
+    assert np.allclose(out[TEXT_EMBEDDING][0], clip.embed_texts([alts[0]])[0], atol=1e-6)
+    assert len(calls) == 1  # one text forward: the scored texts hold the alt-texts
+    if score:
+        assert calls[0] == [alts[0], *captions[0], *captions[1], *captions[3]]
+        assert out[text_score][0] == pytest.approx(float(clip.embed_texts([alts[0]])[0] @ images[0]), abs=1e-5)
+        assert out[text_score][1] is None and out[text_score][2] is None
+        for row, j in zip(ok, range(3), strict=True):
+            want = clip.embed_texts(captions[row]) @ images[j]
+            assert np.allclose(out[caption_scores][row], want, atol=1e-5)
+        assert out[caption_scores][2] is None
+    else:
+        assert calls[0] == [alts[0]]
+
+
+def test_clip_stage_on_a_batch_without_ok_rows(cfg, photos):
+    from pipeline.config import EmbedConfig
+    from pipeline.schema import IMAGE_EMBEDDING, SCORE_COLUMNS, TEXT_EMBEDDING
+    from pipeline.stages.score import ScoreClip
+
+    batch = clip_batch(cfg, photos, ["decode_error", "too_large"], ["a", "b"], [None, None])
+    out = ScoreClip(cfg.clip, "pixels_clip", EmbedConfig(dtype="float32", text=True))(batch)
+    for col in (IMAGE_EMBEDDING, TEXT_EMBEDDING, SCORE_COLUMNS["clip"][1]):
+        assert list(out[col]) == [None, None]

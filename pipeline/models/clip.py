@@ -20,32 +20,41 @@ class ClipEmbedder:
         self.model_id = cfg.model
         self.max_length = int(model.config.text_config.max_position_embeddings)
 
-    def embed_images(self, pixels: Images) -> np.ndarray:
-        """uint8 images at the processor's size → (n, d) float32, L2-normalised."""
+    def image_features(self, pixels: Images) -> Any:
+        """uint8 images at the processor's size → (n, d) float32 tensor on the device, L2-normalised.
+        Not waited for: the caller can tokenise texts while the GPU runs the image tower."""
         import torch
         from torch.nn.functional import normalize
 
         if len(pixels) == 0:
-            return np.zeros((0, self.dim), np.float32)
+            return torch.zeros((0, self.dim), device=self.device)
         pv = pixel_values(self.image_processor, pixels, self.device, self.dtype)
         if pv is None:
             pv = self.image_processor(images=list(pixels), return_tensors="pt")["pixel_values"]
         with torch.inference_mode():
             out = self.model.get_image_features(pixel_values=pv.to(self.device, self.dtype)).pooler_output
-            return normalize(out.float(), dim=-1).cpu().numpy()  # type: ignore[no-any-return]
+            return normalize(out.float(), dim=-1)
 
-    def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
-        """texts → (n, d) float32, L2-normalised (truncated to the model's 77 tokens)."""
+    def text_features(self, texts: Sequence[str]) -> Any:
+        """texts → (n, d) float32 tensor on the device, L2-normalised (truncated to the model's 77 tokens)."""
         import torch
         from torch.nn.functional import normalize
 
         if len(texts) == 0:
-            return np.zeros((0, self.dim), np.float32)
+            return torch.zeros((0, self.dim), device=self.device)
         tok = self.tokenizer(list(texts), padding="longest", truncation=True, max_length=self.max_length,
                              return_tensors="pt").to(self.device)
         with torch.inference_mode():
             out = self.model.get_text_features(input_ids=tok.input_ids, attention_mask=tok.attention_mask).pooler_output
-            return normalize(out.float(), dim=-1).cpu().numpy()  # type: ignore[no-any-return]
+            return normalize(out.float(), dim=-1)
+
+    def embed_images(self, pixels: Images) -> np.ndarray:
+        """`image_features` as (n, d) float32 NumPy."""
+        return self.image_features(pixels).cpu().numpy()  # type: ignore[no-any-return]
+
+    def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
+        """`text_features` as (n, d) float32 NumPy."""
+        return self.text_features(texts).cpu().numpy()  # type: ignore[no-any-return]
 
     @property
     def dim(self) -> int:

@@ -74,23 +74,32 @@ class ScoreClip:
         self.model, self.column, self.embed = load(cfg, storage_options), column, embed
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        import torch
+
         n = len(batch[STATUS])
         rows, pixels = stage_pixels(batch, self.column, np.flatnonzero(batch[STATUS] == OK), self.model)
-        images = self.model.embed_images(pixels)
+        images = self.model.image_features(pixels)  # queued on the GPU: the texts are tokenised meanwhile
         texts, has_text = texts_of(batch, rows)
+        embed_text = self.embed is not None and self.embed.text
+        # One text forward for both the scores (every text) and the alt-text embeddings (first texts).
+        per_row = texts if self.score else [ts[:1] if has else [] for ts, has in zip(texts, has_text, strict=True)]
+        if not (self.score or embed_text):
+            per_row = [[] for _ in texts]
+        owner = np.repeat(np.arange(len(per_row)), [len(ts) for ts in per_row])
+        flat = self.model.text_features([t for ts in per_row for t in ts])
+        starts = np.cumsum([0, *(len(ts) for ts in per_row)])[:-1].astype(np.int64)
+        with torch.inference_mode():
+            sims = (flat * images[torch.from_numpy(owner).to(images.device)]).sum(-1)
+        images_np, flat_np, sims_np = images.cpu().numpy(), flat.cpu().numpy(), sims.cpu().numpy()
         if self.score:
-            flat = self.model.embed_texts([t for ts in texts for t in ts])
-            scores, j = [], 0
-            for img, ts in zip(images, texts, strict=True):
-                scores.append([float(v) for v in flat[j : j + len(ts)] @ img])
-                j += len(ts)
+            scores = [sims_np[s : s + len(ts)].tolist() for s, ts in zip(starts, per_row, strict=True)]
             put_scores(batch, "clip", rows, scores, has_text)
         if self.embed is not None:
-            batch[IMAGE_EMBEDDING] = _rows_of(images, rows, n, self.embed.dtype)
-            if self.embed.text:
-                with_text = rows[np.array(has_text, dtype=bool)] if len(rows) else rows
-                alt = [str(batch[TEXT][i]) for i in with_text]
-                batch[TEXT_EMBEDDING] = _rows_of(self.model.embed_texts(alt), with_text, n, self.embed.dtype)
+            batch[IMAGE_EMBEDDING] = _rows_of(images_np, rows, n, self.embed.dtype)
+            if embed_text:
+                alt = np.array(has_text, dtype=bool)
+                batch[TEXT_EMBEDDING] = _rows_of(flat_np[starts[alt]] if alt.any() else flat_np[:0],
+                                                 rows[alt] if len(rows) else rows, n, self.embed.dtype)
         return batch
 
 
