@@ -331,6 +331,45 @@ def bench_cross(datas: list[bytes], model_dir: str, threads: int, batch: int, se
             "same_tokens": same, "batch_size": batch, "num_beams": BEAM["num_beams"], "params_m": _params(model_dir)}
 
 
+def bench_itm_cross(threads: int, images: int, texts: int, seconds: float, config: Any = None) -> dict[str, Any]:
+    """BLIP-base ITM's text encoder (full-size config unless given, random weights), `texts` texts per image against
+    the images' embeddings: transformers' way (the embeddings repeated per text, K/V projected per text)
+    vs capfilt's (K/V once per image), in turn on the same model and inputs."""
+    import torch
+    from transformers import BlipConfig, BlipForImageTextRetrieval
+
+    from pipeline.models.blip_attention import SharedCrossAttention, stock_attention
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    model = BlipForImageTextRetrieval(config or BlipConfig()).eval()
+    shared = SharedCrossAttention.of(model)
+    tokens = (model.config.vision_config.image_size // model.config.vision_config.patch_size) ** 2 + 1
+    emb = torch.randn(images, tokens, model.config.vision_config.hidden_size)
+    ids = torch.randint(1000, 2000, (images * texts, 20))
+    rows = torch.arange(images).repeat_interleave(texts)
+
+    def run(ours: bool) -> Any:
+        with torch.inference_mode():
+            if ours:
+                with shared.session(images, rows=rows):
+                    return model.text_encoder(input_ids=ids, encoder_hidden_states=emb).last_hidden_state
+            with stock_attention(model):
+                return model.text_encoder(input_ids=ids, encoder_hidden_states=emb[rows]).last_hidden_state
+
+    diff = float((run(False) - run(True)).abs().max())
+    def timed(ours: bool) -> float:
+        def one() -> int:
+            run(ours)
+            return images * texts
+
+        return rate(one, seconds)[0]
+
+    rates = {ours: timed(ours) for ours in (False, True)}
+    return {"stock_texts_s": rates[False], "capfilt_texts_s": rates[True], "ratio": rates[True] / rates[False],
+            "max_abs_diff": diff, "images": images, "texts_per_image": texts}
+
+
 def bench_pipeline(inputs: str, out: Path, model: str, threads: int, batch: int) -> dict[str, Any]:
     """The whole capfilt caption job (read, decode, model, write) on the local Ray started by main()."""
     from jobs import caption
@@ -372,6 +411,7 @@ def cpu_suite(quick: bool, work: Path, parts: tuple[str, ...] = CPU_PARTS) -> di
         res["decode"] = bench_decode(datas, small, secs)
     if "cross" in parts:
         res["cross"] = bench_cross(datas, small, 1, 8, secs)
+        res["itm_cross"] = bench_itm_cross(1, 8, 4, secs)
     ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.WARNING, configure_logging=False)
     try:
         warm = write_shards(datas[:4], work / "warm", 4)
@@ -450,6 +490,11 @@ def cpu_table(res: dict[str, Any]) -> str:
         lines.append(f"| small BLIP ({c['params_m']}M, batch {c['batch_size']}), beam {c['num_beams']}, model alone: "
                      f"transformers' attention vs capfilt's ({same}) (img/s) | {c['stock_img_s']:.2f} "
                      f"| {c['capfilt_img_s']:.2f} | {c['ratio']:.2f}× | |")
+    if "itm_cross" in res:
+        c = res["itm_cross"]
+        lines.append(f"| BLIP-base ITM text encoder, {c['images']} images × {c['texts_per_image']} texts: image K/V per text "
+                     f"vs once per image (max abs diff {c['max_abs_diff']:.1e}) (texts/s) | {c['stock_texts_s']:.1f} "
+                     f"| {c['capfilt_texts_s']:.1f} | {c['ratio']:.2f}× | |")
     for name in ("small", "tiny"):
         if name not in res:
             continue

@@ -69,3 +69,17 @@ def test_photos_fall_back_to_synthetic_ones_without_scikit_image(monkeypatch):
     assert len(imgs) == len(PHOTOS)
     assert all(im.dtype == np.uint8 and im.shape[0] == 256 and im.shape[2] == 3 for im in imgs)
     assert all(im.std() > 20 for im in imgs)  # not flat: JPEG has work to do
+
+
+def test_cpu_side_by_side_of_blip_attention_runs_both_ways():
+    """The CPU suite's `cross` part on tiny configs: both paths run, and they agree."""
+    from transformers import BlipConfig
+
+    from pipeline.bench import bench_cross, bench_itm_cross, web_jpegs
+    from pipeline.models.tiny import ensure_tiny
+
+    caption = bench_cross(web_jpegs(4), str(ensure_tiny("blip")), 1, 2, 0.1)
+    assert caption["same_tokens"] is True and caption["stock_img_s"] > 0 and caption["capfilt_img_s"] > 0
+    small = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2)
+    itm = bench_itm_cross(1, 3, 2, 0.1, BlipConfig(vision_config={**small, "image_size": 64}, text_config=small))
+    assert itm["max_abs_diff"] < 1e-4 and itm["stock_texts_s"] > 0 and itm["capfilt_texts_s"] > 0

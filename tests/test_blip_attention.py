@@ -131,9 +131,28 @@ def test_a_session_for_another_number_of_images_is_a_clear_error(model):
 
 
 def test_a_model_without_cross_attention_is_refused():
-    from types import SimpleNamespace
-
-    encoder = SimpleNamespace(layer=[SimpleNamespace(attention=None)])
-    model = SimpleNamespace(text_decoder=SimpleNamespace(bert=SimpleNamespace(encoder=encoder)))
     with pytest.raises(ValueError, match="no cross-attention layers"):
-        SharedCrossAttention(model)
+        SharedCrossAttention(torch.nn.Linear(2, 2))
+
+
+def test_itm_projects_image_keys_and_values_once_per_image_not_per_text(photos):
+    import numpy as np
+    from PIL import Image
+
+    from pipeline.config import load_config
+    from pipeline.models.itm import load_itm
+
+    itm = load_itm(load_config(None, ["itm.model=tiny:blip-itm", "itm.device=cpu"], job="clean").itm)
+    size = itm.model.config.vision_config.image_size
+    pixels = np.stack([np.asarray(Image.fromarray(p).resize((size, size))) for p in photos[:3]])
+    texts = [["a cat", "a dog", "a tree"], [], ["a car", "a boat"]]
+    seen = []
+    key = itm.shared.modules[0].key
+    hook = key.register_forward_hook(lambda mod, args, out: seen.append(args[0].shape[0]))
+    try:
+        itm_scores, itc_scores = itm.score(pixels, texts)
+    finally:
+        hook.remove()
+    assert seen == [3]  # one K/V per image (transformers' path: one per (image, text) pair, 5 here)
+    assert [len(x) for x in itm_scores] == [len(x) for x in itc_scores] == [3, 0, 2]
+    # the values: test_scorers checks them against the model's own forward, pair by pair

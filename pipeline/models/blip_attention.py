@@ -6,15 +6,18 @@ matmul-softmax-matmul, which writes and reads every [heads, 577, 577] score matr
 in bf16: 2 GB per layer, several times over) where a fused kernel keeps them on chip.
 
 `SharedCrossAttention`: the caption decoder with one cross-attention K/V per image, shared by all of its
-beams or samples. Why not transformers' own: its BLIP decoder caches cross-attention keys and values per
-*sequence*. Beam search (and `num_return_sequences`) repeats each image's 577 embeddings for every beam, projects
+beams or samples (and the ITM text encoder's, shared by all texts scored against an image). Why not
+transformers' own: its BLIP decoder caches cross-attention keys and values per *sequence*.
+Beam search (and `num_return_sequences`) repeats each image's 577 embeddings for every beam, projects
 K/V for each copy, and `EncoderDecoderCache.reorder_cache` index-copies all of them at every step although
 a beam never leaves its image — for BLIP-base at batch 256 × 3 beams in bf16 that is 16 GB read and 16 GB
 written per generated token to move identical rows, plus 3× the K/V reads of the attention itself.
 
 Cross-attention has no causal mask, so the queries of an image's beams can attend as one longer query
 against that image's single K/V: the result is the same (one SDPA call instead of eager matmul-softmax-
-matmul), and the cache that beam search reorders holds self-attention only.
+matmul), and the cache that beam search reorders holds self-attention only. ITM scores several texts
+per image: each text row gathers its image's K/V instead of projecting them again from its own copy of
+the 577 image embeddings.
 
 `generate` itself stays transformers' (beam scoring, stopping, length penalty): `SharedCrossAttention`
 only replaces each cross-attention's `forward` for the length of a `session()`; outside one — another
@@ -70,8 +73,8 @@ def _vision_forward(self: Any, hidden_states: Any, **kwargs: Any) -> tuple[Any, 
 
 
 class SharedCrossAttention:
-    """Installs shared cross-attention on a `BlipForConditionalGeneration`'s text decoder; `of(model)`
-    installs it once per model and returns the same object after."""
+    """Installs shared cross-attention on a BLIP model's text decoder (captioning) or text encoder (ITM);
+    `of(model)` installs it once per model and returns the same object after."""
 
     @classmethod
     def of(cls, model: Any) -> SharedCrossAttention:
@@ -80,23 +83,25 @@ class SharedCrossAttention:
         return model._capfilt_shared_cross  # type: ignore[no-any-return]
 
     def __init__(self, model: Any):
-        self.images = 0  # images of the running generate call; 0 outside a session
+        self.images = 0  # images of the running call; 0 outside a session
+        self.rows: Any = None  # per query row, its image (a caller passing one embedding row per image)
         self.kv: dict[int, tuple[Any, Any, Any, int]] = {}  # layer → (K, V, mask, group) for that call
-        self.modules = [layer.crossattention.self for layer in model.text_decoder.bert.encoder.layer
-                        if hasattr(layer, "crossattention")]
+        self.modules = [m for name, m in model.named_modules() if name.endswith("crossattention.self")]
         if not self.modules:
-            raise ValueError(f"{type(model).__name__}: its text decoder has no cross-attention layers")
+            raise ValueError(f"{type(model).__name__}: its text model has no cross-attention layers")
         for i, attn in enumerate(self.modules):
             attn.forward = types.MethodType(_forward(self, i, attn.forward), attn)
 
     @contextmanager
-    def session(self, images: int) -> Iterator[None]:
-        """One `generate` call on `images` images: its K/V live until the call returns."""
-        self.images, self.kv = images, {}
+    def session(self, images: int, rows: Any = None) -> Iterator[None]:
+        """One call on `images` images: their K/V live until the call returns. Without `rows`, the
+        encoder states come expanded as `generate` expands them (each image's rows in a run); with
+        `rows` (a LongTensor: the image of each query row), one row per image, as ITM passes them."""
+        self.images, self.rows, self.kv = images, rows, {}
         try:
             yield
         finally:
-            self.images, self.kv = 0, {}
+            self.images, self.rows, self.kv = 0, None, {}
 
 
 def _forward(shared: SharedCrossAttention, index: int, stock: Any) -> Any:
@@ -108,9 +113,9 @@ def _forward(shared: SharedCrossAttention, index: int, stock: Any) -> Any:
             return stock(hidden_states, attention_mask=attention_mask, encoder_hidden_states=encoder_hidden_states,
                          encoder_attention_mask=encoder_attention_mask, past_key_values=past_key_values, **kwargs)
         heads, dim = self.num_attention_heads, self.attention_head_size
-        if index not in shared.kv:  # the call's first step: one K/V per image, not per beam
+        if index not in shared.kv:  # the call's first step: one K/V per image, not per beam or text
             group, rest = divmod(encoder_hidden_states.shape[0], shared.images)
-            if rest or not group:
+            if rest or not group or (shared.rows is not None and group != 1):
                 raise ValueError(f"cross-attention: {encoder_hidden_states.shape[0]} rows of image embeddings "
                                  f"for a session of {shared.images} images")
             enc = encoder_hidden_states[::group]  # generate repeats rows in place (repeat_interleave)
@@ -122,6 +127,11 @@ def _forward(shared: SharedCrossAttention, index: int, stock: Any) -> Any:
             shared.kv[index] = (k, v, mask, group)
         k, v, mask, group = shared.kv[index]
         rows, steps = hidden_states.shape[:2]
+        if shared.rows is not None:  # each text row against its image's K/V (gathered, not projected again)
+            q = self.query(hidden_states).view(rows, steps, heads, dim).transpose(1, 2)
+            r = shared.rows
+            out = F.scaled_dot_product_attention(q, k[r], v[r], attn_mask=None if mask is None else mask[r])
+            return out.transpose(1, 2).reshape(rows, steps, heads * dim), None
         # [images × group, steps, hidden] → [images, heads, group × steps, dim]: a view, rows are contiguous
         q = self.query(hidden_states).view(rows // group, group * steps, heads, dim).transpose(1, 2)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)

@@ -1,7 +1,8 @@
 """BLIP image-text matching (`BlipForImageTextRetrieval`): ITM probability and ITC cosine per pair.
 
-The vision tower runs once per image; each image's texts (alt-text and every candidate) are then
-scored against its embeddings, the same computation as the model's own forward for each pair.
+The vision tower runs once per image, and so do the text encoder's cross-attention keys and values
+(blip_attention.py); each image's texts (alt-text and every candidate) are then scored against them, the
+same computation as the model's own forward for each pair.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import numpy as np
 
 from pipeline.config import ItmConfig
 from pipeline.image import Images
-from pipeline.models.blip_attention import sdpa_vision
+from pipeline.models.blip_attention import SharedCrossAttention, sdpa_vision
 from pipeline.models.loading import load_pretrained, pretrained_kwargs, resolve_model, setup_torch
 from pipeline.models.pixels import pixel_values
 
@@ -22,6 +23,7 @@ class BlipItm:
     def __init__(self, model: Any, processor: Any, cfg: ItmConfig, device: str, dtype: Any):
         self.model, self.processor, self.cfg, self.device, self.dtype = model, processor, cfg, device, dtype
         self.model_id = cfg.model
+        self.shared = SharedCrossAttention.of(model)
 
     @property
     def image_processor(self) -> Any:
@@ -44,10 +46,9 @@ class BlipItm:
             idx = torch.tensor([i for i, _ in pairs], device=self.device)
             tok = self.processor.tokenizer([t for _, t in pairs], padding="longest", truncation=True,
                                            max_length=self.cfg.max_text_tokens, return_tensors="pt").to(self.device)
-            emb = image_embeds[idx]
-            atts = torch.ones(emb.shape[:-1], dtype=torch.long, device=self.device)
-            q = m.text_encoder(input_ids=tok.input_ids, attention_mask=tok.attention_mask,
-                               encoder_hidden_states=emb, encoder_attention_mask=atts).last_hidden_state
+            with self.shared.session(len(image_embeds), rows=idx):  # image K/V once per image, not per text
+                q = m.text_encoder(input_ids=tok.input_ids, attention_mask=tok.attention_mask,
+                                   encoder_hidden_states=image_embeds).last_hidden_state
             itm = torch.softmax(m.itm_head(q[:, 0, :]).float(), dim=-1)[:, 1]
             t = m.text_encoder(input_ids=tok.input_ids, attention_mask=tok.attention_mask).last_hidden_state
             image_feat = normalize(m.vision_proj(image_embeds[:, 0, :]).float(), dim=-1)[idx]
