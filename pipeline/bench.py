@@ -297,20 +297,16 @@ def bench_model_alone(datas: list[bytes], model_dir: str, threads: int, batch: i
 BEAM = {"num_beams": 3, "do_sample": False, "max_new_tokens": 20, "min_new_tokens": 20}
 
 
-def bench_cross(datas: list[bytes], model_dir: str, threads: int, batch: int, seconds: float) -> dict[str, Any]:
+def bench_cross(model: Any, batches: list[Any], threads: int, seconds: float) -> dict[str, Any]:
     """BLIP beam-3 captioning, model alone: transformers' attention vs capfilt's (SDPA vision tower,
-    shared cross-attention), on the same model and pixels in turn; `same_tokens`: both wrote the same
-    captions."""
+    shared cross-attention), on the same model and pixel batches in turn; `same_tokens`: both wrote the
+    same captions."""
     import torch
-    from transformers import AutoProcessor, BlipForConditionalGeneration
 
     from pipeline.models import blip_attention
 
     torch.set_num_threads(threads)
-    processor = AutoProcessor.from_pretrained(model_dir)
-    model = BlipForConditionalGeneration.from_pretrained(model_dir).eval()
     shared = blip_attention.install(model)
-    batches = _pixel_batches(datas, processor, batch, 2)
 
     def run(pv: Any, ours: bool) -> Any:
         with torch.inference_mode(), shared.session(len(pv)) if ours else blip_attention.stock_attention(model):
@@ -327,8 +323,29 @@ def bench_cross(datas: list[bytes], model_dir: str, threads: int, batch: int, se
             return len(pv)
 
         rates[ours] = rate(one, seconds)[0]
+    params = sum(p.numel() for p in model.parameters()) / 1e6
     return {"stock_img_s": rates[False], "capfilt_img_s": rates[True], "ratio": rates[True] / rates[False],
-            "same_tokens": same, "batch_size": batch, "num_beams": BEAM["num_beams"], "params_m": _params(model_dir)}
+            "same_tokens": same, "batch_size": len(batches[0]), "num_beams": BEAM["num_beams"],
+            "params_m": round(params, 2), "image_size": int(model.config.vision_config.image_size)}
+
+
+def bench_cross_small(datas: list[bytes], model_dir: str, threads: int, batch: int, seconds: float) -> dict[str, Any]:
+    """`bench_cross` on a saved BLIP and its processor's pixel values of real photos."""
+    from transformers import AutoProcessor, BlipForConditionalGeneration
+
+    model = BlipForConditionalGeneration.from_pretrained(model_dir).eval()
+    return bench_cross(model, _pixel_batches(datas, AutoProcessor.from_pretrained(model_dir), batch, 2), threads, seconds)
+
+
+def bench_cross_base(threads: int, batch: int) -> dict[str, Any]:
+    """`bench_cross` on full-size BLIP-base (random weights, random pixels): one batch each way."""
+    import torch
+    from transformers import BlipConfig, BlipForConditionalGeneration
+
+    torch.manual_seed(0)
+    model = BlipForConditionalGeneration(BlipConfig()).eval()
+    size = model.config.vision_config.image_size
+    return bench_cross(model, [torch.randn(batch, 3, size, size)], threads, 0.0)
 
 
 def bench_itm_cross(threads: int, images: int, texts: int, seconds: float, config: Any = None) -> dict[str, Any]:
@@ -395,6 +412,7 @@ def bench_pipeline(inputs: str, out: Path, model: str, threads: int, batch: int)
 
 MEMORY_SHARD = 64  # images per shard of the memory runs: 1× is 64 shards, 32 model batches
 CPU_PARTS = ("decode", "cross", "small", "tiny", "memory")
+EXTRA_PARTS = ("cross-base",)  # only when asked for (`--only cross-base`): full-size BLIP-base, ~3 min
 
 
 def cpu_suite(quick: bool, work: Path, parts: tuple[str, ...] = CPU_PARTS) -> dict[str, Any]:
@@ -410,8 +428,12 @@ def cpu_suite(quick: bool, work: Path, parts: tuple[str, ...] = CPU_PARTS) -> di
     if "decode" in parts:
         res["decode"] = bench_decode(datas, small, secs)
     if "cross" in parts:
-        res["cross"] = bench_cross(datas, small, 1, 8, secs)
+        res["cross"] = bench_cross_small(datas, small, 1, 8, secs)
         res["itm_cross"] = bench_itm_cross(1, 8, 4, secs)
+    if "cross-base" in parts:
+        res["cross_base"] = bench_cross_base(2, 8)
+    if not {"small", "tiny", "memory"} & set(parts):
+        return res  # no pipeline runs: no Ray
     ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.WARNING, configure_logging=False)
     try:
         warm = write_shards(datas[:4], work / "warm", 4)
@@ -484,12 +506,13 @@ def cpu_table(res: dict[str, Any]) -> str:
             f"| fidelity of that decode (embedding cos, min / mean) | | {d['fidelity_cos_min']:.4f} / "
             f"{d['fidelity_cos_mean']:.4f} | | ≥ 0.99 |",
         ]
-    if "cross" in res:
-        c = res["cross"]
-        same = "same captions" if c["same_tokens"] else "CAPTIONS DIFFER"
-        lines.append(f"| small BLIP ({c['params_m']}M, batch {c['batch_size']}), beam {c['num_beams']}, model alone: "
-                     f"transformers' attention vs capfilt's ({same}) (img/s) | {c['stock_img_s']:.2f} "
-                     f"| {c['capfilt_img_s']:.2f} | {c['ratio']:.2f}× | |")
+    for part, name in (("cross", "small BLIP"), ("cross_base", "BLIP-base (full size, 2 threads)")):
+        if part in res:
+            c = res[part]
+            same = "same captions" if c["same_tokens"] else "CAPTIONS DIFFER"
+            lines.append(f"| {name} ({c['params_m']}M, {c['image_size']} px, batch {c['batch_size']}), beam {c['num_beams']}, "
+                         f"model alone: transformers' attention vs capfilt's ({same}) (img/s) | {c['stock_img_s']:.2f} "
+                         f"| {c['capfilt_img_s']:.2f} | {c['ratio']:.2f}× | |")
     if "itm_cross" in res:
         c = res["itm_cross"]
         lines.append(f"| BLIP-base ITM text encoder, {c['images']} images × {c['texts_per_image']} texts: image K/V per text "
@@ -865,9 +888,9 @@ def main(argv: list[str] | None = None) -> int:
     else:
         with tempfile.TemporaryDirectory(prefix="capfilt-bench-") as work:
             parts = tuple(p.strip() for p in args.only.split(",") if p.strip())
-            unknown = sorted(set(parts) - set(CPU_PARTS))
+            unknown = sorted(set(parts) - set(CPU_PARTS + EXTRA_PARTS))
             if unknown:
-                p.error(f"--only: unknown part(s) {', '.join(unknown)}; choose from {', '.join(CPU_PARTS)}")
+                p.error(f"--only: unknown part(s) {', '.join(unknown)}; choose from {', '.join(CPU_PARTS + EXTRA_PARTS)}")
             result["cpu"] = cpu_suite(args.quick, Path(work), parts)
         print(cpu_table(result["cpu"]))
     save()

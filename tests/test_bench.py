@@ -75,10 +75,10 @@ def test_cpu_side_by_side_of_blip_attention_runs_both_ways():
     """The CPU suite's `cross` part on tiny configs: both paths run, and they agree."""
     from transformers import BlipConfig
 
-    from pipeline.bench import bench_cross, bench_itm_cross, web_jpegs
+    from pipeline.bench import bench_cross_small, bench_itm_cross, web_jpegs
     from pipeline.models.tiny import ensure_tiny
 
-    caption = bench_cross(web_jpegs(4), str(ensure_tiny("blip")), 1, 2, 0.1)
+    caption = bench_cross_small(web_jpegs(4), str(ensure_tiny("blip")), 1, 2, 0.1)
     assert caption["same_tokens"] is True and caption["stock_img_s"] > 0 and caption["capfilt_img_s"] > 0
     small = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2)
     itm = bench_itm_cross(1, 3, 2, 0.1, BlipConfig(vision_config={**small, "image_size": 64}, text_config=small))
