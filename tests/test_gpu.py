@@ -100,3 +100,32 @@ def test_embed_job_with_decode_on_cuda_equals_the_cpu_decode(tmp_path):
     assert sorted(gpu) == sorted(keys) and all(r["status"] == "ok" for r in gpu.values())
     for k, r in gpu.items():
         assert float(np.dot(r["image_embedding"], cpu[k]["image_embedding"])) >= 0.99
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_blip_attention_on_cuda_writes_transformers_tokens(dtype):
+    """capfilt's BLIP attention (SDPA vision tower, one cross-attention K/V per image) on CUDA's SDPA
+    kernels: the same beam-search and sampled tokens as transformers' eager attention on the same GPU
+    in float32; in bfloat16 (the production dtype, where the kernels round differently) it runs and
+    writes captions of the same shape."""
+    import torch
+    from transformers import BlipForConditionalGeneration
+
+    from pipeline.models.blip_attention import install, stock_attention
+    from pipeline.models.tiny import ensure_tiny
+
+    model = BlipForConditionalGeneration.from_pretrained(ensure_tiny("blip"), dtype=getattr(torch, dtype)).cuda().eval()
+    shared = install(model)
+    size = model.config.vision_config.image_size
+    pv = torch.randn(16, 3, size, size, generator=torch.Generator().manual_seed(0)).to("cuda", model.dtype)
+    for kw in ({"num_beams": 3, "num_return_sequences": 2}, {"do_sample": True, "num_return_sequences": 3}):
+        with torch.inference_mode():
+            torch.manual_seed(5)
+            with stock_attention(model):
+                stock = model.generate(pixel_values=pv, max_new_tokens=12, min_new_tokens=4, **kw)
+            torch.manual_seed(5)
+            with shared.session(len(pv)):
+                ours = model.generate(pixel_values=pv, max_new_tokens=12, min_new_tokens=4, **kw)
+        assert ours.shape == stock.shape and int(ours.max()) < model.config.text_config.vocab_size
+        if dtype == "float32":
+            assert torch.equal(ours, stock), kw
