@@ -348,6 +348,42 @@ def bench_cross_base(threads: int, batch: int) -> dict[str, Any]:
     return bench_cross(model, [torch.randn(batch, 3, size, size)], threads, 0.0)
 
 
+def bench_beam_cache(threads: int, batch: int, seconds: float, config: Any = None) -> dict[str, Any]:
+    """Full-size ViT-GPT2 (ViT-B/16 + GPT-2, random weights), beam 4, 16 tokens: transformers' cache
+    vs `BeamCache` (no per-step copy of the cross-attention cache), in turn on the same model and pixels."""
+    import torch
+    from transformers import GPT2Config, VisionEncoderDecoderConfig, VisionEncoderDecoderModel, ViTConfig
+
+    from pipeline.models.generation import beam_cache
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    config = config or VisionEncoderDecoderConfig.from_encoder_decoder_configs(ViTConfig(), GPT2Config(add_cross_attention=True))
+    model = VisionEncoderDecoderModel(config).eval()
+    eos = model.config.decoder.eos_token_id
+    size = model.config.encoder.image_size
+    pv = torch.randn(batch, 3, size, size)
+    gen = {"num_beams": 4, "max_new_tokens": 16, "min_new_tokens": 16, "decoder_start_token_id": eos,
+           "pad_token_id": eos, "eos_token_id": eos}
+
+    def run(ours: bool) -> Any:
+        with torch.inference_mode():
+            return model.generate(pixel_values=pv, **gen, **({"past_key_values": beam_cache()} if ours else {}))
+
+    same = torch.equal(run(False), run(True))
+
+    def timed(ours: bool) -> float:
+        def one() -> int:
+            run(ours)
+            return batch
+
+        return rate(one, seconds)[0]
+
+    rates = {ours: timed(ours) for ours in (False, True)}
+    return {"stock_img_s": rates[False], "capfilt_img_s": rates[True], "ratio": rates[True] / rates[False],
+            "same_tokens": same, "batch_size": batch, "num_beams": 4}
+
+
 def bench_itm_cross(threads: int, images: int, texts: int, seconds: float, config: Any = None) -> dict[str, Any]:
     """BLIP-base ITM's text encoder (full-size config unless given, random weights), `texts` texts per image against
     the images' embeddings: transformers' way (the embeddings repeated per text, K/V projected per text)
@@ -412,7 +448,7 @@ def bench_pipeline(inputs: str, out: Path, model: str, threads: int, batch: int)
 
 MEMORY_SHARD = 64  # images per shard of the memory runs: 1× is 64 shards, 32 model batches
 CPU_PARTS = ("decode", "cross", "small", "tiny", "memory")
-EXTRA_PARTS = ("cross-base",)  # only when asked for (`--only cross-base`): full-size BLIP-base, ~3 min
+EXTRA_PARTS = ("cross-base",)  # only when asked for (`--only cross-base`): full-size BLIP-base and ViT-GPT2, ~3 min
 
 
 def cpu_suite(quick: bool, work: Path, parts: tuple[str, ...] = CPU_PARTS) -> dict[str, Any]:
@@ -432,6 +468,7 @@ def cpu_suite(quick: bool, work: Path, parts: tuple[str, ...] = CPU_PARTS) -> di
         res["itm_cross"] = bench_itm_cross(1, 8, 4, secs)
     if "cross-base" in parts:
         res["cross_base"] = bench_cross_base(2, 8)
+        res["beam_cache"] = bench_beam_cache(2, 16, 20.0)
     if not {"small", "tiny", "memory"} & set(parts):
         return res  # no pipeline runs: no Ray
     ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.WARNING, configure_logging=False)
@@ -513,6 +550,12 @@ def cpu_table(res: dict[str, Any]) -> str:
             lines.append(f"| {name} ({c['params_m']}M, {c['image_size']} px, batch {c['batch_size']}), beam {c['num_beams']}, "
                          f"model alone: transformers' attention vs capfilt's ({same}) (img/s) | {c['stock_img_s']:.2f} "
                          f"| {c['capfilt_img_s']:.2f} | {c['ratio']:.2f}× | |")
+    if "beam_cache" in res:
+        c = res["beam_cache"]
+        same = "same captions" if c["same_tokens"] else "CAPTIONS DIFFER"
+        lines.append(f"| ViT-GPT2 (full size, 2 threads, batch {c['batch_size']}), beam {c['num_beams']}, whole generate: "
+                     f"cross-attention cache copied every step vs left in place ({same}) (img/s) | {c['stock_img_s']:.2f} "
+                     f"| {c['capfilt_img_s']:.2f} | {c['ratio']:.2f}× | |")
     if "itm_cross" in res:
         c = res["itm_cross"]
         lines.append(f"| BLIP-base ITM text encoder, {c['images']} images × {c['texts_per_image']} texts: image K/V per text "

@@ -75,7 +75,7 @@ def test_cpu_side_by_side_of_blip_attention_runs_both_ways():
     """The CPU suite's `cross` part on tiny configs: both paths run, and they agree."""
     from transformers import BlipConfig
 
-    from pipeline.bench import bench_cross_small, bench_itm_cross, web_jpegs
+    from pipeline.bench import bench_beam_cache, bench_cross_small, bench_itm_cross, web_jpegs
     from pipeline.models.tiny import ensure_tiny
 
     caption = bench_cross_small(web_jpegs(4), str(ensure_tiny("blip")), 1, 2, 0.1)
@@ -83,3 +83,11 @@ def test_cpu_side_by_side_of_blip_attention_runs_both_ways():
     small = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2)
     itm = bench_itm_cross(1, 3, 2, 0.1, BlipConfig(vision_config={**small, "image_size": 64}, text_config=small))
     assert itm["max_abs_diff"] < 1e-4 and itm["stock_texts_s"] > 0 and itm["capfilt_texts_s"] > 0
+    from transformers import GPT2Config, VisionEncoderDecoderConfig, ViTConfig
+
+    vit = ViTConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=32,
+                    patch_size=16)
+    gpt2 = GPT2Config(n_embd=32, n_layer=2, n_head=2, vocab_size=100, bos_token_id=99, eos_token_id=99,
+                      add_cross_attention=True)
+    beams = bench_beam_cache(1, 3, 0.1, VisionEncoderDecoderConfig.from_encoder_decoder_configs(vit, gpt2))
+    assert beams["same_tokens"] is True and beams["stock_img_s"] > 0 and beams["capfilt_img_s"] > 0

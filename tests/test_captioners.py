@@ -108,6 +108,39 @@ def test_static_kv_cache_writes_the_same_captions(name, photos):
     assert captioner.caption(pixels) == load_captioner(dynamic.caption).caption(pixels)
 
 
+def test_encoder_decoder_beam_search_leaves_the_cross_attention_cache_in_place(photos, monkeypatch):
+    """ViT-GPT2 with beams: the cross-attention cache is never index-copied (its rows are identical
+    within an image), the self-attention cache is; the captions are transformers' (the parity test)."""
+    from pipeline.models import hf_captioner
+
+    caches = []
+
+    def spied():
+        cache = make()
+        for part in (cache.self_attention_cache, cache.cross_attention_cache):
+            part.reorders = 0
+            real = part.reorder_cache
+
+            def counting(beam_idx, part=part, real=real):
+                part.reorders += 1
+                return real(beam_idx)
+
+            part.reorder_cache = counting
+        caches.append(cache)
+        return cache
+
+    make = hf_captioner.beam_cache
+    monkeypatch.setattr(hf_captioner, "beam_cache", spied)
+    datas = pngs(photos)
+    cfg = load_config(None, ["caption.model=tiny:vit-gpt2", "caption.strategy=beam", "caption.num_beams=4",
+                             "caption.max_new_tokens=6", "caption.min_new_tokens=6", "decode.fast=false"])
+    ours = load_captioner(cfg.caption).caption(our_pixels(cfg, datas))
+    assert len(caches) == 1
+    assert caches[0].self_attention_cache.reorders >= 5 and caches[0].cross_attention_cache.reorders == 0
+    images = [Image.open(io.BytesIO(d)).convert("RGB") for d in datas]
+    assert [c[0] for c in ours] == reference("vit-gpt2", images, num_beams=4, max_new_tokens=6, min_new_tokens=6)
+
+
 def test_static_kv_cache_is_refused_for_blip_with_a_clear_error():
     cfg = load_config(None, ["caption.model=tiny:blip", "caption.cache=static"])
     with pytest.raises(ValueError, match="caption.cache: 'static' is not supported by BLIP"):

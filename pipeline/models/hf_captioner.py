@@ -17,7 +17,7 @@ from typing import Any
 from pipeline.config import CaptionConfig
 from pipeline.image import Images
 from pipeline.models import blip_attention
-from pipeline.models.generation import generate_kwargs
+from pipeline.models.generation import beam_cache, generate_kwargs
 from pipeline.models.loading import load_pretrained, pretrained_kwargs, setup_torch
 from pipeline.models.pixels import pixel_values
 
@@ -68,8 +68,11 @@ class HFCaptioner:
         if self.cfg.strategy == "sample":
             torch.manual_seed(self.cfg.seed)  # same batch, same seed → same candidates
         session = self.shared_cross.session(len(images)) if self.shared_cross else nullcontext()
+        extra = {}
+        if self.family == "vision-encoder-decoder" and self.cfg.strategy == "beam" and self.cfg.cache == "dynamic":
+            extra["past_key_values"] = beam_cache()  # no per-step copy of the cross-attention cache
         with torch.inference_mode(), session:
-            out = self.model.generate(**inputs, **self.gen_kwargs)
+            out = self.model.generate(**inputs, **self.gen_kwargs, **extra)
         if self.decoder_only and "input_ids" in inputs and out.shape[1] >= inputs["input_ids"].shape[1]:
             out = out[:, inputs["input_ids"].shape[1] :]  # the LM echoes its input: keep what it wrote
         decoder = self.tokenizer if self.family == "vision-encoder-decoder" else self.processor
