@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import itertools
 import json
 import logging
 import os
@@ -297,6 +298,25 @@ def bench_model_alone(datas: list[bytes], model_dir: str, threads: int, batch: i
 BEAM = {"num_beams": 3, "do_sample": False, "max_new_tokens": 20, "min_new_tokens": 20}
 
 
+def each_way(run: Callable[[Any, bool], object], inputs: list[Any], size: Callable[[Any], int],
+             seconds: float) -> dict[str, float]:
+    """transformers' way (`run(x, False)`), then capfilt's (`run(x, True)`), each for `seconds` over
+    `inputs` in turn → {"stock", "capfilt", "ratio"}: items (of `size(x)`) per second."""
+
+    def timed(ours: bool) -> float:
+        turn = itertools.cycle(inputs)
+
+        def one() -> int:
+            x = next(turn)
+            run(x, ours)
+            return size(x)
+
+        return rate(one, seconds)[0]
+
+    stock, ours = timed(False), timed(True)
+    return {"stock": stock, "capfilt": ours, "ratio": ours / stock}
+
+
 def bench_cross(model: Any, batches: list[Any], threads: int, seconds: float) -> dict[str, Any]:
     """BLIP beam-3 captioning, model alone: transformers' attention vs capfilt's (SDPA vision tower,
     shared cross-attention), on the same model and pixel batches in turn; `same_tokens`: both wrote the
@@ -313,18 +333,9 @@ def bench_cross(model: Any, batches: list[Any], threads: int, seconds: float) ->
             return model.generate(pixel_values=pv, **BEAM)
 
     same = all(torch.equal(run(pv, False), run(pv, True)) for pv in batches)  # also the warm-up
-    rates = {}
-    for ours in (False, True):
-        turn = iter(range(10**9))
-
-        def one(ours: bool = ours, turn: Iterator[int] = turn) -> int:
-            pv = batches[next(turn) % len(batches)]
-            run(pv, ours)
-            return len(pv)
-
-        rates[ours] = rate(one, seconds)[0]
+    rates = each_way(run, batches, len, seconds)
     params = sum(p.numel() for p in model.parameters()) / 1e6
-    return {"stock_img_s": rates[False], "capfilt_img_s": rates[True], "ratio": rates[True] / rates[False],
+    return {"stock_img_s": rates["stock"], "capfilt_img_s": rates["capfilt"], "ratio": rates["ratio"],
             "same_tokens": same, "batch_size": len(batches[0]), "num_beams": BEAM["num_beams"],
             "params_m": round(params, 2), "image_size": int(model.config.vision_config.image_size)}
 
@@ -366,21 +377,13 @@ def bench_beam_cache(threads: int, batch: int, seconds: float, config: Any = Non
     gen = {"num_beams": 4, "max_new_tokens": 16, "min_new_tokens": 16, "decoder_start_token_id": eos,
            "pad_token_id": eos, "eos_token_id": eos}
 
-    def run(ours: bool) -> Any:
+    def run(pv: Any, ours: bool) -> Any:
         with torch.inference_mode():
             return model.generate(pixel_values=pv, **gen, **({"past_key_values": beam_cache()} if ours else {}))
 
-    same = torch.equal(run(False), run(True))
-
-    def timed(ours: bool) -> float:
-        def one() -> int:
-            run(ours)
-            return batch
-
-        return rate(one, seconds)[0]
-
-    rates = {ours: timed(ours) for ours in (False, True)}
-    return {"stock_img_s": rates[False], "capfilt_img_s": rates[True], "ratio": rates[True] / rates[False],
+    same = torch.equal(run(pv, False), run(pv, True))
+    rates = each_way(run, [pv], len, seconds)
+    return {"stock_img_s": rates["stock"], "capfilt_img_s": rates["capfilt"], "ratio": rates["ratio"],
             "same_tokens": same, "batch_size": batch, "num_beams": 4}
 
 
@@ -402,7 +405,7 @@ def bench_itm_cross(threads: int, images: int, texts: int, seconds: float, confi
     ids = torch.randint(1000, 2000, (images * texts, 20))
     rows = torch.arange(images).repeat_interleave(texts)
 
-    def run(ours: bool) -> Any:
+    def run(inputs: tuple[Any, Any], ours: bool) -> Any:
         with torch.inference_mode():
             if ours:
                 with shared.session(images, rows=rows):
@@ -410,16 +413,10 @@ def bench_itm_cross(threads: int, images: int, texts: int, seconds: float, confi
             with stock_attention(model):
                 return model.text_encoder(input_ids=ids, encoder_hidden_states=emb[rows]).last_hidden_state
 
-    diff = float((run(False) - run(True)).abs().max())
-    def timed(ours: bool) -> float:
-        def one() -> int:
-            run(ours)
-            return images * texts
-
-        return rate(one, seconds)[0]
-
-    rates = {ours: timed(ours) for ours in (False, True)}
-    return {"stock_texts_s": rates[False], "capfilt_texts_s": rates[True], "ratio": rates[True] / rates[False],
+    both = (ids, emb)
+    diff = float((run(both, False) - run(both, True)).abs().max())
+    rates = each_way(run, [both], lambda _: images * texts, seconds)
+    return {"stock_texts_s": rates["stock"], "capfilt_texts_s": rates["capfilt"], "ratio": rates["ratio"],
             "max_abs_diff": diff, "images": images, "texts_per_image": texts}
 
 
@@ -533,6 +530,15 @@ def _params(model_dir: str) -> float:
 
 
 
+def _side_row(what: str, c: dict[str, Any], unit: str = "img_s") -> str:
+    """A row of one `each_way` figure; `same_tokens`, where measured, is said in the row."""
+    if "same_tokens" in c:
+        what += " (same captions)" if c["same_tokens"] else " (CAPTIONS DIFFER)"
+    digits = 2 if unit == "img_s" else 1
+    return (f"| {what} ({unit.replace('_', '/')}) | {c[f'stock_{unit}']:.{digits}f} | {c[f'capfilt_{unit}']:.{digits}f} "
+            f"| {c['ratio']:.2f}× | |")
+
+
 def cpu_table(res: dict[str, Any]) -> str:
     lines = ["| measure | baseline | capfilt | ratio | target |", "|---|---|---|---|---|"]
     if "decode" in res:
@@ -546,21 +552,16 @@ def cpu_table(res: dict[str, Any]) -> str:
     for part, name in (("cross", "small BLIP"), ("cross_base", "BLIP-base (full size, 2 threads)")):
         if part in res:
             c = res[part]
-            same = "same captions" if c["same_tokens"] else "CAPTIONS DIFFER"
-            lines.append(f"| {name} ({c['params_m']}M, {c['image_size']} px, batch {c['batch_size']}), beam {c['num_beams']}, "
-                         f"model alone: transformers' attention vs capfilt's ({same}) (img/s) | {c['stock_img_s']:.2f} "
-                         f"| {c['capfilt_img_s']:.2f} | {c['ratio']:.2f}× | |")
+            lines.append(_side_row(f"{name} ({c['params_m']}M, {c['image_size']} px, batch {c['batch_size']}), beam "
+                                   f"{c['num_beams']}, model alone: transformers' attention vs capfilt's", c))
     if "beam_cache" in res:
         c = res["beam_cache"]
-        same = "same captions" if c["same_tokens"] else "CAPTIONS DIFFER"
-        lines.append(f"| ViT-GPT2 (full size, 2 threads, batch {c['batch_size']}), beam {c['num_beams']}, whole generate: "
-                     f"cross-attention cache copied every step vs left in place ({same}) (img/s) | {c['stock_img_s']:.2f} "
-                     f"| {c['capfilt_img_s']:.2f} | {c['ratio']:.2f}× | |")
+        lines.append(_side_row(f"ViT-GPT2 (full size, 2 threads, batch {c['batch_size']}), beam {c['num_beams']}, whole "
+                               "generate: cross-attention cache copied every step vs left in place", c))
     if "itm_cross" in res:
         c = res["itm_cross"]
-        lines.append(f"| BLIP-base ITM text encoder, {c['images']} images × {c['texts_per_image']} texts: image K/V per text "
-                     f"vs once per image (max abs diff {c['max_abs_diff']:.1e}) (texts/s) | {c['stock_texts_s']:.1f} "
-                     f"| {c['capfilt_texts_s']:.1f} | {c['ratio']:.2f}× | |")
+        lines.append(_side_row(f"BLIP-base ITM text encoder, {c['images']} images × {c['texts_per_image']} texts: image K/V "
+                               f"per text vs once per image (max abs diff {c['max_abs_diff']:.1e})", c, "texts_s"))
     for name in ("small", "tiny"):
         if name not in res:
             continue

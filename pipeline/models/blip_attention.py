@@ -33,7 +33,7 @@ from typing import Any
 
 
 def install(model: Any) -> SharedCrossAttention:
-    """Both on a `BlipForConditionalGeneration`: SDPA vision tower, shared cross-attention."""
+    """Both on a BLIP captioner or ITM model: SDPA vision tower, shared cross-attention."""
     sdpa_vision(model)
     return SharedCrossAttention.of(model)
 

@@ -14,7 +14,7 @@ import numpy as np
 
 from pipeline.config import ItmConfig
 from pipeline.image import Images
-from pipeline.models.blip_attention import SharedCrossAttention, sdpa_vision
+from pipeline.models import blip_attention
 from pipeline.models.loading import load_pretrained, pretrained_kwargs, resolve_model, setup_torch
 from pipeline.models.pixels import pixel_values
 
@@ -23,7 +23,7 @@ class BlipItm:
     def __init__(self, model: Any, processor: Any, cfg: ItmConfig, device: str, dtype: Any):
         self.model, self.processor, self.cfg, self.device, self.dtype = model, processor, cfg, device, dtype
         self.model_id = cfg.model
-        self.shared = SharedCrossAttention.of(model)
+        self.shared = blip_attention.install(model)  # SDPA vision tower, image K/V once per image
 
     @property
     def image_processor(self) -> Any:
@@ -72,5 +72,4 @@ def load_itm(cfg: ItmConfig, storage_options: dict[str, Any] | None = None) -> B
     device, dtype = setup_torch(cfg)
     processor = AutoProcessor.from_pretrained(path, **pretrained_kwargs(cfg))
     model = load_pretrained(BlipForImageTextRetrieval, path, cfg, device, dtype)
-    sdpa_vision(model)  # the vision tower through SDPA (blip_attention.py says why)
     return BlipItm(model, processor, cfg, device, dtype)

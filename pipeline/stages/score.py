@@ -82,24 +82,23 @@ class ScoreClip:
         texts, has_text = texts_of(batch, rows)
         embed_text = self.embed is not None and self.embed.text
         # One text forward for both the scores (every text) and the alt-text embeddings (first texts).
-        per_row = texts if self.score else [ts[:1] if has else [] for ts, has in zip(texts, has_text, strict=True)]
-        if not (self.score or embed_text):
-            per_row = [[] for _ in texts]
-        owner = np.repeat(np.arange(len(per_row)), [len(ts) for ts in per_row])
+        if self.score:
+            per_row = texts
+        else:
+            per_row = [ts[:1] if has and embed_text else [] for ts, has in zip(texts, has_text, strict=True)]
         flat = self.model.text_features([t for ts in per_row for t in ts])
         starts = np.cumsum([0, *(len(ts) for ts in per_row)])[:-1].astype(np.int64)
-        with torch.inference_mode():
-            sims = (flat * images[torch.from_numpy(owner).to(images.device)]).sum(-1)
-        images_np, flat_np, sims_np = images.cpu().numpy(), flat.cpu().numpy(), sims.cpu().numpy()
         if self.score:
-            scores = [sims_np[s : s + len(ts)].tolist() for s, ts in zip(starts, per_row, strict=True)]
-            put_scores(batch, "clip", rows, scores, has_text)
+            owner = torch.from_numpy(np.repeat(np.arange(len(per_row)), [len(ts) for ts in per_row])).to(images.device)
+            with torch.inference_mode():
+                sims = (flat * images[owner]).sum(-1).cpu().numpy()
+            put_scores(batch, "clip", rows, [sims[s : s + len(ts)].tolist() for s, ts in zip(starts, per_row, strict=True)],
+                       has_text)
         if self.embed is not None:
-            batch[IMAGE_EMBEDDING] = _rows_of(images_np, rows, n, self.embed.dtype)
+            batch[IMAGE_EMBEDDING] = _rows_of(images.cpu().numpy(), rows, n, self.embed.dtype)
             if embed_text:
                 alt = np.array(has_text, dtype=bool)
-                batch[TEXT_EMBEDDING] = _rows_of(flat_np[starts[alt]] if alt.any() else flat_np[:0],
-                                                 rows[alt] if len(rows) else rows, n, self.embed.dtype)
+                batch[TEXT_EMBEDDING] = _rows_of(flat.cpu().numpy()[starts[alt]], rows[alt], n, self.embed.dtype)
         return batch
 
 
