@@ -4,26 +4,33 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
 
 if __package__ in (None, ""):  # run as a script (`ray job submit -- python jobs/caption.py ...`)
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.config import Config
-from pipeline.models.captioner import caption_target
-from pipeline.run import Job, decode_stage, model_stage
+from pipeline.config import CaptionConfig
+from pipeline.decode.geometry import Target
+from pipeline.job import JobSpec, ModelStep
 from pipeline.schema import CAPTIONS_SCHEMA
 from pipeline.stages.caption import CaptionImages
 
 
-def build(cfg: Config) -> Job:
-    decode, pixels = decode_stage(cfg, {"caption": caption_target(cfg.caption, cfg.storage)})
-    return Job(
-        name="caption",
-        stages=[decode, model_stage(CaptionImages, (cfg.caption, pixels["caption"], cfg.storage), cfg.caption)],
-        tables={"captions": CAPTIONS_SCHEMA},
-        sections=("caption",),
-        models={"caption": cfg.caption.model},
-    )
+def caption_target(section: str, cfg: CaptionConfig, storage: dict[str, Any]) -> Target:
+    """The captioner's decode size; also refuses a model or setting the captioner cannot run."""
+    from pipeline.models.captioner import caption_target
+
+    return caption_target(cfg, storage)
+
+
+CAPTION = ModelStep(CaptionImages, "caption", target=caption_target)  # the captioning step every job shares
+
+JOB = JobSpec(
+    name="caption",
+    help="caption every image (BLIP, BLIP-2, ViT-GPT2)",
+    steps=lambda cfg: [CAPTION],
+    tables=lambda cfg: {"captions": CAPTIONS_SCHEMA},
+)
 
 
 if __name__ == "__main__":

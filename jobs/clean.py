@@ -13,51 +13,57 @@ from typing import Any
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from jobs.caption import CAPTION
 from pipeline.config import Config
-from pipeline.image import Target
-from pipeline.models.captioner import caption_target
-from pipeline.models.clip import clip_dim
-from pipeline.models.loading import image_target
-from pipeline.run import Job, StageSpec, decode_stage, model_stage
+from pipeline.job import CpuStep, Finished, Flag, JobSpec, ModelStep, Step
 from pipeline.schema import IMAGE_EMBEDDING, TEXT_EMBEDDING, clean_schema, embeddings_schema
-from pipeline.select import finish_top_fraction
-from pipeline.stages.caption import CaptionImages
 from pipeline.stages.score import ScoreClip, ScoreItm
 from pipeline.stages.select import SelectCaption
 
 
-def build(cfg: Config) -> Job:
+def steps(cfg: Config) -> list[Step]:
     c = cfg.clean
-    use_clip = "clip" in c.scorers or c.embed
-    targets: dict[str, Target] = {"caption": caption_target(cfg.caption, cfg.storage)}
+    out: list[Step] = [CAPTION]
     if "itm" in c.scorers:
-        targets["itm"] = image_target(cfg.itm, "itm", cfg.storage)
-    if use_clip:
-        targets["clip"] = image_target(cfg.clip, "clip", cfg.storage)
-    decode, pixels = decode_stage(cfg, targets)
-    stages = [decode, model_stage(CaptionImages, (cfg.caption, pixels["caption"], cfg.storage), cfg.caption)]
-    if "itm" in c.scorers:
-        stages.append(model_stage(ScoreItm, (cfg.itm, pixels["itm"], cfg.storage), cfg.itm))
-    if use_clip:
-        embed = cfg.embed if c.embed else None
-        stages.append(model_stage(ScoreClip, (cfg.clip, pixels["clip"], embed, cfg.storage), cfg.clip))
-    stages.append(StageSpec(SelectCaption, (c,), batch_size=256, num_cpus=0.25))
-    tables = {"captions": clean_schema(c.scorers)}
-    if c.embed:
+        out.append(ModelStep(ScoreItm, "itm"))
+    if "clip" in c.scorers or c.embed:  # one CLIP forward scores and, with clean.embed, embeds
+        out.append(ModelStep(ScoreClip, "clip", options=lambda cfg: {"embed": cfg.embed if cfg.clean.embed else None},
+                             uses=("embed",) if c.embed else ()))
+    out.append(CpuStep(SelectCaption, "clean"))
+    return out
+
+
+def tables(cfg: Config) -> dict[str, Any]:
+    out = {"captions": clean_schema(cfg.clean.scorers)}
+    if cfg.clean.embed:
+        from pipeline.models.clip import clip_dim
+
         d = clip_dim(cfg.clip, cfg.storage)
-        dims = {IMAGE_EMBEDDING: d, **({TEXT_EMBEDDING: d} if cfg.embed.text else {})}
-        tables["embeddings"] = embeddings_schema(dims, cfg.embed.dtype)
-    models = {"caption": cfg.caption.model, **({"itm": cfg.itm.model} if "itm" in c.scorers else {}),
-              **({"clip": cfg.clip.model} if use_clip else {})}
-    sections = ("caption", "clean", *(["itm"] if "itm" in c.scorers else []),
-                *(["clip"] if use_clip else []), *(["embed"] if c.embed else []))
+        out["embeddings"] = embeddings_schema({IMAGE_EMBEDDING: d, **({TEXT_EMBEDDING: d} if cfg.embed.text else {})},
+                                              cfg.embed.dtype)
+    return out
 
-    def finish(cfg: Config, output: str) -> dict[str, Any]:
-        if c.mode != "top_fraction":
-            return {}
-        return finish_top_fraction(output, c.fraction, cfg.digest(sections), cfg.storage, cfg.output.compression)
 
-    return Job(name="clean", stages=stages, tables=tables, sections=sections, models=models, finish=finish)
+def finish(run: Finished) -> dict[str, Any]:
+    """`top_fraction`: the global cut over every committed score, then each shard's flags."""
+    c = run.cfg.clean
+    if c.mode != "top_fraction":
+        return {}
+    from pipeline.top_fraction import finish_top_fraction
+
+    return finish_top_fraction(run.output, c.fraction, run.digest, run.cfg.storage, run.cfg.output.compression)
+
+
+JOB = JobSpec(
+    name="clean",
+    help="CapFilt: caption, score alt-text and candidates (ITM/CLIP), keep what matches",
+    steps=steps,
+    tables=tables,
+    # CapFilt samples several candidates (nucleus, as in the BLIP paper).
+    defaults={"caption": {"strategy": "sample", "num_captions": 3}},
+    finish=finish,
+    flags=(Flag("--embed", "also write CLIP embeddings (same pass)", override="clean.embed=true"),),
+)
 
 
 if __name__ == "__main__":

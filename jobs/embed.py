@@ -4,29 +4,31 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
 
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipeline.config import Config
-from pipeline.models.clip import clip_dim
-from pipeline.models.loading import image_target
-from pipeline.run import Job, decode_stage, model_stage
+from pipeline.job import JobSpec, ModelStep
 from pipeline.schema import IMAGE_EMBEDDING, TEXT_EMBEDDING, embeddings_schema
-from pipeline.stages.score import EmbedImages
+from pipeline.stages.embed import EmbedImages
 
 
-def build(cfg: Config) -> Job:
-    decode, pixels = decode_stage(cfg, {"clip": image_target(cfg.clip, "clip", cfg.storage)})
+def tables(cfg: Config) -> dict[str, Any]:
+    from pipeline.models.clip import clip_dim
+
     d = clip_dim(cfg.clip, cfg.storage)
     dims = {IMAGE_EMBEDDING: d, **({TEXT_EMBEDDING: d} if cfg.embed.text else {})}
-    return Job(
-        name="embed",
-        stages=[decode, model_stage(EmbedImages, (cfg.clip, pixels["clip"], cfg.embed, cfg.storage), cfg.clip)],
-        tables={"embeddings": embeddings_schema(dims, cfg.embed.dtype, with_status=True)},
-        sections=("clip", "embed"),
-        models={"clip": cfg.clip.model},
-    )
+    return {"embeddings": embeddings_schema(dims, cfg.embed.dtype, with_status=True)}
+
+
+JOB = JobSpec(
+    name="embed",
+    help="CLIP image embeddings (and alt-text embeddings)",
+    steps=lambda cfg: [ModelStep(EmbedImages, "clip", options=lambda cfg: {"embed": cfg.embed}, uses=("embed",))],
+    tables=tables,
+)
 
 
 if __name__ == "__main__":

@@ -9,23 +9,25 @@ import sys
 from collections.abc import Sequence
 
 from pipeline.config import ConfigError, load_config
+from pipeline.job import JobSpec
 from pipeline.progress import fmt_rate
 
-JOBS = {
-    "caption": ("jobs.caption", "caption every image (BLIP, BLIP-2, ViT-GPT2)"),
-    "clean": ("jobs.clean", "CapFilt: caption, score alt-text and candidates (ITM/CLIP), keep what matches"),
-    "embed": ("jobs.embed", "CLIP image embeddings (and alt-text embeddings)"),
-    "prompts": ("jobs.prompts", "caption + all-MiniLM-L6-v2 prompt embeddings (Kaggle image-to-prompts)"),
-}
+JOB_MODULES = ("jobs.caption", "jobs.clean", "jobs.embed", "jobs.prompts")
 
 log = logging.getLogger("capfilt")
 
 
-def parser() -> argparse.ArgumentParser:
+def job_specs() -> dict[str, JobSpec]:
+    """Every job, by name, as its module in jobs/ declares it."""
+    specs = [importlib.import_module(m).JOB for m in JOB_MODULES]
+    return {s.name: s for s in specs}
+
+
+def parser(specs: dict[str, JobSpec]) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="capfilt", description="Caption, score, filter and embed image shards on Ray Data.")
     sub = p.add_subparsers(dest="job", required=True, metavar="JOB")
-    for name, (_, help_) in JOBS.items():
-        j = sub.add_parser(name, help=help_, description=help_)
+    for name, spec in specs.items():
+        j = sub.add_parser(name, help=spec.help, description=spec.help)
         j.add_argument("--input", "-i", nargs="+", required=True, metavar="URI",
                        help="shards: paths, globs, {00000..00099} braces, s3://")
         j.add_argument("--output", "-o", required=True, metavar="URI", help="output folder (local or s3://)")
@@ -34,43 +36,49 @@ def parser() -> argparse.ArgumentParser:
                        help="override a config field, e.g. caption.batch_size=32 (repeatable)")
         j.add_argument("--address", help="Ray cluster to attach to (default: RAY_ADDRESS, else a local Ray)")
         j.add_argument("--verbose", "-v", action="store_true")
-        if name == "clean":
-            j.add_argument("--embed", action="store_true", help="also write CLIP embeddings (same pass)")
-        if name == "prompts":
-            j.add_argument("--submission", metavar="FILE.csv", help="write Kaggle's imgId_eId,val file")
+        for flag in spec.flags:
+            if flag.override is not None:
+                j.add_argument(flag.name, dest=flag.dest, action="store_true", help=flag.help)
+            else:
+                j.add_argument(flag.name, dest=flag.dest, metavar=flag.metavar, help=flag.help)
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    specs = job_specs()
+    args = parser(specs).parse_args(argv)
+    spec = specs[args.job]
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     overrides = list(args.overrides)
     if args.address:
         overrides.append(f"run.address={args.address}")
-    if getattr(args, "embed", False):
-        overrides.append("clean.embed=true")
-    try:
-        cfg = load_config(args.config, overrides, job=args.job)
-    except ConfigError as e:
-        print(f"capfilt: {e}", file=sys.stderr)
-        return 2
+    options = {}
+    for flag in spec.flags:
+        value = getattr(args, flag.dest)
+        if flag.override is not None:
+            if value:
+                overrides.append(flag.override)
+        else:
+            options[flag.dest] = value
+    from pipeline.io.writer import OutputError
+    from pipeline.job import build_job
     from pipeline.run import run_job
 
-    job_module = importlib.import_module(JOBS[args.job][0])
     try:
-        job = job_module.build(cfg)
+        cfg = load_config(args.config, overrides, defaults=spec.defaults)
+        # Everything a user can get wrong fails here, in one line with exit 2, before Ray starts: the
+        # config, the models (build_job), the inputs and the output (run_job plans before it starts Ray).
+        job = build_job(spec, cfg, options)
         summary = run_job(job, args.input, args.output, cfg)
-        if getattr(args, "submission", None):
-            from pipeline.io.submission import write_submission
-
-            n = write_submission(args.output, args.submission, cfg.storage)
-            print(f"capfilt prompts: submission for {n} images → {args.submission}")
-    except (FileNotFoundError, ValueError) as e:
+    except (ConfigError, OutputError, FileNotFoundError, ValueError) as e:
         print(f"capfilt: {e}", file=sys.stderr)
         return 2
     counts = ", ".join(f"{k}={v}" for k, v in sorted(summary.counts.items())) or "none"
     print(f"capfilt {args.job}: {summary.rows} rows ({counts}) from {summary.shards_done} shards "
           f"({summary.shards_skipped} already done) in {summary.seconds:.1f}s, {fmt_rate(summary.images_per_s)} img/s "
           f"→ {summary.output}")
+    if "submission" in summary.extra:
+        s = summary.extra["submission"]
+        print(f"capfilt {args.job}: submission for {s['images']} images → {s['path']}")
     return 0

@@ -323,14 +323,6 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     return parts, value
 
 
-# Defaults that differ by job, under the YAML file and the overrides: CapFilt samples several
-# candidates (nucleus, as in the BLIP paper); the Kaggle prompts recipe uses beam search with 3 beams.
-JOB_DEFAULTS: dict[str, dict[str, dict[str, Any]]] = {
-    "clean": {"caption": {"strategy": "sample", "num_captions": 3}},
-    "prompts": {"caption": {"strategy": "beam", "num_beams": 3, "num_captions": 1}},
-}
-
-
 def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     out = dict(base)
     for k, v in over.items():
@@ -338,8 +330,9 @@ def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None, job: str | None = None) -> Config:
-    """Loads the job's defaults, then YAML, then `--set` overrides; validates once."""
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
+                defaults: dict[str, dict[str, Any]] | None = None) -> Config:
+    """Loads a job's defaults (each job declares its own), then YAML, then `--set` overrides; validates once."""
     data: dict[str, Any] = {}
     if path is not None:
         p = Path(path)
@@ -352,7 +345,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         if not isinstance(loaded, dict):
             raise ConfigError(f"config: {p}: expected a mapping at the top level, got {type(loaded).__name__}")
         data = loaded
-    data = _merge(JOB_DEFAULTS.get(job or "", {}), data)
+    data = _merge(defaults or {}, data)
     for item in overrides or []:
         parts, value = parse_override(item)
         node = data

@@ -11,6 +11,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
+from pipeline.columns import fixed_size_list_to_numpy
 from pipeline.io.storage import get_fs, join
 from pipeline.schema import KEY, PROMPT_EMBEDDING
 
@@ -22,11 +23,9 @@ def write_submission(output: str, csv_uri: str, options: dict[str, Any] | None =
     prompt embedding (it failed to decode) gets zeros, so the file still lists every image."""
     fs, path = get_fs(join(output, "embeddings"), options)
     table = pq.read_table(path, columns=[KEY, PROMPT_EMBEDDING], filesystem=fs).sort_by(KEY)
-    col = table[PROMPT_EMBEDDING].combine_chunks()
-    dim = col.type.list_size
-    valid = col.is_valid().to_numpy(zero_copy_only=False)
-    values = col.values.slice(col.offset * dim, len(col) * dim).to_numpy(zero_copy_only=False)
-    values = values.astype(np.float32).reshape(len(col), dim)
+    values, valid = fixed_size_list_to_numpy(table[PROMPT_EMBEDDING])
+    values = values.astype(np.float32)
+    dim = values.shape[1]
     values[~valid] = 0.0
     if (~valid).any():
         log.warning("submission: %d images have no prompt embedding (see captions/ status); wrote zeros",

@@ -43,6 +43,34 @@ def shard_ids(shards: list[Shard]) -> dict[str, str]:
     }
 
 
+class OutputError(ValueError):
+    """The output location does not exist or cannot be written: the message names it."""
+
+
+def check_writable(output: str, options: dict[str, Any] | None = None) -> None:
+    """Writes and removes a small probe object under `output`, before any work: a missing bucket, a
+    path under a file or a location without write access fails now, naming the location, not after
+    Ray has started and the models have loaded."""
+    probe = join(output, f".capfilt-probe-{uuid.uuid4().hex[:8]}")
+    try:
+        write_atomic(probe, b"", options)
+        fs, path = get_fs(probe, options)
+        fs.rm(path)
+    except (OSError, ValueError) as e:  # s3fs raises FileNotFoundError/PermissionError (OSError) or ValueError
+        raise OutputError(f"output {output!r} cannot be written: {_why(output, e)}") from None
+
+
+def _why(output: str, e: BaseException) -> str:
+    text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    if output.startswith(("s3://", "s3a://")):
+        bucket = output.split("://", 1)[1].split("/", 1)[0]
+        if "NoSuchBucket" in text or "bucket does not exist" in text.lower() or isinstance(e, FileNotFoundError):
+            return f"the bucket {bucket!r} does not exist"
+        if isinstance(e, PermissionError) or "AccessDenied" in text or "Forbidden" in text:
+            return f"access to the bucket {bucket!r} is denied ({text[:200]})"
+    return f"{type(e).__name__}: {text[:300]}"
+
+
 def write_atomic(uri: str, data: bytes, options: dict[str, Any] | None = None) -> None:
     """Never leaves a partial object at `uri`: local files are renamed into place; an S3 PUT is atomic."""
     fs, path = get_fs(uri, options)

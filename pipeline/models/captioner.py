@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
-from pipeline.config import CaptionConfig
-from pipeline.image import Images, Target
+from pipeline.config import CaptionConfig, ConfigError
+from pipeline.decode.geometry import Target
 from pipeline.models.loading import processor_target, resolve_model
+from pipeline.models.pixels import Images
 
 PIXELS_CAPTION = "pixels_caption"  # the decode target (and batch column) the captioner reads
 
@@ -33,10 +34,15 @@ FAMILIES = ("blip", "blip-2", "vision-encoder-decoder")
 
 
 def _family(path: str, cfg: CaptionConfig) -> str:
+    """The captioner family of a model, from its config; a model or setting it cannot run is a ConfigError."""
     kind = model_type(path, cfg)
     if kind not in FAMILIES:
-        raise ValueError(f"caption.model {cfg.model!r}: model_type {kind!r} is not a supported captioner "
-                         f"(supported: {', '.join(FAMILIES)})")
+        raise ConfigError(f"config: caption.model: {cfg.model!r} has model_type {kind!r}, not a supported captioner "
+                          f"(supported: {', '.join(FAMILIES)})")
+    if cfg.cache == "static" and kind == "blip":
+        # transformers sizes the static cache for max_new_tokens, but BLIP's decoder also holds its
+        # [DEC] start token: the last step writes past the end (IndexError in index_copy_).
+        raise ConfigError(f"config: caption.cache: 'static' is not supported by BLIP ({cfg.model}); use 'dynamic'")
     return kind
 
 

@@ -8,9 +8,8 @@ from typing import Any
 import numpy as np
 
 from pipeline.config import ClipConfig
-from pipeline.image import Images
 from pipeline.models.loading import load_pretrained, pretrained_kwargs, resolve_model, setup_torch
-from pipeline.models.pixels import pixel_values
+from pipeline.models.pixels import Images, model_pixel_values
 
 
 class ClipEmbedder:
@@ -28,11 +27,9 @@ class ClipEmbedder:
 
         if len(pixels) == 0:
             return torch.zeros((0, self.dim), device=self.device)
-        pv = pixel_values(self.image_processor, pixels, self.device, self.dtype)
-        if pv is None:
-            pv = self.image_processor(images=list(pixels), return_tensors="pt")["pixel_values"]
+        pv = model_pixel_values(self.image_processor, pixels, self.device, self.dtype)
         with torch.inference_mode():
-            out = self.model.get_image_features(pixel_values=pv.to(self.device, self.dtype)).pooler_output
+            out = self.model.get_image_features(pixel_values=pv).pooler_output
             return normalize(out.float(), dim=-1)
 
     def text_features(self, texts: Sequence[str]) -> Any:

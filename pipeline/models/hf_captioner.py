@@ -15,11 +15,10 @@ from contextlib import nullcontext
 from typing import Any
 
 from pipeline.config import CaptionConfig
-from pipeline.image import Images
 from pipeline.models import blip_attention
 from pipeline.models.generation import beam_cache, generate_kwargs
 from pipeline.models.loading import load_pretrained, pretrained_kwargs, setup_torch
-from pipeline.models.pixels import pixel_values
+from pipeline.models.pixels import Images, model_pixel_values, to_host
 
 
 class HFCaptioner:
@@ -40,16 +39,13 @@ class HFCaptioner:
 
     def inputs(self, images: Images) -> dict[str, Any]:
         prompt = self.cfg.prompt
-        fast = pixel_values(self.image_processor, images, self.device, self.dtype)
-        if fast is not None and not (prompt and self.family == "blip-2"):  # BLIP-2 prompts need the processor's <image> tokens
-            out: dict[str, Any] = {"pixel_values": fast}
+        out: dict[str, Any]
+        if prompt and self.family == "blip-2":  # BLIP-2 prompts need the processor's <image> tokens
+            out = dict(self.processor(images=list(to_host(images)), text=[prompt] * len(images), return_tensors="pt"))
+        else:
+            out = {"pixel_values": model_pixel_values(self.image_processor, images, self.device, self.dtype)}
             if prompt and self.family == "blip":
                 out.update(self.tokenizer([prompt] * len(images), return_tensors="pt", return_token_type_ids=False))
-        elif self.family == "vision-encoder-decoder":
-            out = dict(self.image_processor(images=list(_host(images)), return_tensors="pt"))
-        else:
-            text = [prompt] * len(images) if prompt else None
-            out = dict(self.processor(images=list(_host(images)), text=text, return_tensors="pt"))
         if self.family == "vision-encoder-decoder":
             if prompt:
                 import torch
@@ -94,10 +90,6 @@ def load(family: str, path: str, cfg: CaptionConfig) -> HFCaptioner:
     import transformers
     from transformers import AutoImageProcessor, AutoProcessor, AutoTokenizer
 
-    if cfg.cache == "static" and family == "blip":
-        # transformers sizes the static cache for max_new_tokens, but BLIP's decoder also holds its
-        # [DEC] start token: the last step writes past the end (IndexError in index_copy_).
-        raise ValueError(f"caption.cache: 'static' is not supported by BLIP ({cfg.model}); use 'dynamic'")
     device, dtype = setup_torch(cfg)
     kw = pretrained_kwargs(cfg)
     cls = getattr(transformers, MODEL_CLASSES[family])
@@ -107,8 +99,3 @@ def load(family: str, path: str, cfg: CaptionConfig) -> HFCaptioner:
                            AutoTokenizer.from_pretrained(path, **kw), None, cfg, device, dtype)
     processor = AutoProcessor.from_pretrained(path, **kw)
     return HFCaptioner(family, model, processor.image_processor, processor.tokenizer, processor, cfg, device, dtype)
-
-
-def _host(images: Any) -> Any:
-    """Pixels decoded on the GPU (decode.device=cuda) as NumPy, for the HF processor's own path."""
-    return images.cpu().numpy() if hasattr(images, "cpu") else images

@@ -13,10 +13,9 @@ from typing import Any
 import numpy as np
 
 from pipeline.config import ItmConfig
-from pipeline.image import Images
 from pipeline.models import blip_attention
 from pipeline.models.loading import load_pretrained, pretrained_kwargs, resolve_model, setup_torch
-from pipeline.models.pixels import pixel_values
+from pipeline.models.pixels import Images, model_pixel_values
 
 
 class BlipItm:
@@ -39,10 +38,8 @@ class BlipItm:
             return [[] for _ in texts], [[] for _ in texts]
         m = self.model
         with torch.inference_mode():
-            pv = pixel_values(self.processor.image_processor, pixels, self.device, self.dtype)
-            if pv is None:
-                pv = self.processor(images=list(pixels), return_tensors="pt")["pixel_values"]
-            image_embeds = m.vision_model(pixel_values=pv.to(self.device, self.dtype)).last_hidden_state
+            pv = model_pixel_values(self.processor.image_processor, pixels, self.device, self.dtype)
+            image_embeds = m.vision_model(pixel_values=pv).last_hidden_state
             idx = torch.tensor([i for i, _ in pairs], device=self.device)
             tok = self.processor.tokenizer([t for _, t in pairs], padding="longest", truncation=True,
                                            max_length=self.cfg.max_text_tokens, return_tensors="pt").to(self.device)

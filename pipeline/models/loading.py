@@ -4,26 +4,18 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pipeline.models.sources import cache_dir, fill_once, minilm_dir
+
 if TYPE_CHECKING:
-    from pipeline.image import Target
+    from pipeline.decode.geometry import Target
 
 log = logging.getLogger(__name__)
 
 
-def cache_dir() -> Path:
-    """`$CAPFILT_CACHE`, else ~/.cache/capfilt: tiny models and s3:// model directories land here."""
-    return Path(os.environ.get("CAPFILT_CACHE") or Path.home() / ".cache" / "capfilt")
-
-
 def _minilm() -> str:
-    from pipeline.models.tiny import minilm_dir
-
     return str(minilm_dir())
 
 
@@ -43,25 +35,18 @@ def resolve_model(model: str, storage_options: dict[str, Any] | None = None) -> 
         except ImportError:
             return model
     if model.startswith("tiny:"):
-        from pipeline.models.tiny import ensure_tiny
+        from pipeline.models.random_weights import ensure_tiny
 
         return str(ensure_tiny(model.removeprefix("tiny:")))
     if "://" in model and not model.startswith("file://"):
         from pipeline.io.storage import get_fs
 
-        dest = cache_dir() / "models" / hashlib.sha1(model.encode()).hexdigest()[:16]
-        if not (dest / ".complete").exists():
+        def copy(tmp: Path) -> None:
             fs, path = get_fs(model, storage_options)
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=".partial-"))
-            log.info("copying model %s to %s", model, dest)
+            log.info("copying model %s to %s", model, tmp)
             fs.get(path.rstrip("/") + "/", str(tmp), recursive=True)
-            (tmp / ".complete").touch()
-            try:
-                tmp.rename(dest)
-            except OSError:  # another actor on this node won the race
-                shutil.rmtree(tmp, ignore_errors=True)
-        return str(dest)
+
+        return str(fill_once(cache_dir() / "models" / hashlib.sha1(model.encode()).hexdigest()[:16], copy))
     return model.removeprefix("file://")
 
 
@@ -130,23 +115,80 @@ def processor_target(path: str, cfg: Any, name: str) -> Target:
     no-op and the pixels match the processor path exactly). Reads the processor's config, no weights."""
     from transformers import AutoImageProcessor
 
+    from pipeline.decode.targets import processor_size_target
+
     return processor_size_target(AutoImageProcessor.from_pretrained(path, **pretrained_kwargs(cfg)), name)
-
-
-def processor_size_target(image_processor: Any, name: str) -> Target:
-    """The decode target of a loaded HF image processor (see processor_target)."""
-    from pipeline.image import Target
-
-    size = image_processor.size
-    size = size if isinstance(size, dict) else size.__dict__
-    resample = int(getattr(image_processor, "resample", 3) or 3)
-    if size.get("height") and size.get("width") and not getattr(image_processor, "do_center_crop", False):
-        return Target(name, int(size["height"]), int(size["width"]), "squash", resample=resample)
-    crop = image_processor.crop_size
-    crop = crop if isinstance(crop, dict) else crop.__dict__
-    return Target(name, int(crop["height"]), int(crop["width"]), "crop",
-                  shortest_edge=int(size["shortest_edge"]), resample=resample)
 
 
 def image_target(cfg: Any, name: str, storage_options: dict[str, Any] | None = None) -> Any:
     return processor_target(resolve_model(cfg.model, storage_options), cfg, name)
+
+
+# An offline preset per model section, named by the error that a model cannot be found.
+TINY_PRESETS = {"caption": "tiny:blip", "itm": "tiny:blip-itm", "clip": "tiny:clip"}
+_WHOLE_FILE = 64 * 2**20  # directory hash: files up to this size are hashed whole
+
+
+def directory_revision(path: str) -> str:
+    """A content hash of a model directory: `sha256:<16 hex>` over every file's name and bytes (files
+    over 64 MiB by their size and first and last MiB, so a 10 GB checkpoint is not read whole)."""
+    h = hashlib.sha256()
+    root = Path(path)
+    for f in sorted(p for p in root.rglob("*") if p.is_file() and not p.name.startswith(".")):
+        size = f.stat().st_size
+        h.update(f"{f.relative_to(root).as_posix()}\0{size}\0".encode())
+        with f.open("rb") as fh:
+            if size <= _WHOLE_FILE:
+                h.update(fh.read())
+            else:
+                h.update(fh.read(2**20))
+                fh.seek(size - 2**20)
+                h.update(fh.read(2**20))
+    return "sha256:" + h.hexdigest()[:16]
+
+
+def resolve_checked(section: str, cfg: Any, storage_options: dict[str, Any] | None = None) -> tuple[str, str | None]:
+    """(what from_pretrained takes, the model's revision) for a model section, on the driver before Ray
+    starts; a model that cannot be found raises ConfigError naming the field and how to fix it.
+
+    The revision is the hub commit the local cache resolved (or the configured one), or a directory's
+    content hash (`directory_revision`)."""
+    from pipeline.config import ConfigError
+
+    field = f"{section}.model"
+    try:
+        path = resolve_model(cfg.model, storage_options)
+    except (OSError, ValueError) as e:  # an s3:// directory that is not there, an unknown tiny model
+        raise ConfigError(f"config: {field}: cannot get {cfg.model!r}: {_first_line(e)}") from None
+    local = Path(path)
+    if local.is_dir():
+        if not (local / "config.json").is_file() and not (local / "modules.json").is_file():
+            raise ConfigError(f"config: {field}: directory {path!r} holds no model (no config.json); "
+                              "point it at a directory written by save_pretrained")
+        return path, directory_revision(path)
+    if path.startswith(("/", ".", "~")) or local.suffix or "://" in cfg.model:
+        raise ConfigError(f"config: {field}: directory {path!r} does not exist")
+    from transformers import AutoConfig
+
+    try:
+        conf = AutoConfig.from_pretrained(path, **pretrained_kwargs(cfg))
+    except (OSError, ValueError) as e:
+        tiny = f", or a tiny preset ({field}={TINY_PRESETS[section]})" if section in TINY_PRESETS else ""
+        offline = " (HF_HUB_OFFLINE is set)" if _offline() else ""
+        raise ConfigError(
+            f"config: {field}: cannot load {cfg.model!r}{offline}: not a local directory and not in the local "
+            f"Hugging Face cache, or not a model id ({_first_line(e)}). Fix: download it where the hub is reachable "
+            f"(`hf download {cfg.model}`, then HF_HUB_OFFLINE=1 here), point {field} at a local directory{tiny}"
+        ) from None
+    return path, getattr(conf, "_commit_hash", None) or cfg.revision
+
+
+def _offline() -> bool:
+    import os
+
+    return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return (text[0] if text else type(e).__name__)[:300]

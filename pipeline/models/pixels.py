@@ -9,18 +9,23 @@ own (float64 rescale, float32 normalise), so pixel values equal the processor's 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
+from pipeline.decode.targets import processor_size_target
+
+Images = Sequence[np.ndarray] | np.ndarray  # uint8 HxWx3 images: a list, or one (N, H, W, 3) array (or a GPU tensor)
+
 
 def _size(ip: Any) -> tuple[int, int] | None:
-    crop = getattr(ip, "crop_size", None) if getattr(ip, "do_center_crop", False) else None
-    size = crop or getattr(ip, "size", None)
-    size = size if isinstance(size, dict) or size is None else size.__dict__
-    if size and size.get("height") and size.get("width"):
-        return int(size["height"]), int(size["width"])
-    return None
+    """The (height, width) the processor's own resize (and crop) produces; None if it has no fixed one."""
+    try:
+        t = processor_size_target(ip, "")
+    except (ValueError, AttributeError):
+        return None
+    return t.height, t.width
 
 
 def pixel_values(ip: Any, pixels: Any, device: str, dtype: Any) -> Any | None:
@@ -49,6 +54,20 @@ def pixel_values(ip: Any, pixels: Any, device: str, dtype: Any) -> Any | None:
         x = (x if x.device.type != "cpu" else to_device(x, device)).permute(0, 3, 1, 2).float() * ip.rescale_factor
         mean, std = mean.to(x.device), std.to(x.device)
     return ((x - mean) / std).to(dtype)
+
+
+def model_pixel_values(ip: Any, pixels: Any, device: str, dtype: Any) -> Any:
+    """`pixel_values` for the model on `device` in `dtype`: `pixel_values` above where it applies, else
+    the HF image processor's own path (on host pixels)."""
+    pv = pixel_values(ip, pixels, device, dtype)
+    if pv is None:
+        pv = ip(images=list(to_host(pixels)), return_tensors="pt")["pixel_values"]
+    return pv.to(device, dtype)
+
+
+def to_host(pixels: Any) -> Any:
+    """Pixels decoded on the GPU (decode.device=cuda) as NumPy, for the HF processors' own path."""
+    return pixels.cpu().numpy() if hasattr(pixels, "cpu") else pixels
 
 
 _PINNED: dict[tuple[int, ...], Any] = {}  # page-locked staging buffers of this process, by batch shape

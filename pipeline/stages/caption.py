@@ -8,33 +8,24 @@ from typing import Any
 import numpy as np
 
 from pipeline.config import CaptionConfig
-from pipeline.gpu_decode import stage_pixels
-from pipeline.models.batching import split_on_oom
+from pipeline.decode.gpu import stage_pixels
 from pipeline.models.captioner import PIXELS_CAPTION, Captioner, load_captioner
-from pipeline.schema import CAPTION, CAPTIONS, OK, STATUS
+from pipeline.models.oom import split_on_oom
+from pipeline.schema import CAPTION, CAPTIONS, STATUS
+from pipeline.stages.rows import ok_rows, scatter
 
 
 class CaptionImages:
     """One instance per actor: weights load once per GPU (or CPU worker)."""
 
-    def __init__(
-        self,
-        cfg: CaptionConfig,
-        column: str = PIXELS_CAPTION,
-        storage_options: dict[str, Any] | None = None,
-        load: Callable[..., Captioner] = load_captioner,
-    ):
-        self.captioner, self.column = load(cfg, storage_options), column
+    def __init__(self, cfg: CaptionConfig, pixels: str = PIXELS_CAPTION, storage_options: dict[str, Any] | None = None,
+                 load: Callable[..., Captioner] = load_captioner):
+        self.captioner, self.column = load(cfg, storage_options), pixels
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        ok = np.flatnonzero(batch[STATUS] == OK)
         n = len(batch[STATUS])
-        captions = np.empty(n, dtype=object)
-        captions[:] = [[] for _ in range(n)]
-        caption = np.full(n, None, dtype=object)
-        ok, pixels = stage_pixels(batch, self.column, ok, self.captioner)
-        if len(ok):
-            for i, cands in zip(ok, split_on_oom(self.captioner.caption, pixels), strict=True):
-                captions[i], caption[i] = cands, cands[0]
-        batch[CAPTIONS], batch[CAPTION] = captions, caption
+        rows, pixels = stage_pixels(batch, self.column, ok_rows(batch), self.captioner)
+        candidates = split_on_oom(self.captioner.caption, pixels) if len(rows) else []
+        batch[CAPTIONS] = scatter(n, rows, candidates, fill=[])
+        batch[CAPTION] = scatter(n, rows, [c[0] for c in candidates])
         return batch

@@ -1,4 +1,5 @@
-"""EmbedPrompts: the chosen caption of ok rows → a sentence embedding (Kaggle's prompt embedding)."""
+"""EmbedImages (CLIP image and alt-text embeddings, the `embed` job) and EmbedPrompts (the chosen
+caption → a sentence embedding: Kaggle's prompt embedding)."""
 
 from __future__ import annotations
 
@@ -7,22 +8,33 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.config import TextEmbedConfig
+from pipeline.config import ClipConfig, EmbedConfig, TextEmbedConfig
+from pipeline.models.clip import ClipEmbedder, load_clip
 from pipeline.models.text_embed import TextEmbedder, load_text_embedder
-from pipeline.schema import CAPTION, OK, PROMPT_EMBEDDING, STATUS
+from pipeline.schema import CAPTION, PROMPT_EMBEDDING, STATUS
+from pipeline.stages.rows import ok_rows, scatter
+from pipeline.stages.score import ScoreClip
+
+
+class EmbedImages(ScoreClip):
+    """CLIP image embeddings of ok rows and text embeddings of their alt-text: ScoreClip without scores."""
+
+    score = False
+
+    def __init__(self, cfg: ClipConfig, pixels: str, storage_options: dict[str, Any] | None = None,
+                 embed: EmbedConfig | None = None, load: Callable[..., ClipEmbedder] = load_clip):
+        super().__init__(cfg, pixels, storage_options, embed or EmbedConfig(), load)
 
 
 class EmbedPrompts:
-    def __init__(self, cfg: TextEmbedConfig, dtype: str = "float32", storage_options: dict[str, Any] | None = None,
-                 load: Callable[..., TextEmbedder] = load_text_embedder):
+    """The chosen caption of ok rows → a sentence embedding in `dtype`."""
+
+    def __init__(self, cfg: TextEmbedConfig, pixels: str | None = None, storage_options: dict[str, Any] | None = None,
+                 dtype: str = "float32", load: Callable[..., TextEmbedder] = load_text_embedder):
         self.model, self.dtype = load(cfg, storage_options), dtype
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        n = len(batch[STATUS])
-        rows = [i for i in np.flatnonzero(batch[STATUS] == OK) if isinstance(batch[CAPTION][i], str)]
+        rows = [i for i in ok_rows(batch) if isinstance(batch[CAPTION][i], str)]
         vectors = self.model.embed([batch[CAPTION][i] for i in rows]).astype(self.dtype)
-        col = np.full(n, None, dtype=object)
-        for i, v in zip(rows, vectors, strict=True):
-            col[i] = v
-        batch[PROMPT_EMBEDDING] = col
+        batch[PROMPT_EMBEDDING] = scatter(len(batch[STATUS]), rows, vectors)
         return batch

@@ -2,7 +2,7 @@
 
 A text passes when it clears the threshold of every configured scorer. `caption` is the best text by
 `clean.rank_by` among those that pass (the alt-text included), `keep` is whether any passes. In
-`top_fraction` mode the cut is global, so the flags are set after the run (see pipeline/select.py);
+`top_fraction` mode the cut is global, so the flags are set after the run (see pipeline/top_fraction.py);
 here `caption` is the best text of the row. In `rerank` mode (LAION-COCO), candidates are sorted by
 score and the best `top_k` kept; every ok row is kept.
 """
@@ -47,6 +47,7 @@ class SelectCaption:
         text_col, caps_col = SCORE_COLUMNS[self.cfg.rank_by]
         out = {c: np.full(n, None, dtype=object) for c in (CAPTION, TEXT_SCORE, CAPTION_SCORES, KEEP_TEXT, KEEP)}
         captions = batch[CAPTIONS].copy()
+        raw = {caps: batch[caps].copy() for _, caps in SCORE_COLUMNS.values() if caps in batch}
         for i in np.flatnonzero(batch[STATUS] == OK):
             cands = list(captions[i] or [])
             cand_scores = list(batch[caps_col][i] or [])
@@ -56,6 +57,9 @@ class SelectCaption:
                 order = sorted(range(len(cands)), key=lambda j: -cand_scores[j])[: self.cfg.top_k]
                 cands, cand_scores = [cands[j] for j in order], [cand_scores[j] for j in order]
                 captions[i] = cands
+                for col in raw:  # every scorer's raw scores follow their candidates
+                    if raw[col][i] is not None:
+                        raw[col][i] = [raw[col][i][j] for j in order]
                 out[CAPTION][i] = cands[0] if cands else None
                 out[KEEP][i] = bool(cands)
                 out[KEEP_TEXT][i] = text_score is not None and self._passes(batch, i, None)
@@ -73,5 +77,6 @@ class SelectCaption:
             out[TEXT_SCORE][i] = text_score
             out[CAPTION_SCORES][i] = cand_scores
         batch.update(out)
+        batch.update(raw)
         batch[CAPTIONS] = captions
         return batch

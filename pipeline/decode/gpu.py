@@ -3,9 +3,10 @@
 The CPU tasks only check headers (format, max_pixels, EXIF orientation; see DecodeImages) and pass the
 bytes on; each model's actor decodes them here. nvJPEG, through `torchvision.io.decode_jpeg` on a list
 (one batched call), decodes at full size; the EXIF orientation read by the CPU stage is applied; the
-resize is torch's antialiased bicubic, the filter of the processor path (PIL), and the crop follows
-`image.resize_to`. Images nvJPEG refuses, and other formats, decode on the CPU (the fast path, in the
-isolated decoder child), so a bad file is still a row with a status, never a failed batch.
+resize is torch's antialiased bicubic, the filter of the processor path (PIL), and the resize/crop plan
+and the orientation table are the CPU path's (geometry.py). Images nvJPEG refuses, and other formats,
+decode on the CPU (the fast path, in the isolated decoder child), so a bad file is still a row with a
+status, never a failed batch.
 
 Why not Ray Data's or torchvision's transforms: they work on one image tensor of one size at a time on
 the CPU; web images come in every size, and the point is to keep the CPU out of the pixel path.
@@ -19,8 +20,9 @@ from typing import Any
 import numpy as np
 
 from pipeline.config import DecodeConfig
-from pipeline.image import Target
-from pipeline.models.loading import processor_size_target
+from pipeline.decode.geometry import ORIENTATION_TRANSPOSE, Target, plan
+from pipeline.decode.isolated import IsolatedDecoder
+from pipeline.decode.targets import processor_size_target
 from pipeline.schema import ERROR, GPU_DECODE, IMAGE, OK, STATUS
 
 CHUNK = 64  # images per nvJPEG call: the full-size frames of 64 web images are ~0.5 GB of GPU memory
@@ -64,9 +66,7 @@ def decode_on_device(datas: list[bytes], marks: list[int], target: Target, devic
     failed: dict[int, tuple[str, str]] = {}
     cpu = [j for j, o in enumerate(out) if o is None]
     if cpu:
-        from pipeline.stages.decode import _Isolated
-
-        for j, (kind, payload, _, _) in zip(cpu, _Isolated.run_isolating([datas[j] for j in cpu], (target,), CPU_FALLBACK),
+        for j, (kind, payload, _, _) in zip(cpu, IsolatedDecoder.decode([datas[j] for j in cpu], (target,), CPU_FALLBACK),
                                             strict=True):
             if kind == OK:
                 out[j] = torch.from_numpy(payload[target.name].copy()).to(device)  # unpickled: read-only
@@ -105,51 +105,49 @@ def nvjpeg(datas: list[bytes], device: str) -> list[Any]:
     return frames
 
 
-def orient(frame: Any, orientation: int) -> Any:
-    """(3, H, W) → the image as a viewer shows it, for EXIF orientation 1–8 (PIL's exif_transpose)."""
+def _transpose(frame: Any, name: str) -> Any:
+    """One of PIL's Image.Transpose operations on a (3, H, W) tensor."""
     import torch
 
-    if orientation == 2:
+    if name == "FLIP_LEFT_RIGHT":
         return frame.flip(2)
-    if orientation == 3:
-        return frame.flip(1, 2)
-    if orientation == 4:
+    if name == "FLIP_TOP_BOTTOM":
         return frame.flip(1)
-    if orientation == 5:
+    if name == "ROTATE_180":
+        return frame.flip(1, 2)
+    if name == "TRANSPOSE":
         return frame.transpose(1, 2)
-    if orientation == 6:
-        return torch.rot90(frame, -1, (1, 2))
-    if orientation == 7:
+    if name == "TRANSVERSE":
         return frame.transpose(1, 2).flip(1, 2)
-    if orientation == 8:
+    if name == "ROTATE_90":  # counter-clockwise, as PIL's
         return torch.rot90(frame, 1, (1, 2))
-    return frame
+    if name == "ROTATE_270":
+        return torch.rot90(frame, -1, (1, 2))
+    raise ValueError(f"unknown transpose {name!r}")
+
+
+def orient(frame: Any, orientation: int) -> Any:
+    """(3, H, W) → the image as a viewer shows it, for EXIF orientation 1–8 (geometry.ORIENTATION_TRANSPOSE)."""
+    name = ORIENTATION_TRANSPOSE.get(orientation)
+    return _transpose(frame, name) if name else frame
 
 
 def resize_on_device(frame: Any, t: Target) -> Any:
-    """(3, H, W) uint8 → (t.height, t.width, 3) uint8, resized (and cropped) as `image.resize_to` does."""
+    """(3, H, W) uint8 → (t.height, t.width, 3) uint8, resized and cropped by the plan `image.resize_to` follows."""
     import torch
     from torch.nn.functional import interpolate
 
     _, h, w = frame.shape
-    if t.mode == "squash":
-        size = (t.height, t.width)
-        top = left = 0
-    else:
-        short, long = min(w, h), max(w, h)
-        if long > 4 * short:  # as resize_to: only the centre survives the crop of a banner
-            keep = 4 * short
-            a = ((w if w > h else h) - keep) // 2
-            frame = frame[:, :, a : a + keep] if w > h else frame[:, a : a + keep]
-            _, h, w = frame.shape
-            short, long = min(w, h), max(w, h)
-        new_short, new_long = t.shortest_edge, int(t.shortest_edge * long / short)
-        nw, nh = (new_short, new_long) if w <= h else (new_long, new_short)
-        size = (nh, nw)
-        top, left = (nh - t.height) // 2, (nw - t.width) // 2
+    p = plan(w, h, t)
+    if p.precrop is not None:
+        left, top, right, bottom = p.precrop
+        frame = frame[:, top:bottom, left:right]
+    nw, nh = p.size
     mode = _MODES.get(t.resample, "bicubic")
     x = frame.unsqueeze(0).float()
-    if tuple(x.shape[2:]) != size:
-        x = interpolate(x, size=size, mode=mode, antialias=mode != "nearest", align_corners=None if mode == "nearest" else False)
-    x = x[0, :, top : top + t.height, left : left + t.width]
+    if tuple(x.shape[2:]) != (nh, nw):
+        x = interpolate(x, size=(nh, nw), mode=mode, antialias=mode != "nearest",
+                        align_corners=None if mode == "nearest" else False)
+    left, top, right, bottom = p.crop
+    x = x[0, :, top:bottom, left:right]
     return x.round_().clamp_(0, 255).to(torch.uint8).permute(1, 2, 0)

@@ -1,6 +1,6 @@
 """A decoder child process: reads pickled (images, targets, config) requests on stdin, writes results.
 
-Run by DecodeImages as `python -m pipeline.decoder_process MAX_MEMORY_MB`. A plain subprocess rather
+Run by `isolated.IsolatedDecoder` as `python -m pipeline.decode.child MAX_MEMORY_MB`. A plain subprocess rather
 than multiprocessing: in a Ray worker, `fork` is unsafe (gRPC threads) and `spawn`/`forkserver`
 re-import the worker's `__main__`.
 """
@@ -38,7 +38,7 @@ def main() -> None:
 
     limit = int(sys.argv[1]) * 2**20
     resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
-    from pipeline.stages.decode import decode_many
+    from pipeline.decode.image import decode_many
 
     stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
     while True:

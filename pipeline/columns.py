@@ -6,6 +6,7 @@ fixed-shape tensors (pixels, embeddings) as n-d arrays.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -21,10 +22,7 @@ def to_numpy(table: pa.Table) -> dict[str, np.ndarray]:
         if isinstance(col.type, pa.ExtensionType):  # Ray's tensor type
             out[name] = col.to_numpy()
         elif pa.types.is_fixed_size_list(col.type):  # embeddings: rows of one n-d array, None for null
-            d = col.type.list_size
-            flat = col.values.slice(col.offset * d, len(col) * d).to_numpy(zero_copy_only=False)
-            mat = flat.reshape(len(col), d)
-            valid = col.is_valid().to_numpy(zero_copy_only=False)
+            mat, valid = fixed_size_list_to_numpy(col)
             arr = np.empty(len(col), dtype=object)
             arr[:] = [mat[i] if valid[i] else None for i in range(len(col))]
             out[name] = arr
@@ -42,6 +40,16 @@ def to_numpy(table: pa.Table) -> dict[str, np.ndarray]:
     return out
 
 
+def fixed_size_list_to_numpy(col: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
+    """A fixed-size list column (embeddings) → ((n, d) matrix, (n,) validity); null rows hold whatever
+    Arrow stored for them (zeros as we write them)."""
+    if isinstance(col, pa.ChunkedArray):
+        col = col.combine_chunks()
+    d = col.type.list_size
+    flat = col.values.slice(col.offset * d, len(col) * d).to_numpy(zero_copy_only=False)
+    return flat.reshape(len(col), d), col.is_valid().to_numpy(zero_copy_only=False)
+
+
 def _embedding(values: np.ndarray) -> pa.Array:
     """Object array of 1-d vectors (None for null) → FixedSizeListArray in the vectors' dtype."""
     valid = np.array([v is not None for v in values], dtype=bool)
@@ -54,11 +62,11 @@ def _embedding(values: np.ndarray) -> pa.Array:
     return pa.FixedSizeListArray.from_arrays(pa.array(mat.ravel()), len(first), mask=pa.array(~valid))
 
 
-def _column(name: str, values: np.ndarray) -> pa.Array:
+def _column(name: str, values: np.ndarray, tensor: Callable[[np.ndarray], pa.Array] | None) -> pa.Array:
     if isinstance(values, np.ndarray) and values.dtype != object and values.ndim > 1:
-        from ray.data.extensions import ArrowTensorArray
-
-        return ArrowTensorArray.from_numpy(values)
+        if tensor is None:
+            raise TypeError(f"column {name!r}: an n-d array needs a tensor type (the Ray adapter gives Ray's)")
+        return tensor(values)
     if name in EMBEDDINGS:
         return _embedding(values)
     typ = COLUMN_TYPES.get(name)
@@ -66,5 +74,7 @@ def _column(name: str, values: np.ndarray) -> pa.Array:
     return pa.array(seq, type=typ) if typ is not None else pa.array(seq)
 
 
-def to_arrow(batch: dict[str, np.ndarray]) -> pa.Table:
-    return pa.table({name: _column(name, values) for name, values in batch.items()})
+def to_arrow(batch: dict[str, np.ndarray], tensor: Callable[[np.ndarray], pa.Array] | None = None) -> pa.Table:
+    """Columns → a table in our column types; `tensor` makes the Arrow column of an n-d array (pixels),
+    which only travel between stages (the Ray adapter passes Ray's tensor type)."""
+    return pa.table({name: _column(name, values, tensor) for name, values in batch.items()})

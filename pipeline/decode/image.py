@@ -9,38 +9,18 @@ from __future__ import annotations
 
 import io
 import os
+import time
 import warnings
-from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Literal
+from typing import Any
 
 import numpy as np
-from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageFile, UnidentifiedImageError
 
-from pipeline.schema import DECODE_ERROR, TOO_LARGE, UNSUPPORTED_FORMAT
+from pipeline.config import DecodeConfig
+from pipeline.decode.geometry import ORIENTATION_SWAPS, ORIENTATION_TRANSPOSE, Target, plan
+from pipeline.schema import DECODE_ERROR, OK, TOO_LARGE, UNSUPPORTED_FORMAT
 
 ImageFile.LOAD_TRUNCATED_IMAGES = False
-
-# PIL's resampling filter for each resize mode matches what the HF image processors use (BICUBIC for
-# BLIP and CLIP), so a processor given our pixels resizes nothing and the outputs stay bit-identical.
-_RESAMPLE = Image.Resampling.BICUBIC
-
-
-@dataclass(frozen=True)
-class Target:
-    """A size a model needs: `squash` resizes to height×width (BLIP, ViT); `crop` resizes the shortest
-    edge to `shortest_edge` then center-crops height×width (CLIP)."""
-
-    name: str
-    height: int
-    width: int
-    mode: Literal["squash", "crop"] = "squash"
-    shortest_edge: int = 0
-    resample: int = int(_RESAMPLE)
-
-
-Images = Sequence[np.ndarray] | np.ndarray  # uint8 HxWx3 images: a list, or one (N, H, W, 3) array
-
 
 class DecodeFailure(Exception):
     """A sample that cannot become pixels; `kind` is the row's status."""
@@ -48,9 +28,6 @@ class DecodeFailure(Exception):
     def __init__(self, kind: str, message: str):
         super().__init__(message)
         self.kind = kind
-
-
-_ORIENTATION_SWAPS = {5, 6, 7, 8}  # EXIF orientations that turn the image by 90°
 
 
 def to_rgb(im: Image.Image) -> Image.Image:
@@ -70,39 +47,29 @@ def to_rgb(im: Image.Image) -> Image.Image:
 
 
 def resize_to(im: Image.Image, t: Target, resample: int | None = None) -> np.ndarray:
-    """Resizes as the HF image processors do (PIL, same filter, same rounding); `resample` overrides
-    the filter (the fast path uses BOX: an area average, the right filter for shrinking)."""
-    resample = t.resample if resample is None else resample
-    if t.mode == "squash":
-        out = im.resize((t.width, t.height), resample=resample)
-    else:
-        w, h = im.size
-        short, long = (w, h) if w <= h else (h, w)
-        if long > 4 * short:
-            # Extreme aspect ratios (1×20000 banners): resizing the short edge up first would make a
-            # giant image. Only the centre survives the crop, so cut the centre out first.
-            keep = 4 * short
-            box = ((w - keep) // 2, 0, (w - keep) // 2 + keep, h) if w > h else (0, (h - keep) // 2, w, (h - keep) // 2 + keep)
-            im = im.crop(box)
-            w, h = im.size
-            short, long = (w, h) if w <= h else (h, w)
-        new_short, new_long = t.shortest_edge, int(t.shortest_edge * long / short)
-        nw, nh = (new_short, new_long) if w <= h else (new_long, new_short)
-        out = im.resize((nw, nh), resample=resample)
-        top, left = (nh - t.height) // 2, (nw - t.width) // 2
-        out = out.crop((left, top, left + t.width, top + t.height))
+    """Resizes as the HF image processors do (PIL, same filter, same rounding; geometry.plan); `resample`
+    overrides the filter (the fast path uses BOX: an area average, the right filter for shrinking)."""
+    p = plan(im.width, im.height, t)
+    if p.precrop is not None:
+        im = im.crop(p.precrop)
+    out = im.resize(p.size, resample=t.resample if resample is None else resample)
+    if p.crop != (0, 0, *p.size):
+        out = out.crop(p.crop)
     return np.asarray(out, dtype=np.uint8)
 
 
-# Fault injection for the isolation tests: with CAPFILT_FAILPOINT_DECODE_CRASH=<marker> in the
-# environment, an image whose bytes start with <marker> kills the decoding process, as a decoder
-# segfault would. Off unless that variable is set.
+# Fault injection for the isolation and stall tests: with CAPFILT_FAILPOINT_DECODE_CRASH=<marker> in
+# the environment, an image whose bytes start with <marker> kills the decoding process, as a decoder
+# segfault would; with CAPFILT_FAILPOINT_DECODE_HANG=<marker>, it hangs the decoder forever. Off unless
+# those variables are set.
 _CRASH_MARKER = os.environ.get("CAPFILT_FAILPOINT_DECODE_CRASH", "").encode()
+_HANG_MARKER = os.environ.get("CAPFILT_FAILPOINT_DECODE_HANG", "").encode()
 
 
-_TRANSPOSE = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
-              5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
-              8: Image.Transpose.ROTATE_90}
+def orient(im: Image.Image, orientation: int) -> Image.Image:
+    """The image as a viewer shows it, for EXIF orientation 1–8 (geometry.ORIENTATION_TRANSPOSE)."""
+    name = ORIENTATION_TRANSPOSE.get(orientation)
+    return im.transpose(Image.Transpose[name]) if name else im
 
 
 def _orientation(im: Image.Image) -> int:
@@ -126,8 +93,7 @@ def _turbo(data: bytes, im: Image.Image, targets: tuple[Target, ...], orientatio
         arr = simplejpeg.decode_jpeg(data, colorspace="RGB", min_height=need, min_width=need, strict=True)
     except ValueError as e:  # truncated or corrupt: strict mode says so instead of filling in grey
         raise DecodeFailure(DECODE_ERROR, f"{type(e).__name__}: {e}") from None
-    out = Image.fromarray(arr)
-    return out.transpose(_TRANSPOSE[orientation]) if orientation in _TRANSPOSE else out
+    return orient(Image.fromarray(arr), orientation)
 
 
 def inspect(data: bytes, max_pixels: int, formats: tuple[str, ...]) -> tuple[Image.Image, int, int, int]:
@@ -137,6 +103,9 @@ def inspect(data: bytes, max_pixels: int, formats: tuple[str, ...]) -> tuple[Ima
         raise DecodeFailure(DECODE_ERROR, "empty file")
     if _CRASH_MARKER and data.startswith(_CRASH_MARKER):
         os.abort()
+    if _HANG_MARKER and data.startswith(_HANG_MARKER):
+        while True:
+            time.sleep(3600)
     try:
         with warnings.catch_warnings():
             # Our own max_pixels check below replaces PIL's bomb warning band (89–179 MP).
@@ -149,7 +118,7 @@ def inspect(data: bytes, max_pixels: int, formats: tuple[str, ...]) -> tuple[Ima
     except (OSError, ValueError, SyntaxError) as e:  # PIL raises these for broken headers
         raise DecodeFailure(DECODE_ERROR, f"{type(e).__name__}: {e}") from None
     orientation = _orientation(im)  # read once: the reported size and the fast paths both need it
-    width, height = im.size[::-1] if orientation in _ORIENTATION_SWAPS else im.size
+    width, height = im.size[::-1] if orientation in ORIENTATION_SWAPS else im.size
     if width * height > max_pixels:
         raise DecodeFailure(TOO_LARGE, f"{width}x{height} exceeds decode.max_pixels={max_pixels}")
     if width < 1 or height < 1:
@@ -182,11 +151,30 @@ def decode(
             # DCT-domain downscale: decode at 1/2, 1/4 or 1/8 when the result still covers every target.
             need = max(max(t.height, t.width, t.shortest_edge) for t in targets)
             im.draft("RGB", (need, need))
-        im = ImageOps.exif_transpose(im)  # loads the pixels; truncated data raises here
-        im.load()
-        im = to_rgb(im)
+        im.load()  # truncated data raises here
+        im = to_rgb(orient(im, orientation))
         return {t.name: resize_to(im, t) for t in targets}, width, height
     except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as e:
         raise DecodeFailure(DECODE_ERROR, f"{type(e).__name__}: {e}") from None
     except MemoryError:
         raise DecodeFailure(TOO_LARGE, "out of memory while decoding") from None
+
+
+# (status, pixels by target | GPU-decode mark (see schema.GPU_DECODE) | error message, width, height)
+Result = tuple[str, Any, Any, Any]
+
+
+def decode_many(datas: list[bytes], targets: tuple[Target, ...], cfg: DecodeConfig) -> list[Result]:
+    """Each image decoded to every target; with `decode.device: cuda`, only its header checked."""
+    out: list[Result] = []
+    for data in datas:
+        try:
+            if cfg.device == "cuda":
+                im, orientation, w, h = inspect(data, cfg.max_pixels, cfg.formats)
+                out.append((OK, orientation if gpu_decodable(im, data) else 0, w, h))
+            else:
+                pixels, w, h = decode(data, targets, cfg.max_pixels, cfg.formats, cfg.draft, cfg.fast)
+                out.append((OK, pixels, w, h))
+        except DecodeFailure as e:
+            out.append((e.kind, str(e)[:500], None, None))
+    return out

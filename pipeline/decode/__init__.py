@@ -1,0 +1,1 @@
+"""Everything about turning bytes into pixels: CPU decode, the isolated child, GPU decode, target sizes."""

@@ -1,0 +1,172 @@
+"""The one module that imports Ray: init, the shard datasource, reads, map_batches, actor pools, stats.
+
+Ray Data's arguments churn between releases (`concurrency` vs `compute`, retry limits as remote args);
+keeping every call here means a Ray upgrade touches one file.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from collections.abc import Iterator
+from functools import partial
+from typing import Any
+
+import pyarrow as pa
+import ray
+from ray.data import ActorPoolStrategy, DataContext, TaskPoolStrategy
+from ray.data.block import BlockMetadata
+from ray.data.datasource import Datasource, ReadTask
+from ray.data.extensions import ArrowTensorArray
+
+from pipeline.columns import to_arrow, to_numpy
+from pipeline.config import Config, InputConfig
+from pipeline.io.readers import READ_SCHEMA, read_shard
+from pipeline.io.shards import Shard
+from pipeline.job import Job, StageSpec, read_fused
+
+log = logging.getLogger("capfilt")
+
+
+def init_ray(cfg: Config) -> None:
+    """Attaches to `run.address` / RAY_ADDRESS, or starts a local Ray; sets Ray Data up for capfilt."""
+    if not ray.is_initialized():
+        address = cfg.run.address or os.environ.get("RAY_ADDRESS")
+        kwargs: dict[str, Any] = dict(include_dashboard=False, logging_level=logging.WARNING, configure_logging=False)
+        if address:
+            ray.init(address=address, **kwargs)
+        else:
+            ray.init(num_cpus=cfg.run.num_cpus, **kwargs)
+    ctx = DataContext.get_current()
+    ctx.enable_progress_bars = False  # our own line shows images, img/s and ETA
+    ctx.print_on_execution_start = False
+    ctx.max_errored_blocks = 0  # a bad sample is a row with a status, never a dropped block
+    # One stall guard: capfilt's (run.Watchdog, `run.stall_timeout_s`, exit 3). Ray's own (30 min by
+    # default, or RAY_DATA_EXECUTION_NO_PROGRESS_TIMEOUT_S) would otherwise raise first whenever ours is
+    # longer or off, and end the run with an ordinary traceback and exit 1.
+    ctx.execution_no_progress_timeout_s = -1
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
+
+
+def shutdown() -> None:
+    ray.shutdown()
+
+
+class ShardDatasource(Datasource):
+    """One read task per shard, streaming blocks as our readers yield them.
+
+    Ray's own `read_webdataset`/`read_parquet` drop or fail whole files on a bad member and know nothing
+    of our per-row statuses and shard-end rows, so the read tasks call our readers instead."""
+
+    def __init__(self, shards: list[Shard], cfg: InputConfig, options: dict[str, Any]):
+        super().__init__()
+        self.shards, self.cfg, self.options = shards, cfg, options
+
+    def estimate_inmemory_data_size(self) -> int | None:
+        sizes = [s.size for s in self.shards]
+        return sum(s for s in sizes if s) or None
+
+    def get_read_tasks(self, parallelism: int, per_task_row_limit: int | None = None,
+                       data_context: Any = None) -> list[ReadTask]:
+        return [
+            ReadTask(
+                partial(read_shard, s, self.cfg, self.options),
+                BlockMetadata(num_rows=None, size_bytes=s.size, exec_stats=None, input_files=(s.uri,)),
+                schema=READ_SCHEMA,
+            )
+            for s in self.shards
+        ]
+
+    def get_name(self) -> str:
+        return "ReadShards"
+
+
+class _OnArrow:
+    """Runs a numpy-batch stage on Arrow blocks, converting with our column types (see columns.py)."""
+
+    stage_cls: Any = None
+    keep: list[str] | None = None  # the last stage drops what the driver does not need (pixels above all)
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        self.stage = self.stage_cls(*args, **kwargs)
+
+    def __call__(self, table: pa.Table) -> pa.Table:
+        out = self.stage(to_numpy(table))
+        if self.keep is not None:
+            out = {k: out[k] for k in self.keep}
+        return to_arrow(out, tensor=ArrowTensorArray.from_numpy)
+
+
+def _on_arrow(stage_cls: Any, keep: list[str] | None = None) -> type:
+    # Named after the stage, so Ray's progress lines and errors show `CaptionImages`, not the adapter.
+    return type(stage_cls.__name__, (_OnArrow,), {"stage_cls": stage_cls, "keep": keep, "__module__": __name__})
+
+
+def _read(source: Datasource, shards: int, cfg: Config) -> Any:
+    """The read op, set up so that Ray fuses it with the decode stage that follows.
+
+    One block count per shard: Ray would otherwise split each read's output (for parallelism our
+    reader already gives, block by block), and a split read is never fused. Same CPUs, concurrency
+    and scheduling as the decode tasks (see _apply): fusion needs equal remote args."""
+    if read_fused(cfg):
+        return ray.data.read_datasource(source, num_cpus=cfg.decode.num_cpus, override_num_blocks=shards,
+                                        concurrency=cfg.decode.concurrency)
+    return ray.data.read_datasource(source, num_cpus=cfg.input.num_cpus, override_num_blocks=shards)
+
+
+def _apply(ds: Any, spec: StageSpec, keep: list[str] | None = None) -> Any:
+    """Ray-specific wiring of one stage: the one call of map_batches."""
+    kwargs: dict[str, Any] = dict(batch_size=spec.batch_size, num_cpus=spec.num_cpus, batch_format="pyarrow")
+    with warnings.catch_warnings():
+        # Ray 2.60 deprecates passing retry limits as remote args but has no named parameter for them.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        if spec.actor:
+            if spec.num_gpus:
+                kwargs["num_gpus"] = spec.num_gpus
+            # A crashed actor is restarted and its batch retried, but not forever: Ray's default is
+            # unbounded, which a poison input would turn into an endless loop.
+            return ds.map_batches(_on_arrow(spec.fn, keep), fn_constructor_args=spec.args,
+                                  fn_constructor_kwargs=spec.kwargs, compute=ActorPoolStrategy(size=spec.concurrency or 1),
+                                  max_restarts=2, max_task_retries=2, **kwargs)
+        fn = _on_arrow(spec.fn, keep)(*spec.args, **spec.kwargs)  # a stateless stage: built once here, shipped to the tasks
+        compute = TaskPoolStrategy(size=spec.concurrency) if spec.concurrency else None
+        # Ray's task default of 3 retries (system failures only) and the read's SPREAD scheduling: equal
+        # remote args let Ray fuse this stage with the read (see _read).
+        return ds.map_batches(fn, compute=compute, scheduling_strategy="SPREAD", **kwargs)
+
+
+class Execution:
+    """A job's stages over some shards as one Ray Data pipeline; `blocks()` streams its output."""
+
+    def __init__(self, job: Job, shards: list[Shard], cfg: Config):
+        ds = _read(ShardDatasource(shards, cfg.input, cfg.storage), len(shards), cfg)
+        for i, spec in enumerate(job.stages):
+            # The last stage keeps only the output columns: a separate select_columns op would hold
+            # blocks back until the end (seen with Ray 2.60), delaying commits and progress.
+            ds = _apply(ds, spec, job.columns() if i == len(job.stages) - 1 else None)
+        self.ds = ds
+
+    def blocks(self) -> Iterator[pa.Table]:
+        return iter(self.ds.iter_batches(batch_size=None, batch_format="pyarrow"))
+
+    def stage_times(self) -> dict[str, dict[str, float]]:
+        """Time spent in each operator of a finished run, from Ray Data's own stats: `busy_s` sums its
+        tasks' wall time (across workers, so it can exceed the run), `udf_s` the time in our code.
+
+        Ray's stats summary is not a public API; a release that changes it costs this report, not the run."""
+        try:
+            out = {}
+            todo = [self.ds._get_stats_summary()]
+            while todo:  # the summary of the last operator chain, with the earlier ones as its parents
+                summary = todo.pop()
+                todo += summary.parents
+                for op in summary.operators_stats:
+                    wall, udf = op.wall_time, op.function_body_time
+                    out[op.operator_name] = {"busy_s": round(wall.sum, 3) if wall else 0.0,
+                                             "udf_s": round(udf.sum, 3) if udf else 0.0,
+                                             "tasks": int(wall.count) if wall else 0}
+            return dict(reversed(out.items()))  # first operator first
+        except Exception as e:  # noqa: BLE001 - see the docstring
+            log.debug("no stage times: %s", e)
+            return {}

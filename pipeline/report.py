@@ -1,0 +1,68 @@
+"""What a run reports: the Summary the command prints and `OUT/run.json`."""
+
+from __future__ import annotations
+
+import json
+import platform
+from dataclasses import dataclass, field
+from typing import Any
+
+from pipeline.config import Config
+from pipeline.io.storage import join
+from pipeline.io.writer import write_atomic
+from pipeline.job import Job
+
+
+@dataclass
+class Summary:
+    output: str
+    rows: int
+    counts: dict[str, int]
+    shards_done: int
+    shards_skipped: int
+    seconds: float
+    first_block_s: float | None = None  # start → first block at the driver (Ray, actors, model loading)
+    steady_images_per_s: float | None = None  # rows after the first block / time after it
+    stages: dict[str, dict[str, float]] = field(default_factory=dict)  # Ray Data operator → time in it
+    shards_total: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)  # what the job's post-run hook reported
+
+    @property
+    def images_per_s(self) -> float:
+        return self.rows / self.seconds if self.seconds > 0 else 0.0
+
+
+def versions() -> dict[str, str]:
+    import importlib.metadata as md
+
+    out = {"python": platform.python_version()}
+    for pkg in ("capfilt", "ray", "torch", "transformers", "pyarrow", "fsspec", "s3fs", "pillow"):
+        try:
+            out[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            pass
+    return out
+
+
+def write_report(job: Job, inputs: list[str], cfg: Config, digest: str, summary: Summary) -> None:
+    """`OUT/run.json`: config (credentials redacted), models and their revisions, versions, counts, times."""
+    report = {
+        "job": job.name,
+        "inputs": inputs,
+        "output": summary.output,
+        "config": cfg.to_dict(),
+        "config_digest": digest,
+        "models": job.models,
+        "revisions": job.revisions,
+        "versions": versions(),
+        "shards": {"total": summary.shards_total, "done": summary.shards_done, "skipped": summary.shards_skipped},
+        "rows": summary.rows,
+        "counts": summary.counts,
+        "seconds": round(summary.seconds, 3),
+        "images_per_s": round(summary.images_per_s, 3),
+        "first_block_s": None if summary.first_block_s is None else round(summary.first_block_s, 3),
+        "steady_images_per_s": None if summary.steady_images_per_s is None else round(summary.steady_images_per_s, 3),
+        "stages": summary.stages,
+        **summary.extra,
+    }
+    write_atomic(join(summary.output, "run.json"), json.dumps(report, indent=2, default=str).encode(), cfg.storage)
