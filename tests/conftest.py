@@ -5,18 +5,18 @@ from __future__ import annotations
 import logging
 import os
 import socket
-import tarfile
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.fixtures.hostile import POISON
+
 # Offline always: any download attempt fails fast instead of hanging on a closed network.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-# Fault injection (see pipeline/image.py): images starting with this marker kill the decoder process.
-POISON = b"CAPFILT-POISON"
+# Fault injection (see pipeline/decode/image.py): images starting with this marker kill the decoder process.
 os.environ["CAPFILT_FAILPOINT_DECODE_CRASH"] = POISON.decode()
 logging.getLogger("werkzeug").setLevel(logging.WARNING)  # moto's request log
 
@@ -111,28 +111,16 @@ def ray_local(s3_server: FlakyS3, model_cache: Path) -> Iterator[None]:
 
 @pytest.fixture(scope="session")
 def tiny_blip(model_cache: Path) -> Path:
-    from pipeline.models.tiny import ensure_tiny
+    from pipeline.models.random_weights import ensure_tiny
 
     return ensure_tiny("blip")
 
 
 @pytest.fixture(scope="session")
 def photos() -> list:
-    from pipeline.samples import photos
+    from tests.fixtures.samples import photos
 
     return photos(256)
-
-
-def tar_bytes(members: dict[str, bytes]) -> bytes:
-    import io
-
-    from pipeline.samples import add_member
-
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as tar:
-        for name, data in members.items():
-            add_member(tar, name, data)
-    return buf.getvalue()
 
 
 def pytest_collection_modifyitems(config, items):

@@ -37,7 +37,7 @@ def _family(path: str, cfg: CaptionConfig) -> str:
     """The captioner family of a model, from its config; a model or setting it cannot run is a ConfigError."""
     kind = model_type(path, cfg)
     if kind not in FAMILIES:
-        raise ConfigError(f"config: caption.model: {cfg.model!r} has model_type {kind!r}, not a supported captioner "
+        raise ConfigError(f"config: caption.model: {cfg.model!r}: model_type {kind!r} is not a supported captioner "
                           f"(supported: {', '.join(FAMILIES)})")
     if cfg.cache == "static" and kind == "blip":
         # transformers sizes the static cache for max_new_tokens, but BLIP's decoder also holds its

@@ -6,7 +6,7 @@ import pytest
 from pipeline.config import load_config
 from pipeline.models.captioner import load_captioner
 from pipeline.models.pixels import _PINNED, pixel_values
-from pipeline.samples import jpeg
+from tests.fixtures.samples import jpeg
 
 pytestmark = pytest.mark.gpu
 
@@ -43,8 +43,9 @@ def test_nvjpeg_decode_matches_the_cpu_path_and_bad_images_become_rows(photos):
     import torch
     from PIL import Image
 
-    from pipeline.gpu_decode import decode_on_device
-    from pipeline.image import Target, resize_to
+    from pipeline.decode.geometry import Target
+    from pipeline.decode.gpu import decode_on_device
+    from pipeline.decode.image import resize_to
 
     target = Target("p", 224, 224, "crop", 224)
     big = [np.asarray(Image.fromarray(p).resize((1200, 900), Image.Resampling.BICUBIC)) for p in photos[:6]]
@@ -73,10 +74,9 @@ def test_embed_job_with_decode_on_cuda_equals_the_cpu_decode(tmp_path):
     covered above and in tests/test_gpu_decode.py.)"""
     import pyarrow.parquet as pq
     import ray
-    from conftest import tar_bytes
     from test_jobs import run
 
-    from pipeline.samples import samples
+    from tests.fixtures.samples import samples, tar_bytes
 
     keys = []
     (tmp_path / "in").mkdir()
@@ -112,7 +112,7 @@ def test_blip_attention_on_cuda_writes_transformers_tokens(dtype):
     from transformers import BlipForConditionalGeneration
 
     from pipeline.models.blip_attention import install, stock_attention
-    from pipeline.models.tiny import ensure_tiny
+    from pipeline.models.random_weights import ensure_tiny
 
     model = BlipForConditionalGeneration.from_pretrained(ensure_tiny("blip"), dtype=getattr(torch, dtype)).cuda().eval()
     shared = install(model)

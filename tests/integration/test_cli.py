@@ -4,17 +4,15 @@ from __future__ import annotations
 
 import io
 import json
-from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from conftest import tar_bytes
 from PIL import Image
 
 from pipeline.cli import main
-from pipeline.samples import jpeg, write_folder, write_parquet, write_webdataset
+from tests.fixtures.paths import ROOT  # noqa: E402
+from tests.fixtures.samples import jpeg, tar_bytes, write_folder, write_parquet, write_webdataset
 
-ROOT = Path(__file__).resolve().parents[1]
 TINY = str(ROOT / "configs" / "tiny.yaml")
 QUICK = ["--set", "caption.max_new_tokens=6", "--set", "caption.num_beams=2", "--set", "run.progress=log"]
 
@@ -54,7 +52,7 @@ def test_parquet_input(ray_local, tmp_path):
 
 
 def test_image_folder_matches_the_reference_captions(ray_local, tmp_path, tiny_blip):
-    from test_caption import reference_captions
+    from tests.fixtures.reference import reference_captions
 
     keys = write_folder(tmp_path / "imgs", 8, size=160)
     assert caption([str(tmp_path / "imgs")], str(tmp_path / "out"), "--set", "decode.draft=false", "--set", "decode.fast=false",

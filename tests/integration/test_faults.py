@@ -7,13 +7,12 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from conftest import tar_bytes
 
-from pipeline.bench import PeakRss
 from pipeline.cli import main
-from pipeline.samples import write_webdataset
+from tests.fixtures.memory import PeakRss
+from tests.fixtures.paths import ROOT  # noqa: E402
+from tests.fixtures.samples import tar_bytes, write_webdataset
 
-ROOT = Path(__file__).resolve().parents[1]
 TINY = str(ROOT / "configs" / "tiny.yaml")
 
 
@@ -43,10 +42,8 @@ MEMORY_BOUND = 6 * 2**30  # the bound the README states for this corpus on tiny 
 
 
 def test_hostile_corpus_every_sample_gets_its_status(ray_local, tmp_path, photos, capsys):
-    from conftest import POISON
-    from hostile import corpus, truncated_parquet, write_tar
-
-    from pipeline.samples import jpeg
+    from tests.fixtures.hostile import POISON, corpus, truncated_parquet, write_tar
+    from tests.fixtures.samples import jpeg
 
     members, expect = corpus(photos[0], POISON)
     shards = tmp_path / "in"
@@ -237,7 +234,7 @@ def test_losing_a_worker_node_completes_or_fails_fast(tmp_path, ray_dir):
     out = tmp_path / "out"
     stall = 45
     env = _subprocess_env(ray_dir)
-    res = subprocess.run([sys.executable, str(ROOT / "tests" / "multinode.py"), str(tmp_path / "in" / "*.tar"), str(out),
+    res = subprocess.run([sys.executable, str(ROOT / "tests" / "fixtures" / "multinode.py"), str(tmp_path / "in" / "*.tar"), str(out),
                           TINY, str(stall)], env=env, capture_output=True, text=True, timeout=stall + 420)
     assert res.returncode == 0, res.stderr[-3000:]
     report = json.loads(res.stdout.strip().splitlines()[-1])

@@ -9,12 +9,11 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
-from conftest import tar_bytes
 
 from pipeline.cli import main
-from pipeline.samples import samples
+from tests.fixtures.paths import ROOT  # noqa: E402
+from tests.fixtures.samples import samples, tar_bytes
 
-ROOT = Path(__file__).resolve().parents[1]
 JUNK = ["click here", "IMG_2031.JPG", "buy now free shipping", "", "lorem ipsum dolor"]
 
 

@@ -1,10 +1,12 @@
-from pathlib import Path
 
 import pytest
 
+from jobs.caption import JOB as CAPTION
+from jobs.clean import JOB as CLEAN
 from pipeline.config import ConfigError, load_config
+from tests.fixtures.paths import CONFIGS as CONFIG_DIR
 
-CONFIGS = sorted(Path(__file__).resolve().parents[1].joinpath("configs").glob("*.yaml"))
+CONFIGS = sorted(CONFIG_DIR.glob("*.yaml"))
 
 
 def test_defaults_and_overrides_parse_as_yaml():
@@ -75,10 +77,10 @@ def test_unknown_image_format_is_a_config_error():
 
 
 def test_job_defaults_sit_under_the_file_and_overrides(tmp_path):
-    assert load_config(None, job="clean").caption.strategy == "sample"
-    assert load_config(None, job="clean").caption.num_captions == 3
-    assert load_config(None, job="caption").caption.strategy == "beam"
+    assert load_config(None, defaults=CLEAN.defaults).caption.strategy == "sample"
+    assert load_config(None, defaults=CLEAN.defaults).caption.num_captions == 3
+    assert load_config(None, defaults=CAPTION.defaults).caption.strategy == "beam"
     p = tmp_path / "c.yaml"
     p.write_text("caption: {strategy: beam, num_beams: 4, num_captions: 2}\n")
-    cfg = load_config(p, ["caption.num_beams=5"], job="clean")
+    cfg = load_config(p, ["caption.num_beams=5"], defaults=CLEAN.defaults)
     assert (cfg.caption.strategy, cfg.caption.num_beams, cfg.caption.num_captions) == ("beam", 5, 2)

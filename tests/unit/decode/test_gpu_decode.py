@@ -8,11 +8,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline import gpu_decode
 from pipeline.config import load_config
-from pipeline.gpu_decode import orient, resize_on_device
-from pipeline.image import _TRANSPOSE, Target, resize_to
-from pipeline.models.loading import processor_size_target
+from pipeline.decode import gpu as gpu_decode
+from pipeline.decode.geometry import ORIENTATION_TRANSPOSE, Target
+from pipeline.decode.gpu import orient, resize_on_device
+from pipeline.decode.image import resize_to
+from pipeline.decode.targets import processor_size_target
 from pipeline.schema import DECODE_ERROR, ERROR, GPU_DECODE, IMAGE, OK, STATUS, UNSUPPORTED_FORMAT
 from pipeline.stages.decode import DecodeImages
 
@@ -39,7 +40,8 @@ def test_orientation_on_tensors_matches_pil(orientation):
 
     arr = np.random.default_rng(orientation).integers(0, 256, (5, 7, 3), dtype=np.uint8)
     im = Image.fromarray(arr)
-    want = np.asarray(im.transpose(_TRANSPOSE[orientation]) if orientation in _TRANSPOSE else im)
+    name = ORIENTATION_TRANSPOSE.get(orientation)
+    want = np.asarray(im.transpose(Image.Transpose[name]) if name else im)
     got = orient(torch.from_numpy(arr).permute(2, 0, 1), orientation).permute(1, 2, 0).numpy()
     np.testing.assert_array_equal(got, want)
 
@@ -115,7 +117,7 @@ def test_pixels_decoded_on_the_device_give_the_processor_path_embeddings(photos,
     import torch
     from transformers import AutoImageProcessor, BlipForConditionalGeneration
 
-    from pipeline.models.tiny import ensure_tiny
+    from pipeline.models.random_weights import ensure_tiny
 
     path = ensure_tiny("blip-small")
     monkeypatch.setattr(gpu_decode, "nvjpeg", lambda datas, device: [
@@ -141,7 +143,7 @@ def test_decode_on_cuda_without_torchvision_is_a_one_line_config_error(monkeypat
     import importlib.util
 
     from pipeline.config import ConfigError
-    from pipeline.run import decode_stage
+    from pipeline.job import decode_stage
 
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "torchvision" else real(name, *a))
@@ -152,7 +154,7 @@ def test_decode_on_cuda_without_torchvision_is_a_one_line_config_error(monkeypat
 def test_stage_pixels_takes_the_decoded_column_without_copying_a_full_batch():
     """With CPU decode: all rows ok → the column itself (no per-batch copy of every pixel in the
     actor's thread); some rows failed → just their pixels."""
-    from pipeline.gpu_decode import stage_pixels
+    from pipeline.decode.gpu import stage_pixels
 
     px = np.random.default_rng(0).integers(0, 256, (4, 8, 8, 3), dtype=np.uint8)
     batch = {"pixels_clip": px, STATUS: np.array([OK] * 4, dtype=object)}

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.image import DecodeFailure, Target, decode
+from pipeline.decode.geometry import Target
+from pipeline.decode.image import DecodeFailure, decode
 from pipeline.schema import DECODE_ERROR, TOO_LARGE, UNSUPPORTED_FORMAT
 
 FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")

@@ -3,13 +3,12 @@ import json
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import tar_bytes
 
 from pipeline.config import InputConfig
 from pipeline.io.readers import read_shard
 from pipeline.io.shards import Shard, expand_braces, list_shards
-from pipeline.samples import jpeg, write_folder, write_parquet
 from pipeline.schema import MISSING_IMAGE, OK, READ_ERROR, SHARD_END
+from tests.fixtures.samples import jpeg, tar_bytes, write_folder, write_parquet
 
 CFG = InputConfig(rows_per_block=3)
 

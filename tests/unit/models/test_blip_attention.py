@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import pytest
 
+from jobs.clean import JOB as CLEAN
 from pipeline.models.blip_attention import SharedCrossAttention, install, sdpa_vision, stock_attention
-from pipeline.models.tiny import ensure_tiny
+from pipeline.models.random_weights import ensure_tiny
 
 torch = pytest.importorskip("torch")
 
@@ -95,7 +96,7 @@ def test_the_vision_tower_through_sdpa_matches_transformers_eager_attention(monk
     assert len(calls) == layers  # ours ran, one fused call per layer; none under stock_attention
     assert torch.allclose(ours, stock, rtol=1e-4, atol=1e-5 * float(stock.abs().max()))
     assert torch.equal(again, stock)  # stock_attention: transformers' own forward, exactly
-    itm = load_itm(load_config(None, ["itm.model=tiny:blip-itm"], job="clean").itm)
+    itm = load_itm(load_config(None, ["itm.model=tiny:blip-itm"], defaults=CLEAN.defaults).itm)
     patched = [m for m in itm.model.modules() if type(m).__name__ == "BlipAttention" and "forward" in m.__dict__]
     assert len(patched) == layers  # the ITM scorer runs it too
 
@@ -142,7 +143,7 @@ def test_itm_projects_image_keys_and_values_once_per_image_not_per_text(photos):
     from pipeline.config import load_config
     from pipeline.models.itm import load_itm
 
-    itm = load_itm(load_config(None, ["itm.model=tiny:blip-itm", "itm.device=cpu"], job="clean").itm)
+    itm = load_itm(load_config(None, ["itm.model=tiny:blip-itm", "itm.device=cpu"], defaults=CLEAN.defaults).itm)
     size = itm.model.config.vision_config.image_size
     pixels = np.stack([np.asarray(Image.fromarray(p).resize((size, size))) for p in photos[:3]])
     texts = [["a cat", "a dog", "a tree"], [], ["a car", "a boat"]]

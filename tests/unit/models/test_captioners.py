@@ -7,66 +7,18 @@ import io
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from pipeline.cli import main
 from pipeline.config import load_config
 from pipeline.models.captioner import caption_target, load_captioner
-from pipeline.models.tiny import ensure_tiny
-
-ROOT = Path(__file__).resolve().parents[1]
-FAMILIES = ["blip", "blip2-opt", "blip2-t5", "vit-gpt2"]
-PROMPTS = {"blip": "a photography of", "blip2-opt": "Question: what is in this image? Answer:",
-           "blip2-t5": "Question: what is in this image? Answer:", "vit-gpt2": "a picture of"}
-
-
-def reference(name: str, images: list[Image.Image], prompt: str | None = None, seed: int | None = None,
-              **gen) -> list[str]:
-    """The plain transformers code of each family's model card: processor → generate → decode."""
-    import torch
-    import transformers
-    from transformers import AutoConfig, AutoImageProcessor, AutoProcessor, AutoTokenizer
-
-    path = ensure_tiny(name)
-    kind = AutoConfig.from_pretrained(path).model_type
-    cls = {"blip": "BlipForConditionalGeneration", "blip-2": "Blip2ForConditionalGeneration",
-           "vision-encoder-decoder": "VisionEncoderDecoderModel"}[kind]
-    model = getattr(transformers, cls).from_pretrained(path).eval()
-    if seed is not None:
-        torch.manual_seed(seed)
-    if kind == "vision-encoder-decoder":
-        tok = AutoTokenizer.from_pretrained(path)
-        inputs = AutoImageProcessor.from_pretrained(path)(images=images, return_tensors="pt")
-        extra = {}
-        if prompt:
-            ids = [model.config.decoder_start_token_id, *tok(prompt, add_special_tokens=False)["input_ids"]]
-            extra["decoder_input_ids"] = torch.tensor([ids] * len(images))
-        out = model.generate(pixel_values=inputs["pixel_values"], **extra, **gen)
-        return [t.strip() for t in tok.batch_decode(out, skip_special_tokens=True)]
-    processor = AutoProcessor.from_pretrained(path)
-    inputs = processor(images=images, text=[prompt] * len(images) if prompt else None, return_tensors="pt")
-    out = model.generate(**inputs, **gen)
-    if kind == "blip-2" and not model.config.text_config.is_encoder_decoder and "input_ids" in inputs:
-        out = out[:, inputs["input_ids"].shape[1] :]  # OPT echoes its input
-    return [t.strip() for t in processor.batch_decode(out, skip_special_tokens=True)]
-
-
-def pngs(photos, n=4) -> list[bytes]:
-    out = []
-    for p in photos[:n]:
-        buf = io.BytesIO()
-        Image.fromarray(p).save(buf, format="PNG")
-        out.append(buf.getvalue())
-    return out
+from tests.fixtures.reference import FAMILIES, PROMPTS, pngs, reference
 
 
 def our_pixels(cfg, datas):
-    from pipeline.image import decode
+    from pipeline.decode.image import decode
 
     t = caption_target(cfg.caption)
     return np.stack([decode(d, (t,), 10**8, ("PNG",), draft=False)[0][t.name] for d in datas])
@@ -147,38 +99,6 @@ def test_static_kv_cache_is_refused_for_blip_with_a_clear_error():
         load_captioner(cfg.caption)
 
 
-def run(job: str, config: str, inputs: str, output: Path, *extra: str) -> int:
-    return main([job, "--input", inputs, "--output", str(output), "--config", str(ROOT / "configs" / config),
-                 "--set", "decode.fast=false", "--set", "run.progress=none", *extra])
-
-
-@pytest.mark.parametrize("name", FAMILIES)
-def test_every_family_in_every_job(ray_local, tmp_path, photos, name):
-    datas = pngs(photos, 3)
-    (tmp_path / "in").mkdir()
-    for i, d in enumerate(datas):
-        (tmp_path / "in" / f"img{i}.png").write_bytes(d)
-    images = [Image.open(io.BytesIO(d)).convert("RGB") for d in datas]
-    model = ["--set", f"caption.model=tiny:{name}", "--set", "caption.max_new_tokens=6", "--set", "caption.min_new_tokens=3"]
-    # caption: beam search
-    assert run("caption", "tiny.yaml", str(tmp_path / "in"), tmp_path / "cap", *model, "--set", "caption.num_beams=2") == 0
-    got = {r["key"]: r["caption"] for r in pq.read_table(tmp_path / "cap" / "captions").to_pylist()}
-    ref = reference(name, images, num_beams=2, do_sample=False, max_new_tokens=6, min_new_tokens=3)
-    assert [got[f"img{i}"] for i in range(3)] == ref
-    # prompts: beam 3 (the job's default), then the sentence embedding of that caption
-    assert run("prompts", "tiny-prompts.yaml", str(tmp_path / "in"), tmp_path / "pr", *model) == 0
-    got = {r["key"]: r["caption"] for r in pq.read_table(tmp_path / "pr" / "captions").to_pylist()}
-    ref = reference(name, images, num_beams=3, do_sample=False, max_new_tokens=6, min_new_tokens=3)
-    assert [got[f"img{i}"] for i in range(3)] == ref
-    # clean: greedy candidates here, so the reference is exact; they are scored and selected
-    assert run("clean", "tiny-clean.yaml", str(tmp_path / "in"), tmp_path / "cl", *model,
-               "--set", "caption.strategy=greedy", "--set", "caption.num_captions=1") == 0
-    rows = {r["key"]: r for r in pq.read_table(tmp_path / "cl" / "captions").to_pylist()}
-    ref = reference(name, images, num_beams=1, do_sample=False, max_new_tokens=6, min_new_tokens=3)
-    assert [rows[f"img{i}"]["captions"] for i in range(3)] == [[c] for c in ref]
-    assert all(len(rows[f"img{i}"]["itm_caption_scores"]) == 1 for i in range(3))
-
-
 LOAD_PROBE = """
 import json, sys
 import torch, transformers
@@ -205,10 +125,11 @@ print(json.dumps({"base": base, "peak": peak, "param_bytes": params, "dtype": st
 """
 
 
+@pytest.mark.slow  # a subprocess loading a 350 MiB model
 def test_blip2_class_loads_in_fp16_within_1_5x_its_size(model_cache):
     """A benchmark of loading, not a timed test: peak RSS growth while loading a ~350 MiB (fp16) BLIP-2
     (OPT LM of 12 layers × 1024) and touching every weight, against the weights' own size."""
-    from pipeline.models.tiny import build_blip2
+    from pipeline.models.random_weights import build_blip2
 
     path = model_cache / "blip2-opt-180m-fp16"
     if not (path / "config.json").exists():

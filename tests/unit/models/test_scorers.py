@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from pipeline.config import load_config
-from pipeline.image import decode
+from pipeline.decode.image import decode
 from pipeline.models.clip import load_clip
 from pipeline.models.itm import load_itm
 from pipeline.models.loading import image_target
@@ -36,7 +36,7 @@ def test_itm_and_itc_equal_the_models_own_forward(cfg, photos):
     import torch
     from transformers import AutoProcessor, BlipForImageTextRetrieval
 
-    from pipeline.models.tiny import ensure_tiny
+    from pipeline.models.random_weights import ensure_tiny
 
     datas = [png(p) for p in photos[:3]]
     itm, itc = load_itm(cfg.itm).score(our_pixels(cfg.itm, "itm", datas), TEXTS)
@@ -60,7 +60,7 @@ def test_clip_similarity_and_embeddings_equal_the_reference(cfg, photos):
     import torch
     from transformers import AutoImageProcessor, AutoTokenizer, CLIPModel
 
-    from pipeline.models.tiny import ensure_tiny
+    from pipeline.models.random_weights import ensure_tiny
 
     datas = [png(p) for p in photos[:3]]
     clip = load_clip(cfg.clip)
@@ -85,7 +85,7 @@ def test_clip_similarity_and_embeddings_equal_the_reference(cfg, photos):
 def test_minilm_prompt_embedding_equals_sentence_transformers():
     from sentence_transformers import SentenceTransformer
 
-    from pipeline.models.tiny import minilm_dir
+    from pipeline.models.sources import minilm_dir
 
     cfg = load_config(None, ["text_embed.device=cpu"])  # the default id resolves to the PyPI package
     emb = load_text_embedder(cfg.text_embed)
@@ -115,14 +115,15 @@ def clip_batch(cfg, photos, statuses, alts, captions=None):
 def test_clip_stage_scores_and_embeds_every_ok_row_from_one_text_forward(cfg, photos, score):
     from pipeline.config import EmbedConfig
     from pipeline.schema import IMAGE_EMBEDDING, SCORE_COLUMNS, TEXT_EMBEDDING
-    from pipeline.stages.score import EmbedImages, ScoreClip
+    from pipeline.stages.embed import EmbedImages
+    from pipeline.stages.score import ScoreClip
 
     captions = [["a cat", "a dog"], ["a tree"], ["x"], ["a car", "a bus", "a boat"]]
     alts = ["a photo of a cat", None, "failed row", "   "]
     batch = clip_batch(cfg, photos, ["ok", "ok", "decode_error", "ok"], alts, captions if score else None)
     embed = EmbedConfig(dtype="float32", text=True)
-    stage = (ScoreClip(cfg.clip, "pixels_clip", embed) if score
-             else EmbedImages(cfg.clip, "pixels_clip", embed))
+    stage = (ScoreClip(cfg.clip, "pixels_clip", embed=embed) if score
+             else EmbedImages(cfg.clip, "pixels_clip", embed=embed))
     clip = stage.model
     forwards = []
     real = clip.text_features
@@ -156,6 +157,6 @@ def test_clip_stage_on_a_batch_without_ok_rows(cfg, photos):
     from pipeline.stages.score import ScoreClip
 
     batch = clip_batch(cfg, photos, ["decode_error", "too_large"], ["a", "b"], [None, None])
-    out = ScoreClip(cfg.clip, "pixels_clip", EmbedConfig(dtype="float32", text=True))(batch)
+    out = ScoreClip(cfg.clip, "pixels_clip", embed=EmbedConfig(dtype="float32", text=True))(batch)
     for col in (IMAGE_EMBEDDING, TEXT_EMBEDDING, SCORE_COLUMNS["clip"][1]):
         assert list(out[col]) == [None, None]

@@ -106,7 +106,7 @@ def test_unsupported_model_type_is_a_clear_error(tmp_path):
 def test_a_batch_that_runs_out_of_gpu_memory_is_split_not_failed():
     import torch
 
-    from pipeline.models.batching import split_on_oom
+    from pipeline.models.oom import split_on_oom
 
     calls = []
 

@@ -1,10 +1,14 @@
-"""The GPU benchmark's code path, on the CPU with tiny configs (the GPU figures come from a GPU box)."""
+"""The benchmark's code paths (bench/), on the CPU with tiny configs (the GPU figures come from a GPU box)."""
 
 import json
 
-from pipeline.bench import gpu_models, main
+import pytest
+
+from bench.__main__ import main
+from jobs.caption import JOB as CAPTION
 
 
+@pytest.mark.slow  # runs every preset job end to end on a local Ray
 def test_gpu_suite_runs_on_cpu_with_tiny_configs(tmp_path, capsys):
     out = tmp_path / "gpu.json"
     assert main(["--device", "cpu", "--gpu-suite", "--tiny", "--quick", "--batch-size", "4", "--out", str(out),
@@ -29,31 +33,23 @@ def test_gpu_suite_runs_on_cpu_with_tiny_configs(tmp_path, capsys):
     assert "| clean (clean, clean-blip.yaml) | 32 |" in printed
 
 
+@pytest.mark.slow  # builds and loads a 224M-parameter model
 def test_full_size_blip_is_built_and_loads_through_capfilt(tmp_path):
     """The GPU suite's full-size BLIP-base (random weights, real class and processor) on the CPU."""
     import numpy as np
 
-    from pipeline.bench import build_full_size
     from pipeline.config import load_config
     from pipeline.models.captioner import load_captioner
+    from pipeline.models.random_weights import build_full_size
 
     build_full_size("blip-base", tmp_path / "blip-base", "cpu")
     cfg = load_config(None, [f"caption.model={tmp_path / 'blip-base'}", "caption.device=cpu", "caption.dtype=float32",
                              "caption.strategy=greedy", "caption.max_new_tokens=3", "caption.min_new_tokens=3"],
-                      job="caption")
+                      defaults=CAPTION.defaults)
     captioner = load_captioner(cfg.caption, None)
     assert sum(p.numel() for p in captioner.model.parameters()) > 200e6  # BLIP-base: 224M here, 247M real
     pixels = np.random.default_rng(0).integers(0, 256, (1, 384, 384, 3), dtype=np.uint8)
     assert len(captioner.caption(pixels)) == 1
-
-
-def test_full_size_configs_are_the_real_sizes():
-    models = gpu_models(tiny=False)
-    assert set(models) == {"blip-base", "blip-large", "clip-b32", "clip-l14"}
-    assert models["blip-base"][1].vision_config.hidden_size == 768
-    assert models["blip-large"][1].vision_config.num_hidden_layers == 24
-    assert models["clip-l14"][1].vision_config.patch_size == 14
-    assert models["clip-b32"][1].vision_config.patch_size == 32
 
 
 def test_photos_fall_back_to_synthetic_ones_without_scikit_image(monkeypatch):
@@ -62,7 +58,7 @@ def test_photos_fall_back_to_synthetic_ones_without_scikit_image(monkeypatch):
 
     import numpy as np
 
-    from pipeline.samples import PHOTOS, photos
+    from tests.fixtures.samples import PHOTOS, photos
 
     monkeypatch.setitem(sys.modules, "skimage", None)  # `from skimage import data` now raises ImportError
     imgs = photos(256)
@@ -75,8 +71,9 @@ def test_cpu_side_by_side_of_blip_attention_runs_both_ways():
     """The CPU suite's `cross` part on tiny configs: both paths run, and they agree."""
     from transformers import BlipConfig
 
-    from pipeline.bench import bench_beam_cache, bench_cross_small, bench_itm_cross, web_jpegs
-    from pipeline.models.tiny import ensure_tiny
+    from bench.cpu import bench_beam_cache, bench_cross_small, bench_itm_cross
+    from bench.data import web_jpegs
+    from pipeline.models.random_weights import ensure_tiny
 
     caption = bench_cross_small(web_jpegs(4), str(ensure_tiny("blip")), 1, 2, 0.1)
     assert caption["same_tokens"] is True and caption["stock_img_s"] > 0 and caption["capfilt_img_s"] > 0

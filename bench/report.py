@@ -1,0 +1,83 @@
+"""The tables the benchmarks print (and BENCHMARKS.md quotes)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def _side_row(what: str, c: dict[str, Any], unit: str = "img_s") -> str:
+    """A row of one `each_way` figure; `same_tokens`, where measured, is said in the row."""
+    if "same_tokens" in c:
+        what += " (same captions)" if c["same_tokens"] else " (CAPTIONS DIFFER)"
+    digits = 2 if unit == "img_s" else 1
+    return (f"| {what} ({unit.replace('_', '/')}) | {c[f'stock_{unit}']:.{digits}f} | {c[f'capfilt_{unit}']:.{digits}f} "
+            f"| {c['ratio']:.2f}× | |")
+
+def cpu_table(res: dict[str, Any]) -> str:
+    lines = ["| measure | baseline | capfilt | ratio | target |", "|---|---|---|---|---|"]
+    if "decode" in res:
+        d = res["decode"]
+        lines += [
+            f"| decode+resize per core, web JPEGs → {d['target_px']} px (img/s) | PIL + processor "
+            f"{d['baseline_img_s']:.0f} | {d['capfilt_img_s']:.0f} | {d['ratio']:.2f}× | ≥ 3× |",
+            f"| fidelity of that decode (embedding cos, min / mean) | | {d['fidelity_cos_min']:.4f} / "
+            f"{d['fidelity_cos_mean']:.4f} | | ≥ 0.99 |",
+        ]
+    for part, name in (("cross", "small BLIP"), ("cross_base", "BLIP-base (full size, 2 threads)")):
+        if part in res:
+            c = res[part]
+            lines.append(_side_row(f"{name} ({c['params_m']}M, {c['image_size']} px, batch {c['batch_size']}), beam "
+                                   f"{c['num_beams']}, model alone: transformers' attention vs capfilt's", c))
+    if "beam_cache" in res:
+        c = res["beam_cache"]
+        lines.append(_side_row(f"ViT-GPT2 (full size, 2 threads, batch {c['batch_size']}), beam {c['num_beams']}, whole "
+                               "generate: cross-attention cache copied every step vs left in place", c))
+    if "itm_cross" in res:
+        c = res["itm_cross"]
+        lines.append(_side_row(f"BLIP-base ITM text encoder, {c['images']} images × {c['texts_per_image']} texts: image K/V "
+                               f"per text vs once per image (max abs diff {c['max_abs_diff']:.1e})", c, "texts_s"))
+    for name in ("small", "tiny"):
+        if name not in res:
+            continue
+        r = res[name]
+        lines += [
+            f"| {name} BLIP ({r['params_m']}M, batch {r['batch_size']}): pipeline steady state vs model alone (img/s) "
+            f"| {r['model_alone_img_s']:.1f} | {r['pipeline_steady_img_s']:.1f} | {r['pipeline_vs_model_alone']:.2f}× "
+            "| ≥ 0.85× |",
+            f"| {name} BLIP: pipeline incl. startup ({r['pipeline_first_block_s']:.1f}s to first block) vs model alone "
+            f"| {r['model_alone_img_s']:.1f} | {r['pipeline_img_s']:.1f} | {r['pipeline_total_vs_model_alone']:.2f}× | |",
+            f"| {name} BLIP: pipeline steady state vs per-image loop (img/s) | {r['loop_img_s']:.1f} "
+            f"| {r['pipeline_steady_img_s']:.1f} | {r['pipeline_vs_loop']:.2f}× | {'≥ 1.8×' if name == 'small' else '≥ 10×'} |",
+        ]
+    if "memory" in res:
+        m = res["memory"]
+        span = f"{m['images_1x']} → {m['images_10x']} images"
+        lines += [
+            f"| peak memory (sum of PSS) of driver + Ray, {span} (GiB) | {m['peak_pss_1x'] / 2**30:.2f} "
+            f"| {m['peak_pss_10x'] / 2**30:.2f} | {m['ratio']:.2f}× | ≤ 1.1× |",
+            f"| the same as a sum of RSS (shared pages counted once per process) | {m['peak_rss_1x'] / 2**30:.2f} "
+            f"| {m['peak_rss_10x'] / 2**30:.2f} | {m['rss_ratio']:.2f}× | |",
+        ]
+    return "\n".join(lines)
+
+def _pct(x: float | None) -> str:
+    return f"{x:.0f} %" if x is not None else "n/a"
+
+def gpu_row(name: str, r: dict[str, Any]) -> str:
+    if "error" in r:
+        return f"| {name} | failed: {r['error'][:120]} | | | |"
+    return f"| {name} | {r['model_only_img_s']:.1f} | {r['batch_size']} | {r['dtype']} | {_pct(r['gpu_busy_pct'])} |"
+
+E2E_HEADER = ("| job (preset) | images | img/s end to end | steady state | first block (s) | GPU busy | busy s per stage |\n"
+              "|---|---|---|---|---|---|---|")
+
+def e2e_row(name: str, r: dict[str, Any]) -> str:
+    if "error" in r:
+        return f"| {name} ({r['job']}, {r['preset']}) | failed: {r['error'][:160]} | | | | | |"
+    stages = ", ".join(f"{op}: {t['busy_s']:.1f}" for op, t in r["stages"].items())
+    steady = f"{r['steady_img_s']:.1f}" if r["steady_img_s"] else "n/a"
+    return (f"| {name} ({r['job']}, {r['preset']}) | {r['images']} | {r['img_s']:.1f} | {steady} "
+            f"| {r['first_block_s'] or 0:.1f} | {_pct(r['gpu_busy_pct'])} | {stages} |")
+
+def e2e_table(res: dict[str, Any]) -> str:
+    return "\n".join([E2E_HEADER, *(e2e_row(name, r) for name, r in res.items())])
