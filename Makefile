@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml Makefile | cksum | cut -d' ' -f1)
 export CAPFILT_CACHE ?= $(CURDIR)/.venv/capfilt-cache
 
-.PHONY: help install demo test lint bench bench-gpu devicepack clean
+.PHONY: help install demo test test-fast lint bench bench-gpu devicepack clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 12
@@ -22,23 +22,26 @@ install: $(STAMP)  ## create .venv and install capfilt with its dev dependencies
 
 demo: install  ## caption sample shards with configs/tiny.yaml (offline, CPU) into out/demo/
 	rm -rf out/demo out/demo-input
-	$(BIN)/python -m pipeline.samples out/demo-input --shards 4 --per-shard 16
+	$(BIN)/python -m tests.fixtures.samples out/demo-input --shards 4 --per-shard 16
 	$(BIN)/capfilt caption --input 'out/demo-input/{00000..00003}.tar' --output out/demo --config configs/tiny.yaml
 	$(BIN)/python -c "import pyarrow.parquet as pq; t = pq.read_table('out/demo/captions'); \
 	print(t.select(['key', 'status', 'text', 'caption']).to_pandas().head(8).to_string())"
 
-test: install  ## run the test suite (CPU; GPU tests are skipped without CUDA)
+test: install  ## run the whole test suite (CPU; GPU tests are skipped without CUDA)
 	$(BIN)/python -m pytest -q
 
+test-fast: install  ## the inner loop: unit tests without the slow ones (no Ray; < 2 min)
+	$(BIN)/python -m pytest -q tests/unit -m "not slow"
+
 lint: install  ## ruff and mypy
-	$(BIN)/ruff check pipeline jobs tests
+	$(BIN)/ruff check pipeline jobs tests bench
 	$(BIN)/mypy
 
 bench: install  ## CPU benchmark, side by side (decode, loop vs model alone vs pipeline, memory) → bench-out/
-	$(BIN)/python -m pipeline.bench --out bench-out/bench-cpu.json
+	$(BIN)/python -m bench --out bench-out/bench-cpu.json
 
 bench-gpu: install  ## GPU benchmark: full-size BLIP/CLIP configs, bf16, NVML utilisation → bench-out/
-	$(BIN)/python -m pipeline.bench --device cuda --out bench-out/bench-gpu.json
+	$(BIN)/python -m bench --device cuda --out bench-out/bench-gpu.json
 
 # For an offline GPU box that has PyTorch and transformers but not Ray (see BENCHMARKS.md): Ray, plus
 # what capfilt's fast path and the benchmark use beyond those (libjpeg-turbo decode, accelerate's

@@ -123,6 +123,20 @@ def photos() -> list:
     return photos(256)
 
 
+@pytest.fixture()
+def ray_dir() -> Iterator[Path]:
+    """A short temp dir for a subprocess's own local Ray (RAY_TMPDIR); its processes are swept after."""
+    import shutil
+    import tempfile
+
+    from tests.fixtures.processes import kill_leftovers
+
+    d = Path(tempfile.mkdtemp(prefix="cfray", dir="/tmp"))
+    yield d
+    kill_leftovers(str(d))
+    shutil.rmtree(d, ignore_errors=True)
+
+
 def pytest_collection_modifyitems(config, items):
     """Tests marked `gpu` need CUDA: skipped, with the reason, on machines without it (CI has none)."""
     import torch

@@ -173,14 +173,26 @@ def resolve_checked(section: str, cfg: Any, storage_options: dict[str, Any] | No
     try:
         conf = AutoConfig.from_pretrained(path, **pretrained_kwargs(cfg))
     except (OSError, ValueError) as e:
-        tiny = f", or a tiny preset ({field}={TINY_PRESETS[section]})" if section in TINY_PRESETS else ""
+        tiny = f", or use a tiny preset ({field}={TINY_PRESETS[section]})" if section in TINY_PRESETS else ""
         offline = " (HF_HUB_OFFLINE is set)" if _offline() else ""
         raise ConfigError(
             f"config: {field}: cannot load {cfg.model!r}{offline}: not a local directory and not in the local "
             f"Hugging Face cache, or not a model id ({_first_line(e)}). Fix: download it where the hub is reachable "
             f"(`hf download {cfg.model}`, then HF_HUB_OFFLINE=1 here), point {field} at a local directory{tiny}"
         ) from None
-    return path, getattr(conf, "_commit_hash", None) or cfg.revision
+    return path, getattr(conf, "_commit_hash", None) or _cached_commit(path, cfg.revision) or cfg.revision
+
+
+def _cached_commit(repo_id: str, revision: str | None) -> str | None:
+    """The commit of the snapshot the local Hugging Face cache holds for a hub model (as `hf download`
+    and from_pretrained leave it: snapshots/<commit>/config.json)."""
+    import re
+
+    from huggingface_hub import try_to_load_from_cache
+
+    found = try_to_load_from_cache(repo_id, "config.json", revision=revision)
+    m = re.search(r"snapshots/([0-9a-f]{40})/", str(found)) if isinstance(found, str) else None
+    return m.group(1) if m else None
 
 
 def _offline() -> bool:

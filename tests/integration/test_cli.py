@@ -36,6 +36,10 @@ def test_s3_webdataset_end_to_end(ray_local, s3, tmp_path, capsys):
     run = json.loads(s3.cat_file("capfilt-test/out/run.json"))
     assert run["rows"] == 15 and run["counts"] == {"ok": 15} and run["images_per_s"] > 0
     assert run["models"]["caption"] == "tiny:blip" and "ray" in run["versions"]
+    from pipeline.models.loading import directory_revision
+    from pipeline.models.random_weights import ensure_tiny
+
+    assert run["revisions"]["caption"] == directory_revision(str(ensure_tiny("blip")))  # the model's content hash
     assert "15 rows (ok=15)" in capsys.readouterr().out
 
 

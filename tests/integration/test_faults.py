@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -11,6 +10,7 @@ import pytest
 from pipeline.cli import main
 from tests.fixtures.memory import PeakRss
 from tests.fixtures.paths import ROOT  # noqa: E402
+from tests.fixtures.processes import cli, kill_leftovers, subprocess_env
 from tests.fixtures.samples import tar_bytes, write_webdataset
 
 TINY = str(ROOT / "configs" / "tiny.yaml")
@@ -86,6 +86,7 @@ def _actor_pids(stage: str) -> list[int]:
     return pids
 
 
+@pytest.mark.slow
 def test_killed_actor_is_restarted_and_nothing_is_lost_or_doubled(ray_local, tmp_path):
     import os
     import signal
@@ -120,44 +121,7 @@ def test_killed_actor_is_restarted_and_nothing_is_lost_or_doubled(ray_local, tmp
     assert all(r["status"] == "ok" and r["caption"] for r in rows)
 
 
-def _subprocess_env(ray_dir: Path, **extra: str) -> dict[str, str]:
-    """Env for a CLI subprocess with its own local Ray under `ray_dir` (short: AF_UNIX paths ≤ 107 bytes)."""
-    import os
-
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
-    env.update(RAY_TMPDIR=str(ray_dir), PYTHONUNBUFFERED="1", **extra)
-    return env
-
-
-@pytest.fixture()
-def ray_dir() -> Iterator[Path]:
-    import shutil
-    import tempfile
-
-    d = Path(tempfile.mkdtemp(prefix="cfray", dir="/tmp"))
-    yield d
-    _kill_leftovers(str(d))
-    shutil.rmtree(d, ignore_errors=True)
-
-
-def _kill_leftovers(marker: str) -> None:
-    """Ray processes of a SIGKILLed local cluster outlive their driver: sweep them by their temp dir."""
-    import psutil
-
-    for p in psutil.process_iter(["cmdline"]):
-        if marker in " ".join(p.info["cmdline"] or []):
-            try:
-                p.kill()
-            except psutil.Error:
-                pass
-
-
-def _cli(*args: str) -> list[str]:
-    import sys
-
-    return [sys.executable, "-m", "pipeline", *args]
-
-
+@pytest.mark.slow
 def test_sigkill_driver_half_way_then_rerun_finishes_exactly_once(tmp_path, ray_dir):
     import os
     import signal
@@ -166,10 +130,10 @@ def test_sigkill_driver_half_way_then_rerun_finishes_exactly_once(tmp_path, ray_
 
     keys = write_webdataset(tmp_path / "in", n_shards=10, per_shard=4, size=96)
     out = tmp_path / "out"
-    cmd = _cli("caption", "--input", str(tmp_path / "in" / "*.tar"), "--output", str(out), "--config", TINY,
+    cmd = cli("caption", "--input", str(tmp_path / "in" / "*.tar"), "--output", str(out), "--config", TINY,
                "--set", "caption.max_new_tokens=20", "--set", "caption.min_new_tokens=20", "--set", "caption.batch_size=4",
                "--set", "input.rows_per_block=4", "--set", "run.progress=log")
-    env = _subprocess_env(ray_dir)
+    env = subprocess_env(ray_dir)
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
     deadline = time.monotonic() + 240
     committed = 0
@@ -181,11 +145,11 @@ def test_sigkill_driver_half_way_then_rerun_finishes_exactly_once(tmp_path, ray_
     assert proc.poll() is None, "the run ended before it could be killed: " + proc.stdout.read().decode()[-2000:]
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
-    _kill_leftovers(str(ray_dir))
+    kill_leftovers(str(ray_dir))
     done_before = len(list((out / "_committed").glob("*.json")))
     assert 4 <= done_before < 10
     rerun = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    _kill_leftovers(str(ray_dir))
+    kill_leftovers(str(ray_dir))
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert f"resume: {done_before} of 10 shards already committed" in rerun.stderr
     print(f"SIGKILL at {done_before}/10 shards; the rerun skipped them")
@@ -195,6 +159,7 @@ def test_sigkill_driver_half_way_then_rerun_finishes_exactly_once(tmp_path, ray_
     assert f"{10 - done_before} shards ({done_before} already done)" in rerun.stdout
 
 
+@pytest.mark.slow
 def test_canary_credentials_never_leak(s3_server, tmp_path, ray_dir):
     import subprocess
 
@@ -206,12 +171,12 @@ def test_canary_credentials_never_leak(s3_server, tmp_path, ray_dir):
     fs.mkdir("capfilt-canary")
     for p in sorted((tmp_path / "in").glob("*.tar")):
         fs.put(str(p), f"capfilt-canary/in/{p.name}")
-    env = _subprocess_env(ray_dir, AWS_ACCESS_KEY_ID=key_id, AWS_SECRET_ACCESS_KEY=secret)
-    cmd = _cli("caption", "--input", "s3://capfilt-canary/in/*.tar", "--output", "s3://capfilt-canary/out",
+    env = subprocess_env(ray_dir, AWS_ACCESS_KEY_ID=key_id, AWS_SECRET_ACCESS_KEY=secret)
+    cmd = cli("caption", "--input", "s3://capfilt-canary/in/*.tar", "--output", "s3://capfilt-canary/out",
                "--config", TINY, "--set", "caption.max_new_tokens=4", "--set", f"storage={{key: {key_id}, secret: '{secret}'}}",
                "--verbose")
     res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    _kill_leftovers(str(ray_dir))
+    kill_leftovers(str(ray_dir))
     assert res.returncode == 0, res.stderr[-3000:]
     places = {"stdout": res.stdout, "stderr": res.stderr}
     for p in ray_dir.rglob("*"):
@@ -225,6 +190,7 @@ def test_canary_credentials_never_leak(s3_server, tmp_path, ray_dir):
     assert leaks == []
 
 
+@pytest.mark.slow
 def test_losing_a_worker_node_completes_or_fails_fast(tmp_path, ray_dir):
     import json
     import subprocess
@@ -233,9 +199,10 @@ def test_losing_a_worker_node_completes_or_fails_fast(tmp_path, ray_dir):
     keys = write_webdataset(tmp_path / "in", n_shards=8, per_shard=4, size=96)
     out = tmp_path / "out"
     stall = 45
-    env = _subprocess_env(ray_dir)
-    res = subprocess.run([sys.executable, str(ROOT / "tests" / "fixtures" / "multinode.py"), str(tmp_path / "in" / "*.tar"), str(out),
-                          TINY, str(stall)], env=env, capture_output=True, text=True, timeout=stall + 420)
+    env = subprocess_env(ray_dir)
+    script = str(ROOT / "tests" / "fixtures" / "multinode.py")
+    res = subprocess.run([sys.executable, script, str(tmp_path / "in" / "*.tar"), str(out), TINY, str(stall)], env=env,
+                         capture_output=True, text=True, timeout=stall + 420)
     assert res.returncode == 0, res.stderr[-3000:]
     report = json.loads(res.stdout.strip().splitlines()[-1])
     assert report["removed"], "the node should have been removed mid-run: " + report["stderr"]

@@ -46,6 +46,24 @@ def test_rerank_sorts_candidates_and_keeps_top_k():
     assert out[CAPTION_SCORES][0] == [0.95]
 
 
+def test_rerank_keeps_every_scorers_raw_scores_with_their_candidates():
+    """After a rerank, the i-th raw score of every scorer (itm, itc, clip) is still the i-th candidate's."""
+    b = batch()
+    b["itc_text_score"] = obj(0.5, 0.5, 0.5, None, None)
+    b["itc_caption_scores"] = obj([0.11, 0.12], [0.21, 0.22], [0.31], [0.41, 0.42], None)
+    raw = {c: {i: dict(zip(b[CAPTIONS][i], b[c][i], strict=True)) for i in range(4)}
+           for c in ("itm_caption_scores", "itc_caption_scores", "clip_caption_scores")}
+    cfg = load_config(None, ["clean.scorers=[clip, itm]", "clean.rank_by=itm", "clean.mode=rerank",
+                             "clean.top_k=2"]).clean
+    out = SelectCaption(cfg)(b)
+    assert list(out[CAPTIONS][:4]) == [["c01", "c00"], ["c11", "c10"], ["c20"], ["c30", "c31"]]
+    for col, by_row in raw.items():
+        for i in range(4):
+            assert out[col][i] == [by_row[i][c] for c in out[CAPTIONS][i]], (col, i)
+    assert out["itm_caption_scores"][0] == [0.95, 0.6] and out["clip_caption_scores"][0] == [0.1, 0.3]
+    assert out["itc_caption_scores"][1] == [0.22, 0.21] and out[CAPTION_SCORES][0] == [0.95, 0.6]
+
+
 def test_top_fraction_picks_the_best_text_and_leaves_flags_for_later():
     cfg = load_config(None, ["clean.mode=top_fraction"]).clean
     out = SelectCaption(cfg)(batch())
