@@ -15,7 +15,7 @@ import pyarrow as pa
 
 from pipeline.config import Config, ConfigError, ModelConfig
 from pipeline.decode.geometry import Target
-from pipeline.schema import KEY, META, SOURCE, STATUS
+from pipeline.schema import KEY, META, SOURCE, STATUS, pixel_column
 
 
 @dataclass(frozen=True)
@@ -37,7 +37,7 @@ def model_target(section: str, cfg: ModelConfig, storage: dict[str, Any]) -> Tar
     """The decode target of a model that reads pixels: its image processor's size (no weights loaded)."""
     from pipeline.models.loading import image_target
 
-    return image_target(cfg, section, storage)  # type: ignore[no-any-return]
+    return image_target(cfg, pixel_column(section), storage)  # type: ignore[no-any-return]
 
 
 def _no_options(cfg: Config) -> dict[str, Any]:
@@ -142,7 +142,7 @@ def decode_stage(cfg: Config, targets: dict[str, Target]) -> tuple[StageSpec, di
     for role, t in targets.items():
         spec = (t.height, t.width, t.mode, t.shortest_edge, t.resample)
         if spec not in unique:
-            unique[spec] = replace(t, name=f"pixels_{role}")
+            unique[spec] = replace(t, name=pixel_column(role))
         columns[role] = unique[spec].name
     d = cfg.decode
     if d.device == "cuda":

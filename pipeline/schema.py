@@ -14,7 +14,15 @@ STATUS = "status"
 ERROR = "error"
 
 # Columns made by the decode stage.
-PIXELS = "pixels"  # uint8 HxWx3 at the model's input size; never written
+PIXELS = "pixels"  # prefix of the pixel columns: uint8 HxWx3 at a model's input size; never written
+
+
+def pixel_column(section: str) -> str:
+    """The pixel column a model section reads: `pixels_caption`, `pixels_itm`, `pixels_clip` (models whose
+    processors want the same size share one: the decode stage names it after the first)."""
+    return f"{PIXELS}_{section}"
+
+
 WIDTH = "width"
 HEIGHT = "height"
 # decode.device=cuda: instead of pixels, per row 1–8 = a JPEG for the GPU with this EXIF orientation,

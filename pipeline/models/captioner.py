@@ -8,8 +8,9 @@ from pipeline.config import CaptionConfig, ConfigError
 from pipeline.decode.geometry import Target
 from pipeline.models.loading import processor_target, resolve_model
 from pipeline.models.pixels import Images
+from pipeline.schema import pixel_column
 
-PIXELS_CAPTION = "pixels_caption"  # the decode target (and batch column) the captioner reads
+PIXELS_CAPTION = pixel_column("caption")  # the decode target (and batch column) the captioner reads
 
 
 class Captioner(Protocol):

@@ -74,8 +74,8 @@ def test_embed_job_with_decode_on_cuda_equals_the_cpu_decode(tmp_path):
     covered above and in tests/test_gpu_decode.py.)"""
     import pyarrow.parquet as pq
     import ray
-    from test_jobs import run
 
+    from tests.fixtures.commands import run
     from tests.fixtures.samples import samples, tar_bytes
 
     keys = []

@@ -10,8 +10,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.cli import main
-from tests.fixtures.paths import ROOT  # noqa: E402
+from tests.fixtures.commands import run
 from tests.fixtures.samples import samples, tar_bytes
 
 JUNK = ["click here", "IMG_2031.JPG", "buy now free shipping", "", "lorem ipsum dolor"]
@@ -31,11 +30,6 @@ def write_shards(out: Path, n_shards: int, per_shard: int) -> list[str]:
             keys.append(key)
         (out / f"{s:05d}.tar").write_bytes(tar_bytes(members))
     return keys
-
-
-def run(job: str, config: str, inputs: list[str], output: str, *extra: str) -> int:
-    return main([job, "--input", *inputs, "--output", output, "--config", str(ROOT / "configs" / config),
-                 "--set", "run.progress=log", *extra])
 
 
 def passes(row: dict, j: int | None, thresholds: dict[str, float]) -> bool:

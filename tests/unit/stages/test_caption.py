@@ -11,24 +11,7 @@ from pipeline.models.captioner import caption_target, load_captioner
 from pipeline.schema import CAPTION, CAPTIONS, DECODE_ERROR, ERROR, HEIGHT, IMAGE, OK, STATUS, WIDTH
 from pipeline.stages.caption import CaptionImages
 from pipeline.stages.decode import DecodeImages
-
-
-def png(arr: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(arr).save(buf, format="PNG")
-    return buf.getvalue()
-
-
-def reference_captions(model_dir, images, prompt=None, **gen):
-    """The seeds' code: processor(images) → model.generate → decode."""
-    from transformers import AutoProcessor, BlipForConditionalGeneration
-
-    processor = AutoProcessor.from_pretrained(model_dir)
-    model = BlipForConditionalGeneration.from_pretrained(model_dir).eval()
-    text = [prompt] * len(images) if prompt else None
-    inputs = processor(images=images, text=text, return_tensors="pt")
-    out = model.generate(**inputs, **gen)
-    return [t.strip() for t in processor.batch_decode(out, skip_special_tokens=True)]
+from tests.fixtures.reference import png, reference_captions
 
 
 def pipeline_batch(cfg, datas):
