@@ -22,6 +22,7 @@ from pipeline.schema import DECODE_ERROR, OK, TOO_LARGE, UNSUPPORTED_FORMAT
 
 ImageFile.LOAD_TRUNCATED_IMAGES = False
 
+
 class DecodeFailure(Exception):
     """A sample that cannot become pixels; `kind` is the row's status."""
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import subprocess
 import sys
+from typing import IO, cast
 
 from pipeline.config import DecodeConfig
 from pipeline.decode.child import receive, send
@@ -33,10 +34,10 @@ class IsolatedDecoder:
         if cls.proc is None or cls.proc.poll() is not None:
             cls.proc = subprocess.Popen([sys.executable, "-m", "pipeline.decode.child", str(cfg.max_memory_mb)],
                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE)
-        assert cls.proc.stdin is not None and cls.proc.stdout is not None
+        stdin, stdout = cast(IO[bytes], cls.proc.stdin), cast(IO[bytes], cls.proc.stdout)  # PIPEs: never None
         try:
-            send(cls.proc.stdin, (datas, targets, cfg))
-            return receive(cls.proc.stdout)  # type: ignore[no-any-return]
+            send(stdin, (datas, targets, cfg))
+            return receive(stdout)  # type: ignore[no-any-return]
         except (EOFError, BrokenPipeError, OSError):
             cls.proc.kill()
             cls.proc.wait()
