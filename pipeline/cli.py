@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from pipeline.config import ConfigError, load_config
 from pipeline.job import JobSpec
 from pipeline.progress import fmt_rate
+from pipeline.report import Summary
 
 JOB_MODULES = ("jobs.caption", "jobs.clean", "jobs.embed", "jobs.prompts")
 
@@ -63,7 +64,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             options[flag.dest] = value
     from pipeline.io.writer import OutputError
     from pipeline.job import build_job
-    from pipeline.run import run_job
+    from pipeline.run import ShardsFailed, run_job
 
     try:
         cfg = load_config(args.config, overrides, defaults=spec.defaults)
@@ -74,11 +75,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ConfigError, OutputError, FileNotFoundError, ValueError) as e:
         print(f"capfilt: {e}", file=sys.stderr)
         return 2
+    except ShardsFailed as e:
+        _print_summary(args.job, e.summary)
+        print(f"capfilt: {e}", file=sys.stderr)
+        return ShardsFailed.EXIT_CODE
+    _print_summary(args.job, summary)
+    return 0
+
+
+def _print_summary(job: str, summary: Summary) -> None:
     counts = ", ".join(f"{k}={v}" for k, v in sorted(summary.counts.items())) or "none"
-    print(f"capfilt {args.job}: {summary.rows} rows ({counts}) from {summary.shards_done} shards "
-          f"({summary.shards_skipped} already done) in {summary.seconds:.1f}s, {fmt_rate(summary.images_per_s)} img/s "
-          f"→ {summary.output}")
+    failed = len(summary.extra.get("failed_shards", {}))
+    print(f"capfilt {job}: {summary.rows} rows ({counts}) from {summary.shards_done} shards "
+          f"({summary.shards_skipped} already done{f', {failed} failed' if failed else ''}) in {summary.seconds:.1f}s, "
+          f"{fmt_rate(summary.images_per_s)} img/s → {summary.output}")
     if "submission" in summary.extra:
         s = summary.extra["submission"]
-        print(f"capfilt {args.job}: submission for {s['images']} images → {s['path']}")
-    return 0
+        print(f"capfilt {job}: submission for {s['images']} images → {s['path']}")

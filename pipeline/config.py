@@ -32,6 +32,11 @@ class InputConfig:
     rows_per_block: int = 64  # rows per block a read task yields (a block streams, a shard never loads whole)
     max_image_bytes: int = 64 * 2**20  # a larger member/file is not read: its row gets `too_large`
     max_text_chars: int = 16384  # longer alt-text is cut (web alt-text can be megabytes of junk)
+    # Transient read errors (the filesystem's OSError: throttling past botocore's retries, resets, timeouts,
+    # 403 expired credentials, 5xx): the shard is read again this many more times, backing off from
+    # retry_backoff_s (doubling, at most 60 s); then it fails, uncommitted, and the run exits 4.
+    read_retries: int = 5
+    retry_backoff_s: float = 1.0
     # CPUs per read task; null = decode.num_cpus, so that Ray fuses each read with its decode in one
     # task (the JPEG bytes never go through the object store, and there is one pool of task workers).
     num_cpus: float | None = None
@@ -174,7 +179,8 @@ class Config:
         d = {k: v for k, v in d.items() if k in keep + ("input", "decode", "output")}
         for section in d.values():
             if isinstance(section, dict):
-                for wiring in ("batch_size", "num_gpus", "num_cpus", "num_threads", "concurrency", "rows_per_block"):
+                for wiring in ("batch_size", "num_gpus", "num_cpus", "num_threads", "concurrency", "rows_per_block",
+                               "read_retries", "retry_backoff_s"):
                     section.pop(wiring, None)
         return hashlib.sha1(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:10]
 
@@ -265,7 +271,7 @@ def _build(cls: Any, data: Any, where: str) -> Any:
 
 _POSITIVE = {"batch_size", "num_beams", "num_captions", "max_new_tokens", "max_pixels", "rows_per_block",
              "concurrency", "top_k", "max_text_tokens", "max_image_bytes", "max_text_chars", "max_memory_mb"}
-_NON_NEGATIVE = {"stall_timeout_s", "num_gpus", "num_cpus", "min_new_tokens", "temperature"}
+_NON_NEGATIVE = {"read_retries", "retry_backoff_s", "stall_timeout_s", "num_gpus", "num_cpus", "min_new_tokens", "temperature"}
 
 
 def _check_ranges(cfg: Any, where: str) -> None:

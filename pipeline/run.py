@@ -8,6 +8,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass
+from typing import Any
 
 from pipeline.config import Config
 from pipeline.io.shards import Shard, list_shards
@@ -55,6 +56,19 @@ class Watchdog:
                 sys.stderr.write(msg + "\n")
                 sys.stderr.flush()
                 os._exit(self.EXIT_CODE)  # the Ray call we wait in may never return: leave now
+
+
+class ShardsFailed(RuntimeError):
+    """Shards that failed on infrastructure errors past their retries: nothing of them is committed."""
+
+    EXIT_CODE = 4
+
+    def __init__(self, failed: dict[str, str], summary: Summary):
+        self.failed, self.summary = failed, summary
+        lines = [f"  {uri}: {why}" for uri, why in sorted(failed.items())]
+        super().__init__(f"{len(failed)} shard(s) failed on infrastructure errors after their retries "
+                         "(input.read_retries); nothing of them was committed. Rerun the same command to read "
+                         "them again; committed shards are kept.\n" + "\n".join(lines))
 
 
 @dataclass(frozen=True)
@@ -109,7 +123,11 @@ def run_job(job: Job, inputs: list[str], output: str, cfg: Config) -> Summary:
             raise RuntimeError(f"shards not complete at the end of the run: {committer.incomplete()}")
     else:
         log.info("nothing to do: all %d shards of %s are committed", len(p.shards), output)
-    extra = job.finish(Finished(cfg, output, p.digest, job.options)) if job.finish is not None else {}
+    extra: dict[str, Any] = {}
+    if committer.failed:  # the post-run hook needs every shard (a top-fraction cut over part is wrong)
+        extra["failed_shards"] = dict(sorted(committer.failed.items()))
+    elif job.finish is not None:
+        extra = job.finish(Finished(cfg, output, p.digest, job.options))
     end = time.monotonic()
     rows_total = sum(committer.counts.values())
     steady = None
@@ -119,4 +137,6 @@ def run_job(job: Job, inputs: list[str], output: str, cfg: Config) -> Summary:
                       end - start, None if first_block_at is None else first_block_at - start, steady, stages,
                       shards_total=len(p.shards), extra=extra)
     write_report(job, inputs, cfg, p.digest, summary)
+    if committer.failed:
+        raise ShardsFailed(committer.failed, summary)
     return summary

@@ -42,15 +42,27 @@ class FlakyS3:
     SLOWDOWN = (b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>SlowDown</Code>'
                 b"<Message>Please reduce your request rate.</Message></Error>")
 
+    EXPIRED = (b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>ExpiredToken</Code>'
+               b"<Message>The provided token has expired.</Message></Error>")
+
     def __init__(self, app: object):
         self.app, self.fail_every, self.count, self.failed = app, 0, 0, 0
+        self.expired = False  # while set: ranged GETs past an object's first byte answer 403 ExpiredToken
         self.lock = threading.Lock()
+
+    def _past_first_block(self, environ: dict) -> bool:
+        rng = environ.get("HTTP_RANGE", "")
+        return environ["REQUEST_METHOD"] == "GET" and rng.startswith("bytes=") and not rng.startswith("bytes=0-")
 
     def __call__(self, environ: dict, start_response):  # type: ignore[no-untyped-def]
         with self.lock:
             self.count += 1
             fail = self.fail_every and self.count % self.fail_every == 0 and "moto-api" not in environ["PATH_INFO"]
-            self.failed += bool(fail)
+            expired = self.expired and self._past_first_block(environ)
+            self.failed += bool(fail or expired)
+        if expired:
+            start_response("403 Forbidden", [("Content-Type", "application/xml"), ("Content-Length", str(len(self.EXPIRED)))])
+            return [self.EXPIRED]
         if fail:
             start_response("503 Slow Down", [("Content-Type", "application/xml"), ("Content-Length", str(len(self.SLOWDOWN)))])
             return [self.SLOWDOWN]
@@ -89,13 +101,13 @@ def s3(s3_server: FlakyS3) -> Iterator[object]:
 
     import s3fs
 
-    s3_server.fail_every = 0
+    s3_server.fail_every, s3_server.expired = 0, False
     endpoint = s3_server.endpoint  # type: ignore[attr-defined]
     urllib.request.urlopen(urllib.request.Request(f"{endpoint}/moto-api/reset", method="POST")).read()
     s3fs.S3FileSystem.clear_instance_cache()
     fs = s3fs.S3FileSystem(client_kwargs={"endpoint_url": endpoint})
     yield fs
-    s3_server.fail_every = 0
+    s3_server.fail_every, s3_server.expired = 0, False
     s3fs.S3FileSystem.clear_instance_cache()
 
 

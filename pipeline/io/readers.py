@@ -2,14 +2,24 @@
 
 Each reader turns one shard into an iterator of pyarrow tables of at most `rows_per_block` rows and ends
 with a `SHARD_END` row that carries the shard's row count, so the driver can commit the shard once
-every row of it has come through. A sample that cannot be read becomes a row with a status.
+every row of it has come through.
+
+Two kinds of error, two treatments. What is wrong with the data (a corrupt or truncated tar or Parquet,
+a member too large, a missing image) is a row with a status, and the shard commits. What is wrong with
+the infrastructure (an `OSError` from the filesystem: throttling past botocore's retries, a connection
+reset, a timeout, expired credentials, a 5xx) is never a row: `read_shard` reads the shard again after a
+backoff, skipping the samples it already yielded (a shard reads the same every time), and after
+`input.read_retries` attempts ends the shard with a SHARD_END row that says it failed, so the driver
+drops its rows and commits nothing of it; the rerun reads it again.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import posixpath
 import tarfile
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -35,6 +45,8 @@ from pipeline.schema import (
     TOO_LARGE,
 )
 
+log = logging.getLogger(__name__)
+
 READ_SCHEMA = pa.schema(
     [
         pa.field(KEY, pa.string()),
@@ -51,10 +63,11 @@ READ_SCHEMA = pa.schema(
 class _Blocks:
     """Collects rows and hands out tables of `size` rows; makes keys unique within the shard."""
 
-    def __init__(self, source: str, cfg: InputConfig):
+    def __init__(self, source: str, cfg: InputConfig, skip: int = 0):
         self.source, self.size, self.max_text = source, cfg.rows_per_block, cfg.max_text_chars
         self.rows: list[dict[str, Any]] = []
         self.count = 0
+        self.skip = skip  # a re-read after a transient error: the first `skip` rows were yielded already
         self.seen: dict[str, int] = {}
 
     def add(
@@ -74,10 +87,12 @@ class _Blocks:
             self.seen[key] = 0
         if text is not None and len(text) > self.max_text:
             text = text[: self.max_text]
+        self.count += 1
+        if self.count <= self.skip:
+            return None
         self.rows.append(
             {KEY: key, SOURCE: self.source, IMAGE: image, TEXT: text, META: meta, STATUS: status, ERROR: error}
         )
-        self.count += 1
         return self.flush() if len(self.rows) >= self.size else None
 
     def flush(self) -> pa.Table | None:
@@ -89,13 +104,59 @@ class _Blocks:
 
     def end(self) -> pa.Table:
         """The last block: what is left plus the SHARD_END row carrying the row count."""
-        self.rows.append(
-            {KEY: f"{SHARD_END}:{self.source}", SOURCE: self.source, IMAGE: None, TEXT: None,
-             META: json.dumps({"rows": self.count}), STATUS: SHARD_END, ERROR: None}
-        )
+        self.rows.append(_end_row(self.source, {"rows": self.count}))
         table = pa.Table.from_pylist(self.rows, schema=READ_SCHEMA)
         self.rows = []
         return table
+
+
+def _end_row(source: str, meta: dict[str, Any]) -> dict[str, Any]:
+    return {KEY: f"{SHARD_END}:{source}", SOURCE: source, IMAGE: None, TEXT: None, META: json.dumps(meta),
+            STATUS: SHARD_END, ERROR: None}
+
+
+class InfraError(OSError):
+    """An OSError of the filesystem, not of parsing: the shard is read again (see read_shard)."""
+
+
+def _infra(fn: Any, *args: Any) -> Any:
+    try:
+        return fn(*args)
+    except InfraError:
+        raise
+    except OSError as e:
+        raise InfraError(f"{type(e).__name__}: {e}") from e
+
+
+class _Guarded:
+    """A file whose filesystem errors come out as InfraError. The parsers' own errors must stay data
+    errors, and they cannot be told apart by type: pyarrow raises a plain OSError for corrupt Parquet
+    metadata, the same type s3fs raises for a 503 or an expired token."""
+
+    def __init__(self, f: Any):
+        self._f = f
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._f, name)
+
+    def read(self, *args: Any) -> Any:
+        return _infra(self._f.read, *args)
+
+    def readinto(self, buf: Any) -> Any:
+        return _infra(self._f.readinto, buf)
+
+    def seek(self, *args: Any) -> Any:
+        return _infra(self._f.seek, *args)
+
+    def __enter__(self) -> _Guarded:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._f.close()
+
+
+def _open(fs: Any, path: str) -> _Guarded:
+    return _Guarded(_infra(fs.open, path, "rb"))
 
 
 def _text(data: bytes) -> str:
@@ -110,9 +171,8 @@ def _split_name(name: str) -> tuple[str, str]:
     return posixpath.join(dirname, stem) if dirname else stem, ext.lower()
 
 
-def read_webdataset(shard: Shard, cfg: InputConfig, options: dict[str, Any]) -> Iterator[pa.Table]:
+def read_webdataset(shard: Shard, cfg: InputConfig, options: dict[str, Any], blocks: _Blocks) -> Iterator[pa.Table]:
     """Streams a tar member by member (never extracted to disk); consecutive members share a key."""
-    blocks = _Blocks(shard.uri, cfg)
     image_exts = set(cfg.image_extensions)
     fs, path = get_fs(shard.uri, options)
 
@@ -132,7 +192,7 @@ def read_webdataset(shard: Shard, cfg: InputConfig, options: dict[str, Any]) -> 
     parts: dict[str, bytes | None] = {}
     links: set[str] = set()
     try:
-        with fs.open(path, "rb") as f, tarfile.open(fileobj=f, mode="r|*") as tar:
+        with _open(fs, path) as f, tarfile.open(fileobj=f, mode="r|*") as tar:
             for member in tar:
                 if not (member.isfile() or member.issym() or member.islnk()):
                     continue  # directories, devices, fifos: not samples
@@ -156,6 +216,8 @@ def read_webdataset(shard: Shard, cfg: InputConfig, options: dict[str, Any]) -> 
                 if fobj is not None:
                     parts[ext] = fobj.read(limit)
     except (tarfile.TarError, EOFError, OSError) as e:
+        if isinstance(e, InfraError):  # the infrastructure's: read_shard reads the shard again
+            raise
         # The sample being read when the tar broke may be incomplete: it becomes the error row. A tar
         # that breaks between samples (or before the first) gets a row of its own.
         message = f"shard unreadable after {blocks.count} samples: {type(e).__name__}: {e}"
@@ -169,14 +231,13 @@ def read_webdataset(shard: Shard, cfg: InputConfig, options: dict[str, Any]) -> 
     yield blocks.end()
 
 
-def read_parquet(shard: Shard, cfg: InputConfig, options: dict[str, Any]) -> Iterator[pa.Table]:
+def read_parquet(shard: Shard, cfg: InputConfig, options: dict[str, Any], blocks: _Blocks) -> Iterator[pa.Table]:
     """Streams a Parquet file by record batches: image bytes, optional text and key columns; the rest → meta."""
-    blocks = _Blocks(shard.uri, cfg)
     fs, path = get_fs(shard.uri, options)
     stem = posixpath.splitext(posixpath.basename(path))[0]
     row = 0
     try:
-        with fs.open(path, "rb") as f:
+        with _open(fs, path) as f:
             pf = pq.ParquetFile(f)
             names = pf.schema_arrow.names
             if cfg.image_column not in names:
@@ -203,6 +264,8 @@ def read_parquet(shard: Shard, cfg: InputConfig, options: dict[str, Any]) -> Ite
                     if t is not None:
                         yield t
     except (OSError, ValueError, pa.ArrowException) as e:
+        if isinstance(e, InfraError):  # the infrastructure's: read_shard reads the shard again
+            raise
         t = blocks.add(f"{stem}/{READ_ERROR}", None, None, None, READ_ERROR,
                        f"shard unreadable after {row} rows: {type(e).__name__}: {e}")
         if t is not None:
@@ -212,14 +275,13 @@ def read_parquet(shard: Shard, cfg: InputConfig, options: dict[str, Any]) -> Ite
     yield blocks.end()
 
 
-def read_folder(shard: Shard, cfg: InputConfig, options: dict[str, Any]) -> Iterator[pa.Table]:
+def read_folder(shard: Shard, cfg: InputConfig, options: dict[str, Any], blocks: _Blocks) -> Iterator[pa.Table]:
     """A folder of images with optional same-name `.txt`; keys are paths relative to the folder."""
-    blocks = _Blocks(shard.uri, cfg)
     fs, root = get_fs(shard.uri, options)
     root = root.rstrip("/")
     image_exts = set(cfg.image_extensions)
     groups: dict[str, dict[str, str]] = {}
-    for p in sorted(fs.find(root)):
+    for p in sorted(_infra(fs.find, root)):
         rel = p[len(root) + 1 :]
         stem, dot, ext = rel.rpartition(".")
         if dot and (ext.lower() in image_exts or ext.lower() == "txt"):
@@ -233,8 +295,10 @@ def read_folder(shard: Shard, cfg: InputConfig, options: dict[str, Any]) -> Iter
                 t = blocks.add(key, None, text, None, TOO_LARGE, f"file over input.max_image_bytes={cfg.max_image_bytes}")
             else:
                 t = blocks.add(key, fs.cat_file(files["image"]), text)
-        except OSError as e:  # e.g. gone between listing and reading
+        except FileNotFoundError as e:  # gone between listing and reading: the folder's data, not a fault
             t = blocks.add(key, None, None, None, READ_ERROR, f"{type(e).__name__}: {e}")
+        except OSError as e:
+            raise InfraError(f"{type(e).__name__}: {e}") from e
         if t is not None:
             yield t
     if (t := blocks.flush()) is not None:
@@ -245,5 +309,33 @@ def read_folder(shard: Shard, cfg: InputConfig, options: dict[str, Any]) -> Iter
 READERS = {"webdataset": read_webdataset, "parquet": read_parquet, "folder": read_folder}
 
 
+def transient(e: BaseException) -> bool:
+    """An error of the infrastructure, worth reading again: the filesystem's OSError (s3fs raises
+    PermissionError for 403/expired credentials, OSError for 5xx and throttling past botocore's retries,
+    TimeoutError, ConnectionError), as the readers mark it (InfraError)."""
+    return isinstance(e, InfraError)
+
+
 def read_shard(shard: Shard, cfg: InputConfig, options: dict[str, Any]) -> Iterator[pa.Table]:
-    return READERS[shard.format](shard, cfg, options)
+    """The shard's blocks, read again on transient errors (up to `input.read_retries` more times, with
+    exponential backoff from `input.retry_backoff_s`), never yielding a row twice; a shard that still
+    fails ends with a SHARD_END row whose meta says `failed` (and nothing of it is committed)."""
+    yielded = 0
+    for attempt in range(cfg.read_retries + 1):
+        blocks = _Blocks(shard.uri, cfg, skip=yielded)
+        try:
+            for table in READERS[shard.format](shard, cfg, options, blocks):
+                yielded += table.num_rows
+                yield table
+            return
+        except InfraError as e:
+            why = (str(e).splitlines() or [type(e).__name__])[0][:300]
+            if attempt == cfg.read_retries:
+                log.warning("shard %s failed after %d attempts: %s", shard.uri, attempt + 1, why)
+                yield pa.Table.from_pylist([_end_row(shard.uri, {"failed": why, "attempts": attempt + 1})],
+                                           schema=READ_SCHEMA)
+                return
+            delay = min(cfg.retry_backoff_s * 2**attempt, 60.0)
+            log.warning("shard %s: %s; reading it again in %.1fs (attempt %d of %d)", shard.uri, why, delay,
+                        attempt + 2, cfg.read_retries + 1)
+            time.sleep(delay)

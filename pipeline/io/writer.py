@@ -106,6 +106,7 @@ class ShardCommitter:
         self.pending: dict[str, _Pending] = defaultdict(_Pending)
         self.counts: Counter[str] = Counter()
         self.committed: list[str] = []
+        self.failed: dict[str, str] = {}  # shard URI → why (transient errors past the read retries)
 
     def add(self, batch: pa.Table) -> int:
         """Takes a block from the pipeline; returns how many samples (not shard-end rows) it held."""
@@ -114,13 +115,20 @@ class ShardCommitter:
         rows = batch.filter(pc.invert(is_end))
         if rows.num_rows:
             for source in pc.unique(rows[SOURCE]).to_pylist():
+                if source in self.failed:
+                    continue
                 part = rows.filter(pc.equal(rows[SOURCE], source))
                 p = self.pending[source]
                 p.tables.append(part)
                 p.rows += part.num_rows
                 self._maybe_commit(source)
         for source, meta in zip(ends[SOURCE].to_pylist(), ends[META].to_pylist(), strict=True):
-            self.pending[source].expected = json.loads(meta)["rows"]
+            end = json.loads(meta)
+            if "failed" in end:  # infrastructure errors past the read retries: nothing of it is committed
+                self.pending.pop(source, None)
+                self.failed[source] = end["failed"]
+                continue
+            self.pending[source].expected = end["rows"]
             self._maybe_commit(source)
         return rows.num_rows
 

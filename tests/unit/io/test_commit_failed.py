@@ -1,0 +1,31 @@
+"""A shard that failed on infrastructure errors commits nothing, whatever order its blocks arrive in."""
+
+from __future__ import annotations
+
+import json
+
+import pyarrow as pa
+
+from pipeline.io.shards import Shard
+from pipeline.io.writer import ShardCommitter, shard_ids
+from pipeline.schema import CAPTIONS_SCHEMA, OK, SHARD_END
+
+
+def block(source: str, keys: list[str], end: dict | None = None) -> pa.Table:
+    rows = [{"key": k, "source": source, "status": OK, "caption": "c"} for k in keys]
+    if end is not None:
+        rows.append({"key": f"{SHARD_END}:{source}", "source": source, "meta": json.dumps(end), "status": SHARD_END})
+    return pa.Table.from_pylist(rows, schema=CAPTIONS_SCHEMA)
+
+
+def test_a_failed_shard_drops_its_rows_before_and_after_its_end(tmp_path):
+    shards = [Shard("s3://b/a.tar", "webdataset"), Shard("s3://b/b.tar", "webdataset")]
+    c = ShardCommitter(str(tmp_path), {"captions": CAPTIONS_SCHEMA}, shard_ids(shards), {}, "d")
+    c.add(block("s3://b/a.tar", ["a1", "a2"]))
+    c.add(block("s3://b/a.tar", [], end={"failed": "PermissionError: 403", "attempts": 6}))
+    c.add(block("s3://b/a.tar", ["a3"]))  # a block that an actor pool handed on late
+    c.add(block("s3://b/b.tar", ["b1"], end={"rows": 1}))
+    assert c.failed == {"s3://b/a.tar": "PermissionError: 403"} and c.committed == ["s3://b/b.tar"]
+    assert c.incomplete() == []
+    assert sorted(p.name for p in (tmp_path / "captions").iterdir()) == ["b.parquet"]
+    assert [p.name for p in (tmp_path / "_committed").iterdir()] == ["b.json"]
