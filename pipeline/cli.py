@@ -89,6 +89,11 @@ def _print_summary(job: str, summary: Summary) -> None:
     print(f"capfilt {job}: {summary.rows} rows ({counts}) from {summary.shards_done} shards "
           f"({summary.shards_skipped} already done{f', {failed} failed' if failed else ''}) in {summary.seconds:.1f}s, "
           f"{fmt_rate(summary.images_per_s)} img/s → {summary.output}")
+    totals = summary.extra.get("totals")
+    if totals and summary.shards_skipped:  # a resumed run: what the output holds over all runs
+        counts = ", ".join(f"{k}={v}" for k, v in totals["counts"].items()) or "none"
+        print(f"capfilt {job}: {summary.output} holds {totals['rows']} rows ({counts}) from {totals['shards_committed']} "
+              "committed shards")
     if "submission" in summary.extra:
         s = summary.extra["submission"]
         print(f"capfilt {job}: submission for {s['images']} images → {s['path']}")

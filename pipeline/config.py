@@ -50,6 +50,7 @@ class DecodeConfig:
     draft: bool = True  # PIL path: JPEG DCT-scaled decoding when the image is ≥2× the model's input size
     isolate: bool = True  # decode in a child process: a decoder crash becomes a row, not a dead task
     max_memory_mb: int = 2048  # address-space cap of that child: a bomb that slips past max_pixels fails alone
+    timeout_s: float = 60.0  # per image, in that child: a decoder that hangs longer makes a `decode_timeout` row (0: none)
     batch_size: int = 32
     num_cpus: float = 0.5
     concurrency: int | None = None  # decode tasks in flight; null = as many as the CPUs allow
@@ -180,7 +181,7 @@ class Config:
         for section in d.values():
             if isinstance(section, dict):
                 for wiring in ("batch_size", "num_gpus", "num_cpus", "num_threads", "concurrency", "rows_per_block",
-                               "read_retries", "retry_backoff_s"):
+                               "read_retries", "retry_backoff_s", "timeout_s"):
                     section.pop(wiring, None)
         return hashlib.sha1(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:10]
 
@@ -271,7 +272,8 @@ def _build(cls: Any, data: Any, where: str) -> Any:
 
 _POSITIVE = {"batch_size", "num_beams", "num_captions", "max_new_tokens", "max_pixels", "rows_per_block",
              "concurrency", "top_k", "max_text_tokens", "max_image_bytes", "max_text_chars", "max_memory_mb"}
-_NON_NEGATIVE = {"read_retries", "retry_backoff_s", "stall_timeout_s", "num_gpus", "num_cpus", "min_new_tokens", "temperature"}
+_NON_NEGATIVE = {"timeout_s", "read_retries", "retry_backoff_s", "stall_timeout_s",
+                 "num_gpus", "num_cpus", "min_new_tokens", "temperature"}
 
 
 def _check_ranges(cfg: Any, where: str) -> None:

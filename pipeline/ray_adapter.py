@@ -28,6 +28,16 @@ from pipeline.job import Job, StageSpec, read_fused
 
 log = logging.getLogger("capfilt")
 
+# A read(+decode) task whose worker dies is run again this many times, then the run fails: Ray Data's
+# default for tasks is forever (max_retries=-1), which a deterministic crash would turn into a loop.
+# (Transient read errors are retried inside the task, per shard: see io/readers.read_shard.)
+TASK_RETRIES = 3
+# A model actor that dies (a hardware fault, a segfault) is restarted up to this many times over the
+# run: occasional deaths over a night are survived. Its batch is retried at most BATCH_RETRIES times, so
+# a batch that kills every actor it meets fails the run instead of looping (Ray's defaults: forever).
+ACTOR_RESTARTS = 10
+BATCH_RETRIES = 2
+
 
 def init_ray(cfg: Config) -> None:
     """Attaches to `run.address` / RAY_ADDRESS, or starts a local Ray; sets Ray Data up for capfilt."""
@@ -42,6 +52,9 @@ def init_ray(cfg: Config) -> None:
     ctx.enable_progress_bars = False  # our own line shows images, img/s and ETA
     ctx.print_on_execution_start = False
     ctx.max_errored_blocks = 0  # a bad sample is a row with a status, never a dropped block
+    # A model that fails to load for a transient reason (a network blip fetching weights) is loaded again.
+    ctx.actor_init_retry_on_errors = True
+    ctx.actor_init_max_retries = 2
     # One stall guard: capfilt's (run.Watchdog, `run.stall_timeout_s`, exit 3). Ray's own (30 min by
     # default, or RAY_DATA_EXECUTION_NO_PROGRESS_TIMEOUT_S) would otherwise raise first whenever ours is
     # longer or off, and end the run with an ordinary traceback and exit 1.
@@ -109,10 +122,15 @@ def _read(source: Datasource, shards: int, cfg: Config) -> Any:
     One block count per shard: Ray would otherwise split each read's output (for parallelism our
     reader already gives, block by block), and a split read is never fused. Same CPUs, concurrency
     and scheduling as the decode tasks (see _apply): fusion needs equal remote args."""
-    if read_fused(cfg):
-        return ray.data.read_datasource(source, num_cpus=cfg.decode.num_cpus, override_num_blocks=shards,
-                                        concurrency=cfg.decode.concurrency)
-    return ray.data.read_datasource(source, num_cpus=cfg.input.num_cpus, override_num_blocks=shards)
+    retries = {"max_retries": TASK_RETRIES}
+    with warnings.catch_warnings():
+        # Ray 2.60 deprecates ray_remote_args for reads but has no named parameter for retries.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        if read_fused(cfg):
+            return ray.data.read_datasource(source, num_cpus=cfg.decode.num_cpus, override_num_blocks=shards,
+                                            concurrency=cfg.decode.concurrency, ray_remote_args=retries)
+        return ray.data.read_datasource(source, num_cpus=cfg.input.num_cpus, override_num_blocks=shards,
+                                        ray_remote_args=retries)
 
 
 def _apply(ds: Any, spec: StageSpec, keep: list[str] | None = None) -> Any:
@@ -124,16 +142,15 @@ def _apply(ds: Any, spec: StageSpec, keep: list[str] | None = None) -> Any:
         if spec.actor:
             if spec.num_gpus:
                 kwargs["num_gpus"] = spec.num_gpus
-            # A crashed actor is restarted and its batch retried, but not forever: Ray's default is
-            # unbounded, which a poison input would turn into an endless loop.
+            # A crashed actor is restarted and its batch retried, but not forever (see ACTOR_RESTARTS).
             return ds.map_batches(_on_arrow(spec.fn, keep), fn_constructor_args=spec.args,
                                   fn_constructor_kwargs=spec.kwargs, compute=ActorPoolStrategy(size=spec.concurrency or 1),
-                                  max_restarts=2, max_task_retries=2, **kwargs)
+                                  max_restarts=ACTOR_RESTARTS, max_task_retries=BATCH_RETRIES, **kwargs)
         fn = _on_arrow(spec.fn, keep)(*spec.args, **spec.kwargs)  # a stateless stage: built once here, shipped to the tasks
         compute = TaskPoolStrategy(size=spec.concurrency) if spec.concurrency else None
-        # Ray's task default of 3 retries (system failures only) and the read's SPREAD scheduling: equal
-        # remote args let Ray fuse this stage with the read (see _read).
-        return ds.map_batches(fn, compute=compute, scheduling_strategy="SPREAD", **kwargs)
+        # The read's retries and SPREAD scheduling: equal remote args let Ray fuse this stage with the
+        # read (see _read).
+        return ds.map_batches(fn, compute=compute, scheduling_strategy="SPREAD", max_retries=TASK_RETRIES, **kwargs)
 
 
 class Execution:

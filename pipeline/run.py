@@ -7,6 +7,7 @@ import os
 import sys
 import threading
 import time
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
@@ -76,6 +77,8 @@ class Plan:
     shards: list[Shard]
     todo: list[Shard]
     digest: str
+    ids: dict[str, str]  # shard URI → output name, never one of another input's markers
+    done: dict[str, dict[str, Any]]  # markers already in the output (all runs): URI → marker
 
 
 def plan(job: Job, inputs: list[str], output: str, cfg: Config) -> Plan:
@@ -89,18 +92,30 @@ def plan(job: Job, inputs: list[str], output: str, cfg: Config) -> Plan:
         if marker.get("config_digest") != digest:
             raise ValueError(f"output {output!r} holds shard {source} written with another config "
                              f"(digest {marker.get('config_digest')} ≠ {digest}); use a new --output")
+    for s in shards:
+        m = done.get(s.uri)
+        if m is not None and _changed(s, m):
+            raise ValueError(f"input {s.uri} changed since its shard was committed to {output!r} (size {m.get('size')} → "
+                             f"{s.size}, ETag {m.get('etag')} → {s.etag}); use a new --output")
     todo = [s for s in shards if s.uri not in done]
     if len(todo) < len(shards):
         log.info("resume: %d of %d shards already committed in %s; %d to do", len(shards) - len(todo), len(shards),
                  output, len(todo))
-    return Plan(shards, todo, digest)
+    return Plan(shards, todo, digest, shard_ids(shards, {m["name"]: uri for uri, m in done.items()}), done)
+
+
+def _changed(shard: Shard, marker: dict[str, Any]) -> bool:
+    """Whether the input under a committed shard's URI is not the one committed (where both sides know)."""
+    if marker.get("size") is not None and shard.size is not None and marker["size"] != shard.size:
+        return True
+    return bool(marker.get("etag") and shard.etag and marker["etag"] != shard.etag)
 
 
 def run_job(job: Job, inputs: list[str], output: str, cfg: Config) -> Summary:
     """Plans shards (skipping committed ones), streams them through the stages, commits per shard."""
     start = time.monotonic()
     p = plan(job, inputs, output, cfg)
-    committer = ShardCommitter(output, job.tables, shard_ids(p.shards), cfg.storage, p.digest, cfg.output.compression)
+    committer = ShardCommitter(output, job.tables, p.ids, cfg.storage, p.digest, cfg.output.compression, p.shards)
     progress = Progress(len(p.todo), cfg.run.progress, cfg.run.log_every_s)
     first_block_at: float | None = None
     first_rows = 0
@@ -133,6 +148,12 @@ def run_job(job: Job, inputs: list[str], output: str, cfg: Config) -> Summary:
     steady = None
     if first_block_at is not None and end - first_block_at > 0:
         steady = (rows_total - first_rows) / (end - first_block_at)
+    totals: Counter[str] = Counter()  # the output as a whole: every marker, of this run and the earlier ones
+    for marker in p.done.values():
+        totals.update(marker.get("counts", {}))
+    totals.update(committer.counts)
+    extra["totals"] = {"shards_committed": len(p.done) + len(committer.committed), "shards_failed": len(committer.failed),
+                       "rows": sum(totals.values()), "counts": dict(sorted(totals.items()))}
     summary = Summary(output, rows_total, dict(committer.counts), len(committer.committed), len(p.shards) - len(p.todo),
                       end - start, None if first_block_at is None else first_block_at - start, steady, stages,
                       shards_total=len(p.shards), extra=extra)

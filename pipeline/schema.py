@@ -64,6 +64,9 @@ TOO_LARGE = "too_large"
 UNSUPPORTED_FORMAT = "unsupported_format"
 DUPLICATE_KEY = "duplicate_key"  # a key seen before in the same shard: kept as `KEY#dupN`
 DECODE_CRASH = "decode_crash"  # the decoder process died on this image (twice)
+DECODE_TIMEOUT = "decode_timeout"  # decoding took longer than decode.timeout_s
+MODEL_ERROR = "model_error"  # a model stage raised on this row (after a retry of its batch)
+MODEL_OOM = "model_oom"  # this row alone does not fit in the GPU's memory
 
 CAPTIONS_SCHEMA = pa.schema(
     [

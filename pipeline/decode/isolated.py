@@ -1,4 +1,5 @@
-"""Decoding in a child process with a capped address space: a decoder crash costs a row, not a task."""
+"""Decoding in a child process with a capped address space and a per-image deadline: a decoder crash or
+hang costs a row, not a task."""
 
 from __future__ import annotations
 
@@ -11,50 +12,63 @@ from pipeline.config import DecodeConfig
 from pipeline.decode.child import receive, send
 from pipeline.decode.geometry import Target
 from pipeline.decode.image import Result
-from pipeline.schema import DECODE_CRASH
+from pipeline.schema import DECODE_CRASH, DECODE_TIMEOUT
 
 log = logging.getLogger(__name__)
 
 
-class _Crashed(Exception):
-    pass
-
-
 class IsolatedDecoder:
-    """One decoder child process per Ray worker, reused across tasks; replaced when it dies.
+    """One decoder child process per Ray worker, reused across tasks; replaced when it dies or hangs.
 
-    PIL and libjpeg/libpng/libwebp are C: a hostile file can crash them or ask for more memory than
-    the machine has. In a child with a capped address space, such an image costs one row, not a Ray
-    task (which Ray would retry, crash again, and finally fail the whole job)."""
+    PIL and libjpeg/libpng/libwebp are C: a hostile file can crash them, ask for more memory than the
+    machine has, or never return. In a child with a capped address space that answers image by image,
+    such an image costs one row — `decode_crash` if it kills the decoder twice, `decode_timeout` if it
+    takes longer than `decode.timeout_s` — not a Ray task (which Ray would retry, crash or hang again,
+    and finally fail or stall the whole job)."""
 
     proc: subprocess.Popen[bytes] | None = None
 
     @classmethod
-    def _run(cls, datas: list[bytes], targets: tuple[Target, ...], cfg: DecodeConfig) -> list[Result]:
+    def _child(cls, cfg: DecodeConfig) -> subprocess.Popen[bytes]:
         if cls.proc is None or cls.proc.poll() is not None:
+            # Unbuffered pipes: the deadline waits on the file descriptor (select), which must hold all
+            # that has not been read yet.
             cls.proc = subprocess.Popen([sys.executable, "-m", "pipeline.decode.child", str(cfg.max_memory_mb)],
-                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE)
-        stdin, stdout = cast(IO[bytes], cls.proc.stdin), cast(IO[bytes], cls.proc.stdout)  # PIPEs: never None
-        try:
-            send(stdin, (datas, targets, cfg))
-            return receive(stdout)  # type: ignore[no-any-return]
-        except (EOFError, BrokenPipeError, OSError):
+                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0)
+        return cls.proc
+
+    @classmethod
+    def close(cls) -> None:
+        if cls.proc is not None:
             cls.proc.kill()
             cls.proc.wait()
             cls.proc = None
-            raise _Crashed() from None
 
     @classmethod
     def decode(cls, datas: list[bytes], targets: tuple[Target, ...], cfg: DecodeConfig) -> list[Result]:
-        """The batch in one call; if the child dies, each image on its own: twice at most for any image."""
-        try:
-            return cls._run(datas, targets, cfg)
-        except _Crashed:
-            log.warning("decoder process died on a batch of %d images; decoding them one by one", len(datas))
+        """Every image's result, in order. The images go to the child as one request and come back one by
+        one; each must arrive within `decode.timeout_s`. When the child dies, the image it was on is tried
+        once more in a fresh child, then becomes `decode_crash`; one it hangs on becomes `decode_timeout`
+        at once (a hang costs the deadline every time)."""
         out: list[Result] = []
-        for data in datas:
+        crashed: set[int] = set()
+        while len(out) < len(datas):
+            i = len(out)
+            proc = cls._child(cfg)
             try:
-                out += cls._run([data], targets, cfg)
-            except _Crashed:
-                out.append((DECODE_CRASH, "the decoder process died on this image (2 attempts)", None, None))
+                send(cast(IO[bytes], proc.stdin), (datas[i:], targets, cfg))
+                while len(out) < len(datas):
+                    out.append(receive(cast(IO[bytes], proc.stdout), cfg.timeout_s or None))
+            except TimeoutError:
+                cls.close()
+                log.warning("decoder hung on an image for over decode.timeout_s=%gs; it becomes a row", cfg.timeout_s)
+                out.append((DECODE_TIMEOUT, f"decoding took over decode.timeout_s={cfg.timeout_s:g}s", None, None))
+            except (EOFError, OSError):
+                cls.close()
+                i = len(out)
+                if i in crashed:
+                    out.append((DECODE_CRASH, "the decoder process died on this image (2 attempts)", None, None))
+                else:
+                    log.warning("decoder process died on an image; trying it once more in a new one")
+                    crashed.add(i)
         return out

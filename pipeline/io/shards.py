@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import posixpath
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -40,6 +41,7 @@ class Shard:
     uri: str  # full URI (s3://bucket/x.tar or a local path)
     format: str  # webdataset | parquet | folder
     size: int | None = None  # bytes, when known
+    etag: str | None = None  # the object's ETag (S3), when known: a marker records it with the size
 
 
 def _format_of(path: str, isdir: bool, fmt: str) -> str | None:
@@ -67,6 +69,7 @@ def list_shards(inputs: list[str], fmt: str = "auto", options: dict[str, Any] | 
                 found = []
             if not found:
                 raise FileNotFoundError(f"input {pattern!r} matched nothing")
+            readable = 0
             for p, info in found:
                 isdir = info.get("type") == "directory"
                 f = _format_of(p, isdir, fmt)
@@ -74,8 +77,15 @@ def list_shards(inputs: list[str], fmt: str = "auto", options: dict[str, Any] | 
                     if len(found) > 1:
                         continue  # a glob also matched files we do not read (e.g. img2dataset's _stats.json)
                     raise ValueError(f"input {pattern!r}: cannot tell the format; set input.format")
+                readable += 1
                 if f == "folder" and not isdir:
                     raise ValueError(f"input {pattern!r}: input.format is 'folder' but this is a file")
                 uri = unstrip(fs, p)
-                shards[uri] = Shard(uri=uri, format=f, size=info.get("size"))
+                etag = info.get("ETag") or info.get("etag")
+                shards[uri] = Shard(uri=uri, format=f, size=info.get("size"), etag=str(etag).strip('"') if etag else None)
+            if not readable:  # e.g. a glob that matches only .tar.gz: not one shard, and that is no success
+                names = ", ".join(posixpath.basename(p.rstrip("/")) for p, _ in found[:3])
+                raise ValueError(f"input {pattern!r} matched {len(found)} object(s) ({names}{', ...' if len(found) > 3 else ''}) "
+                                 "but none that capfilt reads: .tar (uncompressed webdataset), .parquet, or a folder; "
+                                 "set input.format if they are one of these")
     return sorted(shards.values(), key=lambda s: s.uri)

@@ -30,17 +30,23 @@ log = logging.getLogger(__name__)
 COMMITTED = "_committed"
 
 
-def shard_ids(shards: list[Shard]) -> dict[str, str]:
-    """Shard URI → output name: the shard's stem, plus a hash of the URI where stems collide."""
+def shard_ids(shards: list[Shard], taken: dict[str, str] | None = None) -> dict[str, str]:
+    """Shard URI → output name: the shard's stem, plus a short hash of its full URI where the stem is not
+    unique — among these shards, or against `taken` (name → URI of the markers already in the output), so
+    that `x/00001.tar` and, in a later run into the same output, `y/00001.tar` never write one file."""
     def stem(uri: str) -> str:
         base = posixpath.basename(uri.rstrip("/"))
         return base.split(".")[0] or "shard"
 
+    taken = taken or {}
     counts = Counter(stem(s.uri) for s in shards)
-    return {
-        s.uri: stem(s.uri) if counts[stem(s.uri)] == 1 else f"{stem(s.uri)}-{hashlib.sha1(s.uri.encode()).hexdigest()[:8]}"
-        for s in shards
-    }
+    out = {}
+    for s in shards:
+        name = stem(s.uri)
+        if counts[name] > 1 or taken.get(name, s.uri) != s.uri:
+            name = f"{name}-{hashlib.sha1(s.uri.encode()).hexdigest()[:8]}"
+        out[s.uri] = name
+    return out
 
 
 class OutputError(ValueError):
@@ -100,8 +106,9 @@ class ShardCommitter:
     of the job's tables (captions/, embeddings/), then the shard's marker."""
 
     def __init__(self, output: str, tables: dict[str, pa.Schema], ids: dict[str, str],
-                 options: dict[str, Any], digest: str, compression: str = "zstd"):
+                 options: dict[str, Any], digest: str, compression: str = "zstd", shards: list[Shard] | None = None):
         self.output, self.tables, self.ids = output, tables, ids
+        self.inputs = {s.uri: s for s in shards or []}  # what a marker records of its input
         self.options, self.digest, self.compression = options, digest, compression
         self.pending: dict[str, _Pending] = defaultdict(_Pending)
         self.counts: Counter[str] = Counter()
@@ -150,7 +157,10 @@ class ShardCommitter:
         del self.pending[source]
 
     def _mark(self, source: str, name: str, rows: int, counts: Counter[str]) -> None:
-        marker = {"source": source, "rows": rows, "counts": dict(counts), "config_digest": self.digest}
+        marker = {"source": source, "name": name, "rows": rows, "counts": dict(counts), "config_digest": self.digest}
+        shard = self.inputs.get(source)
+        if shard is not None:
+            marker.update(size=shard.size, etag=shard.etag)
         write_atomic(join(self.output, COMMITTED, f"{name}.json"), json.dumps(marker).encode(), self.options)
         self.counts.update(counts)
         self.committed.append(source)
@@ -160,7 +170,7 @@ class ShardCommitter:
 
 
 def committed_shards(output: str, options: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """Markers of a previous run: shard URI → marker."""
+    """Markers of previous runs: shard URI → marker (with its `name`, the output file's stem)."""
     fs, path = get_fs(join(output, COMMITTED), options)
     try:
         names = fs.glob(path.rstrip("/") + "/*.json")
@@ -169,5 +179,6 @@ def committed_shards(output: str, options: dict[str, Any]) -> dict[str, dict[str
     out = {}
     for name in names:
         marker = json.loads(fs.cat_file(name))
+        marker.setdefault("name", posixpath.basename(name)[: -len(".json")])
         out[marker["source"]] = marker
     return out

@@ -10,9 +10,8 @@ import numpy as np
 from pipeline.config import CaptionConfig
 from pipeline.decode.gpu import stage_pixels
 from pipeline.models.captioner import PIXELS_CAPTION, Captioner, load_captioner
-from pipeline.models.oom import split_on_oom
 from pipeline.schema import CAPTION, CAPTIONS, STATUS
-from pipeline.stages.rows import ok_rows, scatter
+from pipeline.stages.rows import ok_rows, run_model, scatter, take
 
 
 class CaptionImages:
@@ -25,7 +24,7 @@ class CaptionImages:
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         n = len(batch[STATUS])
         rows, pixels = stage_pixels(batch, self.column, ok_rows(batch), self.captioner)
-        candidates = split_on_oom(self.captioner.caption, pixels) if len(rows) else []
+        rows, candidates = run_model(batch, rows, lambda ix: self.captioner.caption(take(pixels, ix)))
         batch[CAPTIONS] = scatter(n, rows, candidates, fill=[])
         batch[CAPTION] = scatter(n, rows, [c[0] for c in candidates])
         return batch

@@ -12,7 +12,7 @@ from pipeline.config import ClipConfig, EmbedConfig, TextEmbedConfig
 from pipeline.models.clip import ClipEmbedder, load_clip
 from pipeline.models.text_embed import TextEmbedder, load_text_embedder
 from pipeline.schema import CAPTION, PROMPT_EMBEDDING, STATUS
-from pipeline.stages.rows import ok_rows, scatter
+from pipeline.stages.rows import ok_rows, run_model, scatter
 from pipeline.stages.score import ScoreClip
 
 
@@ -34,7 +34,8 @@ class EmbedPrompts:
         self.model, self.dtype = load(cfg, storage_options), dtype
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        rows = [i for i in ok_rows(batch) if isinstance(batch[CAPTION][i], str)]
-        vectors = self.model.embed([batch[CAPTION][i] for i in rows]).astype(self.dtype)
+        rows = np.array([i for i in ok_rows(batch) if isinstance(batch[CAPTION][i], str)], dtype=np.int64)
+        captions = [batch[CAPTION][i] for i in rows]
+        rows, vectors = run_model(batch, rows, lambda ix: list(self.model.embed([captions[j] for j in ix]).astype(self.dtype)))
         batch[PROMPT_EMBEDDING] = scatter(len(batch[STATUS]), rows, vectors)
         return batch

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import numpy as np
 
-from pipeline.schema import CAPTIONS, OK, STATUS, TEXT
+from pipeline.models.oom import RowFailure, run_rows
+from pipeline.schema import CAPTIONS, ERROR, OK, STATUS, TEXT
 
 
 def ok_rows(batch: dict[str, np.ndarray]) -> np.ndarray:
@@ -34,3 +35,24 @@ def texts_of(batch: dict[str, np.ndarray], rows: np.ndarray) -> tuple[list[list[
         texts.append(([alt] if has else []) + cands)
         has_text.append(has)
     return texts, has_text
+
+
+def take(values: Any, ix: np.ndarray) -> Any:
+    """values[ix]; the values themselves when ix is all of them in order (no copy of a whole pixel batch)."""
+    return values if len(ix) == len(values) and (ix == np.arange(len(values))).all() else values[ix]
+
+
+def run_model(batch: dict[str, np.ndarray], rows: np.ndarray,
+              fn: Callable[[np.ndarray], list[Any]]) -> tuple[np.ndarray, list[Any]]:
+    """`fn(ix)` → one result per position in `rows` (ix indexes `rows`), with failures isolated to their
+    rows (models/oom.run_rows): those get the failure's status and error here. → (the rows that
+    succeeded, their results)."""
+    results = run_rows(fn, np.arange(len(rows))) if len(rows) else []
+    failed = [j for j, r in enumerate(results) if isinstance(r, RowFailure)]
+    if not failed:
+        return rows, results
+    batch[STATUS], batch[ERROR] = batch[STATUS].astype(object), batch[ERROR].astype(object)
+    for j in failed:
+        batch[STATUS][rows[j]], batch[ERROR][rows[j]] = results[j].status, results[j].message
+    keep = [j for j in range(len(rows)) if j not in set(failed)]
+    return rows[keep], [results[j] for j in keep]

@@ -16,7 +16,7 @@ from pipeline.decode.gpu import stage_pixels
 from pipeline.models.clip import ClipEmbedder, load_clip
 from pipeline.models.itm import BlipItm, load_itm
 from pipeline.schema import IMAGE_EMBEDDING, SCORE_COLUMNS, STATUS, TEXT_EMBEDDING
-from pipeline.stages.rows import ok_rows, scatter, texts_of
+from pipeline.stages.rows import ok_rows, run_model, scatter, take, texts_of
 
 
 def put_scores(batch: dict[str, np.ndarray], kind: str, rows: np.ndarray, scores: list[list[float]],
@@ -38,9 +38,16 @@ class ScoreItm:
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         rows, pixels = stage_pixels(batch, self.column, ok_rows(batch), self.model)
         texts, has_text = texts_of(batch, rows)
-        itm, itc = self.model.score(pixels, texts) if len(rows) else ([], [])
-        put_scores(batch, "itm", rows, itm, has_text)
-        put_scores(batch, "itc", rows, itc, has_text)
+
+        def score(ix: np.ndarray) -> list[tuple[list[float], list[float]]]:
+            itm, itc = self.model.score(take(pixels, ix), [texts[j] for j in ix])
+            return list(zip(itm, itc, strict=True))
+
+        kept, results = run_model(batch, rows, score)
+        done = set(kept)
+        has_text = [h for r, h in zip(rows, has_text, strict=True) if r in done]
+        put_scores(batch, "itm", kept, [r[0] for r in results], has_text)
+        put_scores(batch, "itc", kept, [r[1] for r in results], has_text)
         return batch
 
 
@@ -54,12 +61,26 @@ class ScoreClip:
         self.model, self.column, self.embed = load(cfg, storage_options), pixels, embed
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        import torch
-
         n = len(batch[STATUS])
         rows, pixels = stage_pixels(batch, self.column, ok_rows(batch), self.model)
-        images = self.model.image_features(pixels)  # queued on the GPU: the texts are tokenised meanwhile
         texts, has_text = texts_of(batch, rows)
+        kept, results = run_model(batch, rows, lambda ix: self._rows(take(pixels, ix), [texts[j] for j in ix],
+                                                                    [has_text[j] for j in ix]))
+        has = {r: h for r, h in zip(rows, has_text, strict=True)}
+        if self.score:
+            put_scores(batch, "clip", kept, [r[0] for r in results], [has[r] for r in kept])
+        if self.embed is not None:
+            batch[IMAGE_EMBEDDING] = scatter(n, kept, [r[1] for r in results])
+            if self.embed.text:
+                alt = [j for j, r in enumerate(results) if r[2] is not None]
+                batch[TEXT_EMBEDDING] = scatter(n, kept[alt], [results[j][2] for j in alt])
+        return batch
+
+    def _rows(self, pixels: Any, texts: list[list[str]], has_text: list[bool]) -> list[tuple[Any, Any, Any]]:
+        """Per row: (its texts' similarities or None, image embedding or None, alt-text embedding or None)."""
+        import torch
+
+        images = self.model.image_features(pixels)  # queued on the GPU: the texts are tokenised meanwhile
         embed_text = self.embed is not None and self.embed.text
         # One text forward for both the scores (every text) and the alt-text embeddings (first texts).
         if self.score:
@@ -68,15 +89,17 @@ class ScoreClip:
             per_row = [ts[:1] if has and embed_text else [] for ts, has in zip(texts, has_text, strict=True)]
         flat = self.model.text_features([t for ts in per_row for t in ts])
         starts = np.cumsum([0, *(len(ts) for ts in per_row)])[:-1].astype(np.int64)
+        sims: list[Any] = [None] * len(per_row)
         if self.score:
             owner = torch.from_numpy(np.repeat(np.arange(len(per_row)), [len(ts) for ts in per_row])).to(images.device)
             with torch.inference_mode():
-                sims = (flat * images[owner]).sum(-1).cpu().numpy()
-            put_scores(batch, "clip", rows, [sims[s : s + len(ts)].tolist() for s, ts in zip(starts, per_row, strict=True)],
-                       has_text)
+                all_sims = (flat * images[owner]).sum(-1).cpu().numpy()
+            sims = [all_sims[s : s + len(ts)].tolist() for s, ts in zip(starts, per_row, strict=True)]
+        image_emb: list[Any] = [None] * len(per_row)
+        alt_emb: list[Any] = [None] * len(per_row)
         if self.embed is not None:
-            batch[IMAGE_EMBEDDING] = scatter(n, rows, images.cpu().numpy().astype(self.embed.dtype))
+            image_emb = list(images.cpu().numpy().astype(self.embed.dtype))
             if embed_text:
-                alt = np.array(has_text, dtype=bool)
-                batch[TEXT_EMBEDDING] = scatter(n, rows[alt], flat.cpu().numpy()[starts[alt]].astype(self.embed.dtype))
-        return batch
+                text_vectors = flat.cpu().numpy().astype(self.embed.dtype)
+                alt_emb = [text_vectors[s] if has else None for s, has in zip(starts, has_text, strict=True)]
+        return list(zip(sims, image_emb, alt_emb, strict=True))

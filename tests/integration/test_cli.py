@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import json
+import tarfile
+from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
@@ -100,6 +102,35 @@ def test_rerun_after_completion_does_nothing(ray_local, tmp_path, capsys):
     # Another model or threshold must never mix with these rows.
     assert caption([str(tmp_path / "in" / "*.tar")], str(out), "--set", "caption.num_beams=3") == 2
     assert "written with another config" in capsys.readouterr().err
+
+
+def test_the_same_shard_stem_from_two_folders_into_one_output_keeps_both(ray_local, tmp_path, capsys):
+    """x/00000.tar, then in a later run y/00000.tar, into one output: both kept, nothing overwritten, and
+    the output's totals (run.json) equal the sum of the markers and a read-back of the Parquet."""
+    kx = write_webdataset(tmp_path / "x", n_shards=1, per_shard=3, size=64)
+    ky = [f"y{k}" for k in kx]
+    with tarfile.open(tmp_path / "x" / "00000.tar") as src:  # same stem, other keys
+        (tmp_path / "y").mkdir()
+        with tarfile.open(tmp_path / "y" / "00000.tar", "w") as dst:
+            for m in src.getmembers():
+                data = src.extractfile(m).read()
+                m.name = "y" + m.name
+                dst.addfile(m, io.BytesIO(data))
+    out = tmp_path / "out"
+    assert caption([str(tmp_path / "x" / "00000.tar")], str(out)) == 0
+    first = {p.name: p.read_bytes() for p in (out / "captions").iterdir()}
+    assert caption([str(tmp_path / "y" / "00000.tar")], str(out)) == 0
+    files = {p.name: p.read_bytes() for p in (out / "captions").iterdir()}
+    assert len(files) == 2 and all(files[n] == b for n, b in first.items())  # the first shard's file untouched
+    table = pq.read_table(out / "captions")
+    assert sorted(table["key"].to_pylist()) == sorted(kx + ky)
+    markers = [json.loads(p.read_text()) for p in (out / "_committed").iterdir()]
+    assert sorted(m["source"] for m in markers) == sorted([str(tmp_path / d / "00000.tar") for d in "xy"])
+    assert all(m["size"] == Path(m["source"]).stat().st_size for m in markers)
+    totals = json.loads((out / "run.json").read_text())["totals"]
+    assert totals["rows"] == sum(m["rows"] for m in markers) == table.num_rows == 6
+    assert totals["shards_committed"] == 2 and totals["counts"] == {"ok": 6}
+    assert "holds 6 rows (ok=6) from 2 committed shards" not in capsys.readouterr().out  # no shard was skipped
 
 
 def test_bad_config_and_inputs_exit_2_with_one_line(tmp_path, capsys):

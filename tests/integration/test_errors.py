@@ -110,6 +110,15 @@ def test_inputs_that_match_nothing(no_ray, capsys, tmp_path):
     assert code == 2 and one_line(err) == f"capfilt: input '{tmp_path / 'nothing-0.tar'}' matched nothing"
 
 
+def test_a_glob_that_matches_only_tar_gz(no_ray, capsys, tmp_path):
+    (tmp_path / "in").mkdir()
+    for i in range(2):
+        (tmp_path / "in" / f"{i:05d}.tar.gz").write_bytes(b"gzip")
+    code, err = run(capsys, "caption", str(tmp_path / "in" / "*"), str(tmp_path / "out"))
+    assert code == 2 and one_line(err).startswith(f"capfilt: input '{tmp_path / 'in' / '*'}' matched 2 object(s) "
+                                                  "(00000.tar.gz, 00001.tar.gz) but none that capfilt reads")
+
+
 def test_help_and_a_config_error_import_no_ray():
     """In a fresh interpreter: neither `--help` nor a bad config imports Ray (let alone starts it)."""
     probe = ("import sys\nfrom pipeline.cli import main\n"

@@ -22,6 +22,13 @@ def rows(shard: Shard, cfg=CFG) -> list[dict]:
     return out
 
 
+def test_a_glob_of_only_unreadable_files_is_an_error_naming_what_it_matched(tmp_path):
+    for i in range(4):
+        (tmp_path / f"{i:05d}.tar.gz").write_bytes(b"gzip")
+    with pytest.raises(ValueError, match=r"matched 4 object\(s\) \(00000.tar.gz, 00001.tar.gz, 00002.tar.gz, ...\) but none"):
+        list_shards([str(tmp_path / "*")])
+
+
 def test_expand_braces():
     assert expand_braces("s3://b/{00008..00010}.tar") == ["s3://b/00008.tar", "s3://b/00009.tar", "s3://b/00010.tar"]
     assert expand_braces("{a,b}/{1..2}") == ["a/1", "a/2", "b/1", "b/2"]

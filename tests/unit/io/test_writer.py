@@ -33,6 +33,15 @@ def test_a_shard_is_written_only_when_all_its_rows_arrived(tmp_path):
     assert c.counts == {"ok": 3} and c.incomplete() == []
 
 
+def test_a_stem_taken_by_another_inputs_marker_gets_a_hashed_name():
+    x, y = Shard("s3://b/x/00001.tar", "webdataset"), Shard("s3://b/y/00001.tar", "webdataset")
+    assert shard_ids([x]) == {x.uri: "00001"}
+    ids = shard_ids([y], taken={"00001": x.uri})
+    assert ids[y.uri].startswith("00001-") and ids[y.uri] != "00001"
+    assert shard_ids([x], taken={"00001": x.uri}) == {x.uri: "00001"}  # its own marker: the same name again
+    assert shard_ids([y], taken={"00001": x.uri}) == ids  # stable across reruns
+
+
 def test_rows_arriving_twice_fail_loudly(tmp_path):
     c = ShardCommitter(str(tmp_path), {"captions": CAPTIONS_SCHEMA}, {"s/a.tar": "a"}, {}, "d1")
     c.add(block("s/a.tar", ["1", "2"]))
