@@ -102,9 +102,13 @@ class _Blocks:
         self.rows = []
         return table
 
-    def end(self) -> pa.Table:
-        """The last block: what is left plus the SHARD_END row carrying the row count."""
-        self.rows.append(_end_row(self.source, {"rows": self.count}))
+    def end(self, input_rows: int | None = None) -> pa.Table:
+        """The last block: what is left plus the SHARD_END row carrying the row count (and the count the
+        input says it holds, where it says: a Parquet footer's)."""
+        meta: dict[str, Any] = {"rows": self.count}
+        if input_rows is not None:
+            meta["input_rows"] = input_rows
+        self.rows.append(_end_row(self.source, meta))
         table = pa.Table.from_pylist(self.rows, schema=READ_SCHEMA)
         self.rows = []
         return table
@@ -236,13 +240,20 @@ def read_parquet(shard: Shard, cfg: InputConfig, options: dict[str, Any], blocks
     fs, path = get_fs(shard.uri, options)
     stem = posixpath.splitext(posixpath.basename(path))[0]
     row = 0
+    input_rows: int | None = None
     try:
         with _open(fs, path) as f:
-            pf = pq.ParquetFile(f)
-            names = pf.schema_arrow.names
-            if cfg.image_column not in names:
-                raise ValueError(f"no image column {cfg.image_column!r} (columns: {', '.join(names)}); "
+            # Streamed page by page (no pre-buffering of whole column chunks): a large row group is not
+            # held whole in memory.
+            pf = pq.ParquetFile(f, buffer_size=1 << 20, pre_buffer=False)
+            input_rows = pf.metadata.num_rows
+            schema = pf.schema_arrow
+            if cfg.image_column not in schema.names:
+                raise ValueError(f"no image column {cfg.image_column!r} (columns: {', '.join(schema.names)}); "
                                  "set input.image_column")
+            image_type = schema.field(cfg.image_column).type
+            wrong_type = (None if _is_bytes(image_type)
+                          else f"input.image_column {cfg.image_column!r} holds {image_type}, not bytes")
             for batch in pf.iter_batches(batch_size=cfg.rows_per_block):
                 cols = batch.to_pydict()
                 images = cols.pop(cfg.image_column)
@@ -250,12 +261,12 @@ def read_parquet(shard: Shard, cfg: InputConfig, options: dict[str, Any], blocks
                 keys = cols.pop(cfg.key_column, None)
                 for i, image in enumerate(images):
                     key = str(keys[i]) if keys is not None and keys[i] is not None else f"{stem}/{row:09d}"
-                    text = texts[i] if texts is not None else None
-                    if isinstance(text, bytes):
-                        text = _text(text)
+                    text = _as_text(texts[i]) if texts is not None else None
                     meta = json.dumps({k: v[i] for k, v in cols.items()}, default=str) if cols else None
                     row += 1
-                    if image is None:
+                    if wrong_type:
+                        t = blocks.add(key, None, text, meta, READ_ERROR, wrong_type)
+                    elif image is None:
                         t = blocks.add(key, None, text, meta, MISSING_IMAGE, f"null {cfg.image_column!r}")
                     elif len(image) > cfg.max_image_bytes:
                         t = blocks.add(key, None, text, meta, TOO_LARGE, f"over input.max_image_bytes={cfg.max_image_bytes}")
@@ -272,7 +283,21 @@ def read_parquet(shard: Shard, cfg: InputConfig, options: dict[str, Any], blocks
             yield t
     if (t := blocks.flush()) is not None:
         yield t
-    yield blocks.end()
+    yield blocks.end(input_rows=input_rows)
+
+
+def _is_bytes(t: pa.DataType) -> bool:
+    return pa.types.is_binary(t) or pa.types.is_large_binary(t) or pa.types.is_fixed_size_binary(t)
+
+
+def _as_text(value: Any) -> str | None:
+    """An alt-text cell of any type: a string as it is, bytes decoded, anything else as JSON (a list
+    text column, a number): kept, never a crash."""
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, bytes):
+        return _text(value)
+    return json.dumps(value, default=str)
 
 
 def read_folder(shard: Shard, cfg: InputConfig, options: dict[str, Any], blocks: _Blocks) -> Iterator[pa.Table]:

@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 
 from pipeline.io.shards import Shard
 from pipeline.io.storage import get_fs, join
-from pipeline.schema import KEY, META, SHARD_END, SOURCE, STATUS
+from pipeline.schema import KEY, META, READ_ERROR, SHARD_END, SOURCE, STATUS
 
 log = logging.getLogger(__name__)
 COMMITTED = "_committed"
@@ -99,6 +99,7 @@ class _Pending:
     tables: list[pa.Table] = field(default_factory=list)
     rows: int = 0
     expected: int | None = None
+    input_rows: int | None = None  # what the input says it holds (a Parquet footer), where it says
 
 
 class ShardCommitter:
@@ -136,6 +137,7 @@ class ShardCommitter:
                 self.failed[source] = end["failed"]
                 continue
             self.pending[source].expected = end["rows"]
+            self.pending[source].input_rows = end.get("input_rows")
             self._maybe_commit(source)
         return rows.num_rows
 
@@ -153,11 +155,16 @@ class ShardCommitter:
             buf = io.BytesIO()
             pq.write_table(table, buf, compression=self.compression)
             write_atomic(join(self.output, table_name, f"{name}.parquet"), buf.getvalue(), self.options)
-        self._mark(source, name, sum(counts.values()), counts)
+        if p.input_rows is not None and not counts.get(READ_ERROR) and p.rows != p.input_rows:
+            raise RuntimeError(f"shard {source}: {p.rows} rows for the {p.input_rows} its footer lists")
+        self._mark(source, name, sum(counts.values()), counts, p.input_rows)
         del self.pending[source]
 
-    def _mark(self, source: str, name: str, rows: int, counts: Counter[str]) -> None:
-        marker = {"source": source, "name": name, "rows": rows, "counts": dict(counts), "config_digest": self.digest}
+    def _mark(self, source: str, name: str, rows: int, counts: Counter[str], input_rows: int | None = None) -> None:
+        marker: dict[str, Any] = {"source": source, "name": name, "rows": rows, "counts": dict(counts),
+                                  "config_digest": self.digest}
+        if input_rows is not None:
+            marker["input_rows"] = input_rows
         shard = self.inputs.get(source)
         if shard is not None:
             marker.update(size=shard.size, etag=shard.etag)

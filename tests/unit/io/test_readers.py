@@ -1,5 +1,6 @@
 import json
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -27,6 +28,31 @@ def test_a_glob_of_only_unreadable_files_is_an_error_naming_what_it_matched(tmp_
         (tmp_path / f"{i:05d}.tar.gz").write_bytes(b"gzip")
     with pytest.raises(ValueError, match=r"matched 4 object\(s\) \(00000.tar.gz, 00001.tar.gz, 00002.tar.gz, ...\) but none"):
         list_shards([str(tmp_path / "*")])
+
+
+def test_parquet_columns_of_any_type_never_crash_the_read(tmp_path):
+    pq.write_table(pa.table({"key": [1, 2], "jpg": [10, 20], "txt": [["a", "b"], None]}), tmp_path / "ints.parquet")
+    got = rows(Shard(str(tmp_path / "ints.parquet"), "parquet"))
+    assert [r["status"] for r in got] == [READ_ERROR, READ_ERROR] and [r["key"] for r in got] == ["1", "2"]
+    assert got[0]["error"] == "input.image_column 'jpg' holds int64, not bytes"
+    assert got[0]["text"] == '["a", "b"]' and got[1]["text"] is None  # a list text column: kept, as JSON
+    pq.write_table(pa.table({"jpg": [jpeg(np.zeros((8, 8, 3), np.uint8))], "txt": [7]}), tmp_path / "num.parquet")
+    got = rows(Shard(str(tmp_path / "num.parquet"), "parquet"))
+    assert got[0]["status"] == OK and got[0]["text"] == "7"
+
+
+def test_zero_byte_objects_are_rows(tmp_path):
+    (tmp_path / "empty.tar").write_bytes(b"")
+    (tmp_path / "empty.parquet").write_bytes(b"")
+    assert [r["status"] for r in rows(Shard(str(tmp_path / "empty.tar"), "webdataset"))] == [READ_ERROR]
+    assert [r["status"] for r in rows(Shard(str(tmp_path / "empty.parquet"), "parquet"))] == [READ_ERROR]
+
+
+def test_a_parquet_shard_end_says_what_its_footer_lists(tmp_path):
+    write_parquet(tmp_path / "p.parquet", 5, size=32)
+    tables = list(read_shard(Shard(str(tmp_path / "p.parquet"), "parquet"), CFG, {}))
+    end = pa.concat_tables(tables).to_pylist()[-1]
+    assert json.loads(end["meta"]) == {"rows": 5, "input_rows": 5}
 
 
 def test_expand_braces():
