@@ -64,7 +64,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             options[flag.dest] = value
     from pipeline.io.writer import OutputError
     from pipeline.job import build_job
-    from pipeline.run import ShardsFailed, run_job
+    from pipeline.run import ShardsFailed, Stopped, run_job
 
     try:
         cfg = load_config(args.config, overrides, defaults=spec.defaults)
@@ -75,6 +75,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ConfigError, OutputError, FileNotFoundError, ValueError) as e:
         print(f"capfilt: {e}", file=sys.stderr)
         return 2
+    except Stopped as e:
+        _print_summary(args.job, e.summary)
+        print(f"capfilt: {e}", file=sys.stderr)
+        return Stopped.EXIT_CODE
     except ShardsFailed as e:
         _print_summary(args.job, e.summary)
         print(f"capfilt: {e}", file=sys.stderr)

@@ -150,6 +150,7 @@ class RunConfig:
     log_every_s: float = 10.0
     num_cpus: int | None = None  # local Ray only; null = all cores
     stall_timeout_s: float = 1800.0  # no block for this long (lost node, hung actor) → exit 3 with a message
+    grace_s: float = 30.0  # on SIGTERM/SIGINT: how long the shards in flight may take to commit, then exit 5
 
 
 @dataclass(frozen=True)
@@ -272,7 +273,7 @@ def _build(cls: Any, data: Any, where: str) -> Any:
 
 _POSITIVE = {"batch_size", "num_beams", "num_captions", "max_new_tokens", "max_pixels", "rows_per_block",
              "concurrency", "top_k", "max_text_tokens", "max_image_bytes", "max_text_chars", "max_memory_mb"}
-_NON_NEGATIVE = {"timeout_s", "read_retries", "retry_backoff_s", "stall_timeout_s",
+_NON_NEGATIVE = {"grace_s", "timeout_s", "read_retries", "retry_backoff_s", "stall_timeout_s",
                  "num_gpus", "num_cpus", "min_new_tokens", "temperature"}
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
 import threading
 import time
@@ -57,6 +58,68 @@ class Watchdog:
                 sys.stderr.write(msg + "\n")
                 sys.stderr.flush()
                 os._exit(self.EXIT_CODE)  # the Ray call we wait in may never return: leave now
+
+
+class Stop:
+    """SIGTERM/SIGINT (spot preemption, Ctrl-C) as a request to stop: the run commits the shards already
+    in flight for up to `grace_s`, starts nothing new, then exits 5 (Stopped). A second signal, or the
+    grace running out while the run waits on Ray, exits at once with the same code. Nothing partial is
+    ever visible: a shard's files are written whole, and only when all its rows are in."""
+
+    EXIT_CODE = 5
+
+    def __init__(self, grace_s: float):
+        self.grace_s = grace_s
+        self.signal: str | None = None
+        self.at = 0.0
+        self._old: dict[int, Any] = {}
+        self._timer: threading.Timer | None = None
+
+    def __enter__(self) -> Stop:
+        if threading.current_thread() is threading.main_thread():  # Python delivers signals there only
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+        if self._timer is not None:
+            self._timer.cancel()
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.signal is not None:
+            self._leave(f"capfilt: second {signal.Signals(signum).name}: leaving now. Committed shards are kept; "
+                        "rerun the same command to resume.")
+        self.signal, self.at = signal.Signals(signum).name, time.monotonic()
+        log.warning("%s: committing the shards in flight (up to run.grace_s=%gs), starting no new ones",
+                    self.signal, self.grace_s)
+        self._timer = threading.Timer(self.grace_s + 10, self._leave, args=(
+            f"capfilt: {self.signal}: the shards in flight did not finish within run.grace_s={self.grace_s:g}s; "
+            "leaving now. Committed shards are kept; rerun the same command to resume.",))
+        self._timer.daemon = True
+        self._timer.start()
+
+    def done(self, pending: int) -> bool:
+        """Whether a stopping run should leave now: nothing in flight, or the grace is over."""
+        return self.signal is not None and (pending == 0 or time.monotonic() - self.at > self.grace_s)
+
+    def _leave(self, msg: str) -> None:
+        log.error(msg)
+        sys.stderr.write(msg + "\n")
+        sys.stderr.flush()
+        os._exit(self.EXIT_CODE)
+
+
+class Stopped(RuntimeError):
+    """The run stopped on a signal, after committing what was in flight."""
+
+    EXIT_CODE = Stop.EXIT_CODE
+
+    def __init__(self, sig: str, uncommitted: list[str], summary: Summary):
+        self.summary = summary
+        super().__init__(f"stopped by {sig}: {summary.shards_done} shard(s) committed in this run, {len(uncommitted)} "
+                         "in flight not committed (nothing of them is visible). Rerun the same command to resume.")
 
 
 class ShardsFailed(RuntimeError):
@@ -119,29 +182,35 @@ def run_job(job: Job, inputs: list[str], output: str, cfg: Config) -> Summary:
     progress = Progress(len(p.todo), cfg.run.progress, cfg.run.log_every_s)
     first_block_at: float | None = None
     first_rows = 0
+    stopped: str | None = None
     stages: dict[str, dict[str, float]] = {}
     if p.todo:
         from pipeline import ray_adapter
 
         ray_adapter.init_ray(cfg)
         execution = ray_adapter.Execution(job, p.todo, cfg)
-        with Watchdog(cfg.run.stall_timeout_s) as watchdog:
+        with Watchdog(cfg.run.stall_timeout_s) as watchdog, Stop(cfg.run.grace_s) as stop:
             for block in execution.blocks():
                 watchdog.beat()
                 rows = committer.add(block)
                 if first_block_at is None:
                     first_block_at, first_rows = time.monotonic(), rows
                 progress.update(rows, len(committer.committed))
+                if stop.done(len(committer.pending)):
+                    stopped = stop.signal
+                    break
         progress.close()
         stages = execution.stage_times()
-        if committer.incomplete():
+        if committer.incomplete() and stopped is None:
             raise RuntimeError(f"shards not complete at the end of the run: {committer.incomplete()}")
     else:
         log.info("nothing to do: all %d shards of %s are committed", len(p.shards), output)
     extra: dict[str, Any] = {}
     if committer.failed:  # the post-run hook needs every shard (a top-fraction cut over part is wrong)
         extra["failed_shards"] = dict(sorted(committer.failed.items()))
-    elif job.finish is not None:
+    if stopped is not None:
+        extra["stopped"] = {"signal": stopped, "uncommitted_shards": committer.incomplete()}
+    elif not committer.failed and job.finish is not None:
         extra = job.finish(Finished(cfg, output, p.digest, job.options))
     end = time.monotonic()
     rows_total = sum(committer.counts.values())
@@ -158,6 +227,8 @@ def run_job(job: Job, inputs: list[str], output: str, cfg: Config) -> Summary:
                       end - start, None if first_block_at is None else first_block_at - start, steady, stages,
                       shards_total=len(p.shards), extra=extra)
     write_report(job, inputs, cfg, p.digest, summary)
+    if stopped is not None:
+        raise Stopped(stopped, committer.incomplete(), summary)
     if committer.failed:
         raise ShardsFailed(committer.failed, summary)
     return summary

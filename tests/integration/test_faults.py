@@ -193,6 +193,45 @@ def test_sigkill_driver_half_way_then_rerun_finishes_exactly_once(tmp_path, ray_
 
 
 @pytest.mark.slow
+def test_sigterm_commits_what_is_in_flight_exits_5_and_a_rerun_finishes_exactly_once(tmp_path, ray_dir):
+    import os
+    import signal
+    import subprocess
+    import time
+
+    keys = write_webdataset(tmp_path / "in", n_shards=10, per_shard=4, size=96)
+    out = tmp_path / "out"
+    cmd = cli("caption", "--input", str(tmp_path / "in" / "*.tar"), "--output", str(out), "--config", TINY,
+              "--set", "caption.max_new_tokens=20", "--set", "caption.min_new_tokens=20", "--set", "caption.batch_size=4",
+              "--set", "input.rows_per_block=4", "--set", "run.progress=log", "--set", "run.grace_s=60")
+    env = subprocess_env(ray_dir)
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and proc.poll() is None:
+        if (out / "_committed").exists() and len(list((out / "_committed").glob("*.json"))) >= 2:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run ended before the signal: " + proc.stderr.read()[-2000:]
+    os.kill(proc.pid, signal.SIGTERM)  # the driver only, as a spot preemption notice reaches it
+    sent = time.monotonic()
+    stdout, stderr = proc.communicate(timeout=120)
+    took = time.monotonic() - sent
+    kill_leftovers(str(ray_dir))
+    print(f"SIGTERM: exit {proc.returncode} {took:.1f}s later")
+    assert proc.returncode == 5, stderr[-3000:]
+    assert "stopped by SIGTERM" in stderr and "Rerun the same command to resume" in stderr
+    done = {p.stem for p in (out / "_committed").glob("*.json")}
+    files = list((out / "captions").iterdir())
+    assert {p.stem for p in files} == done and not [p for p in files if p.name.startswith(".")]  # nothing partial
+    assert 2 <= len(done) < 10
+    rerun = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    kill_leftovers(str(ray_dir))
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    rows = pq.read_table(out / "captions").to_pylist()
+    assert sorted(r["key"] for r in rows) == sorted(keys)  # 0 missing, 0 duplicates
+
+
+@pytest.mark.slow
 def test_canary_credentials_never_leak(s3_server, tmp_path, ray_dir):
     import subprocess
 
