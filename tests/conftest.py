@@ -6,6 +6,7 @@ import logging
 import os
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -48,6 +49,8 @@ class FlakyS3:
     def __init__(self, app: object):
         self.app, self.fail_every, self.count, self.failed = app, 0, 0, 0
         self.expired = False  # while set: ranged GETs past an object's first byte answer 403 ExpiredToken
+        self.outage_until = 0.0  # until this time.monotonic(): every request answers 503 SlowDown
+        self.slow_every, self.slow_s, self.gets = 0, 0.0, 0  # every slow_every-th GET waits slow_s first
         self.lock = threading.Lock()
 
     def _past_first_block(self, environ: dict) -> bool:
@@ -59,7 +62,14 @@ class FlakyS3:
             self.count += 1
             fail = self.fail_every and self.count % self.fail_every == 0 and "moto-api" not in environ["PATH_INFO"]
             expired = self.expired and self._past_first_block(environ)
+            fail = fail or (time.monotonic() < self.outage_until and "moto-api" not in environ["PATH_INFO"])
             self.failed += bool(fail or expired)
+            slow = False
+            if self.slow_every and environ["REQUEST_METHOD"] == "GET":
+                self.gets += 1
+                slow = self.gets % self.slow_every == 0
+        if slow:
+            time.sleep(self.slow_s)  # past the client's read timeout: it times out and retries
         if expired:
             start_response("403 Forbidden", [("Content-Type", "application/xml"), ("Content-Length", str(len(self.EXPIRED)))])
             return [self.EXPIRED]
@@ -101,13 +111,13 @@ def s3(s3_server: FlakyS3) -> Iterator[object]:
 
     import s3fs
 
-    s3_server.fail_every, s3_server.expired = 0, False
+    s3_server.fail_every, s3_server.expired, s3_server.outage_until, s3_server.slow_every = 0, False, 0.0, 0
     endpoint = s3_server.endpoint  # type: ignore[attr-defined]
     urllib.request.urlopen(urllib.request.Request(f"{endpoint}/moto-api/reset", method="POST")).read()
     s3fs.S3FileSystem.clear_instance_cache()
     fs = s3fs.S3FileSystem(client_kwargs={"endpoint_url": endpoint})
     yield fs
-    s3_server.fail_every, s3_server.expired = 0, False
+    s3_server.fail_every, s3_server.expired, s3_server.outage_until, s3_server.slow_every = 0, False, 0.0, 0
     s3fs.S3FileSystem.clear_instance_cache()
 
 

@@ -71,6 +71,42 @@ def test_expired_credentials_mid_shard_commit_nothing_and_a_rerun_completes(ray_
     assert {r["status"] for r in rows} == {"ok"}
 
 
+def _upload(s3, tmp_path, bucket: str, n_shards: int = 3) -> list[str]:
+    keys = write_webdataset(tmp_path / "in", n_shards=n_shards, per_shard=4, size=96)
+    s3.mkdir(bucket)
+    for p in sorted((tmp_path / "in").glob("*.tar")):
+        s3.put(str(p), f"{bucket}/in/{p.name}")
+    return keys
+
+
+@pytest.mark.slow  # waits out a 30 s outage
+def test_a_30_second_s3_outage_is_ridden_out(ray_local, s3, s3_server, tmp_path):
+    """Every request answers 503 for 30 s from the start of the run, then S3 is healthy: botocore's retries
+    and the shard re-reads ride it out; rows == input, 0 duplicates, 0 missing."""
+    import time
+
+    keys = _upload(s3, tmp_path, "capfilt-outage")
+    s3_server.outage_until = time.monotonic() + 30
+    start = time.monotonic()
+    code = caption(["s3://capfilt-outage/in/*.tar"], "s3://capfilt-outage/out", "--set", "input.retry_backoff_s=2")
+    took = time.monotonic() - start
+    print(f"30 s outage: exit {code} after {took:.0f}s, {s3_server.failed} requests answered 503")
+    assert code == 0 and s3_server.failed >= 5 and took >= 30  # it did meet the outage, and waited it out
+    rows = pq.read_table("capfilt-outage/out/captions", filesystem=s3).to_pylist()
+    assert sorted(r["key"] for r in rows) == sorted(keys) and {r["status"] for r in rows} == {"ok"}
+
+
+def test_read_timeouts_on_one_get_in_ten_lose_nothing(ray_local, s3, s3_server, tmp_path):
+    keys = _upload(s3, tmp_path, "capfilt-slow")
+    s3_server.slow_every, s3_server.slow_s = 10, 3.0
+    storage = "storage={default_block_size: 4096, config_kwargs: {read_timeout: 1, connect_timeout: 1}}"
+    code = caption(["s3://capfilt-slow/in/*.tar"], "s3://capfilt-slow/out", "--set", storage)
+    s3_server.slow_every = 0
+    assert code == 0 and s3_server.gets >= 10
+    rows = pq.read_table("capfilt-slow/out/captions", filesystem=s3).to_pylist()
+    assert sorted(r["key"] for r in rows) == sorted(keys) and {r["status"] for r in rows} == {"ok"}
+
+
 MEMORY_BOUND = 6 * 2**30  # the bound the README states for this corpus on tiny models
 
 
