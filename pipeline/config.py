@@ -35,6 +35,9 @@ class InputConfig:
     # Transient read errors (the filesystem's OSError: throttling past botocore's retries, resets, timeouts,
     # 403 expired credentials, 5xx): the shard is read again this many more times, backing off from
     # retry_backoff_s (doubling, at most 60 s); then it fails, uncommitted, and the run exits 4.
+    # A folder is read as shards of this many samples (image + same-name .txt), each committed on its own
+    # (0: a whole folder is one shard).
+    files_per_shard: int = 1000
     read_retries: int = 5
     retry_backoff_s: float = 1.0
     # CPUs per read task; null = decode.num_cpus, so that Ray fuses each read with its decode in one
@@ -182,7 +185,7 @@ class Config:
         for section in d.values():
             if isinstance(section, dict):
                 for wiring in ("batch_size", "num_gpus", "num_cpus", "num_threads", "concurrency", "rows_per_block",
-                               "read_retries", "retry_backoff_s", "timeout_s"):
+                               "read_retries", "retry_backoff_s", "timeout_s", "files_per_shard"):
                     section.pop(wiring, None)
         return hashlib.sha1(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:10]
 
@@ -273,7 +276,7 @@ def _build(cls: Any, data: Any, where: str) -> Any:
 
 _POSITIVE = {"batch_size", "num_beams", "num_captions", "max_new_tokens", "max_pixels", "rows_per_block",
              "concurrency", "top_k", "max_text_tokens", "max_image_bytes", "max_text_chars", "max_memory_mb"}
-_NON_NEGATIVE = {"grace_s", "timeout_s", "read_retries", "retry_backoff_s", "stall_timeout_s",
+_NON_NEGATIVE = {"files_per_shard", "grace_s", "timeout_s", "read_retries", "retry_backoff_s", "stall_timeout_s",
                  "num_gpus", "num_cpus", "min_new_tokens", "temperature"}
 
 

@@ -147,7 +147,7 @@ class Plan:
 def plan(job: Job, inputs: list[str], output: str, cfg: Config) -> Plan:
     """Everything that can be checked before Ray starts: the inputs match shards (FileNotFoundError,
     ValueError), the output can be written (OutputError), and it holds no shard of another config."""
-    shards = list_shards(inputs, cfg.input.format, cfg.storage)
+    shards = list_shards(inputs, cfg.input.format, cfg.storage, cfg.input.image_extensions, cfg.input.files_per_shard)
     check_writable(output, cfg.storage)
     digest = cfg.digest(job.sections)
     done = committed_shards(output, cfg.storage)

@@ -27,7 +27,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.config import InputConfig
-from pipeline.io.shards import Shard
+from pipeline.io.shards import Shard, folder_samples
 from pipeline.io.storage import get_fs
 from pipeline.schema import (
     DUPLICATE_KEY,
@@ -301,25 +301,19 @@ def _as_text(value: Any) -> str | None:
 
 
 def read_folder(shard: Shard, cfg: InputConfig, options: dict[str, Any], blocks: _Blocks) -> Iterator[pa.Table]:
-    """A folder of images with optional same-name `.txt`; keys are paths relative to the folder."""
-    fs, root = get_fs(shard.uri, options)
-    root = root.rstrip("/")
-    image_exts = set(cfg.image_extensions)
-    groups: dict[str, dict[str, str]] = {}
-    for p in sorted(_infra(fs.find, root)):
-        rel = p[len(root) + 1 :]
-        stem, dot, ext = rel.rpartition(".")
-        if dot and (ext.lower() in image_exts or ext.lower() == "txt"):
-            groups.setdefault(stem, {})["txt" if ext.lower() == "txt" else "image"] = p
-    for key, files in groups.items():
+    """A folder (or a part of one: see shards.py) of images with optional same-name `.txt`; keys are
+    paths relative to the folder."""
+    fs, root = get_fs(shard.root or shard.uri, options)
+    samples = shard.files if shard.files is not None else _infra(folder_samples, fs, root, cfg.image_extensions)
+    for key, image, txt in samples:
         try:
-            text = _text(fs.cat_file(files["txt"])) if "txt" in files else None
-            if "image" not in files:
+            text = _text(fs.cat_file(txt)) if txt else None
+            if not image:
                 t = blocks.add(key, None, text, None, MISSING_IMAGE, "no image file for this text")
-            elif fs.size(files["image"]) > cfg.max_image_bytes:
+            elif fs.size(image) > cfg.max_image_bytes:
                 t = blocks.add(key, None, text, None, TOO_LARGE, f"file over input.max_image_bytes={cfg.max_image_bytes}")
             else:
-                t = blocks.add(key, fs.cat_file(files["image"]), text)
+                t = blocks.add(key, fs.cat_file(image), text)
         except FileNotFoundError as e:  # gone between listing and reading: the folder's data, not a fault
             t = blocks.add(key, None, None, None, READ_ERROR, f"{type(e).__name__}: {e}")
         except OSError as e:

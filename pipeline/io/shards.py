@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import posixpath
 import re
 from dataclasses import dataclass
@@ -42,6 +43,39 @@ class Shard:
     format: str  # webdataset | parquet | folder
     size: int | None = None  # bytes, when known
     etag: str | None = None  # the object's ETag (S3), when known: a marker records it with the size
+    # A part of a folder: the folder (keys are paths relative to it) and its samples, as
+    # (key, image path, text path); None for a whole folder, listed by its reader.
+    root: str | None = None
+    files: tuple[tuple[str, str | None, str | None], ...] | None = None
+
+
+def folder_samples(fs: Any, root: str, image_extensions: tuple[str, ...],
+                   paths: list[str] | None = None) -> list[tuple[str, str | None, str | None]]:
+    """A folder's samples in key order: (key, image path, text path); keys are paths relative to the
+    folder, without the extension; a text without an image (or the reverse) is still a sample. `paths`:
+    the folder's files, where they are listed already."""
+    root = root.rstrip("/")
+    exts = {e.lower() for e in image_extensions}
+    groups: dict[str, dict[str, str]] = {}
+    for p in sorted(fs.find(root) if paths is None else paths):
+        stem, dot, ext = p[len(root) + 1 :].rpartition(".")
+        if dot and (ext.lower() in exts or ext.lower() == "txt"):
+            groups.setdefault(stem, {})["txt" if ext.lower() == "txt" else "image"] = p
+    return [(key, g.get("image"), g.get("txt")) for key, g in groups.items()]
+
+
+def _folder_parts(fs: Any, path: str, uri: str, image_extensions: tuple[str, ...], per_shard: int) -> list[Shard]:
+    """A folder as shards of `per_shard` samples, each committed on its own: `<folder>#part-00000`, ...
+    Each part's ETag is a hash of its keys, so a folder that changed under a committed part is noticed."""
+    found = fs.find(path, detail=True)
+    samples = folder_samples(fs, path, image_extensions, list(found))
+    out = []
+    for k in range(0, max(len(samples), 1), per_shard):
+        part = tuple(samples[k : k + per_shard])
+        etag = hashlib.sha1("\0".join(key for key, _, _ in part).encode()).hexdigest()[:16]
+        size = sum(found[f].get("size") or 0 for _, image, txt in part for f in (image, txt) if f)
+        out.append(Shard(f"{uri.rstrip('/')}#part-{k // per_shard:05d}", "folder", size, etag, uri, part))
+    return out
 
 
 def _format_of(path: str, isdir: bool, fmt: str) -> str | None:
@@ -55,8 +89,11 @@ def _format_of(path: str, isdir: bool, fmt: str) -> str | None:
     return None
 
 
-def list_shards(inputs: list[str], fmt: str = "auto", options: dict[str, Any] | None = None) -> list[Shard]:
-    """Lists every shard the inputs name; raises FileNotFoundError naming a pattern that matched nothing."""
+def list_shards(inputs: list[str], fmt: str = "auto", options: dict[str, Any] | None = None,
+                image_extensions: tuple[str, ...] = ("jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff"),
+                files_per_shard: int = 0) -> list[Shard]:
+    """Lists every shard the inputs name (a folder as shards of `files_per_shard` samples; 0: whole);
+    raises FileNotFoundError naming a pattern that matched nothing."""
     shards: dict[str, Shard] = {}
     for raw in inputs:
         for pattern in expand_braces(raw):
@@ -81,6 +118,9 @@ def list_shards(inputs: list[str], fmt: str = "auto", options: dict[str, Any] | 
                 if f == "folder" and not isdir:
                     raise ValueError(f"input {pattern!r}: input.format is 'folder' but this is a file")
                 uri = unstrip(fs, p)
+                if f == "folder" and files_per_shard:
+                    shards.update((part.uri, part) for part in _folder_parts(fs, p, uri, image_extensions, files_per_shard))
+                    continue
                 etag = info.get("ETag") or info.get("etag")
                 shards[uri] = Shard(uri=uri, format=f, size=info.get("size"), etag=str(etag).strip('"') if etag else None)
             if not readable:  # e.g. a glob that matches only .tar.gz: not one shard, and that is no success

@@ -35,7 +35,7 @@ def shard_ids(shards: list[Shard], taken: dict[str, str] | None = None) -> dict[
     unique — among these shards, or against `taken` (name → URI of the markers already in the output), so
     that `x/00001.tar` and, in a later run into the same output, `y/00001.tar` never write one file."""
     def stem(uri: str) -> str:
-        base = posixpath.basename(uri.rstrip("/"))
+        base = posixpath.basename(uri.rstrip("/")).replace("#", "-")  # a folder's parts: `imgs#part-00001`
         return base.split(".")[0] or "shard"
 
     taken = taken or {}

@@ -133,6 +133,28 @@ def test_the_same_shard_stem_from_two_folders_into_one_output_keeps_both(ray_loc
     assert "holds 6 rows (ok=6) from 2 committed shards" not in capsys.readouterr().out  # no shard was skipped
 
 
+def test_a_folder_of_1000_files_is_committed_in_parts(ray_local, tmp_path):
+    """1,000 images in a folder, 250 per shard: four shards, each committed on its own, every key once."""
+    import numpy as np
+
+    from tests.fixtures.samples import jpeg
+
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(1000):
+        (folder / f"{i:04d}.jpg").write_bytes(jpeg(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)))
+    out = tmp_path / "out"
+    assert caption([str(folder)], str(out), "--set", "input.files_per_shard=250", "--set", "caption.strategy=greedy",
+                   "--set", "caption.max_new_tokens=3", "--set", "caption.min_new_tokens=1", "--set", "caption.batch_size=64",
+                   "--set", "input.rows_per_block=64") == 0
+    markers = sorted(json.loads(p.read_text())["source"] for p in (out / "_committed").iterdir())
+    assert markers == [f"{folder}#part-{k:05d}" for k in range(4)]
+    table = pq.read_table(out / "captions")
+    assert sorted(table["key"].to_pylist()) == [f"{i:04d}" for i in range(1000)]
+    assert len(list((out / "captions").iterdir())) == 4
+
+
 def test_bad_config_and_inputs_exit_2_with_one_line(tmp_path, capsys):
     assert caption([str(tmp_path)], str(tmp_path / "o"), "--set", "caption.num_beams=x") == 2
     err = capsys.readouterr().err.strip()

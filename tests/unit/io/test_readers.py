@@ -55,6 +55,19 @@ def test_a_parquet_shard_end_says_what_its_footer_lists(tmp_path):
     assert json.loads(end["meta"]) == {"rows": 5, "input_rows": 5}
 
 
+def test_a_folder_is_listed_as_parts_of_files_per_shard_samples(tmp_path):
+    keys = write_folder(tmp_path / "imgs", 10, size=32)
+    parts = list_shards([str(tmp_path / "imgs")], files_per_shard=4)
+    assert [s.uri.rsplit("/", 1)[1] for s in parts] == ["imgs#part-00000", "imgs#part-00001", "imgs#part-00002"]
+    assert [len(s.files) for s in parts] == [4, 4, 2] and all(s.root == str(tmp_path / "imgs") for s in parts)
+    got = [r for s in parts for r in rows(s)]
+    assert sorted(r["key"] for r in got) == sorted(keys) and {r["status"] for r in got} == {OK}
+    again = list_shards([str(tmp_path / "imgs")], files_per_shard=4)
+    assert [(s.uri, s.etag) for s in again] == [(s.uri, s.etag) for s in parts]  # stable across runs
+    (tmp_path / "imgs" / "aaa.jpg").write_bytes(jpeg(np.zeros((8, 8, 3), np.uint8)))  # the folder changed
+    assert list_shards([str(tmp_path / "imgs")], files_per_shard=4)[0].etag != parts[0].etag
+
+
 def test_expand_braces():
     assert expand_braces("s3://b/{00008..00010}.tar") == ["s3://b/00008.tar", "s3://b/00009.tar", "s3://b/00010.tar"]
     assert expand_braces("{a,b}/{1..2}") == ["a/1", "a/2", "b/1", "b/2"]
