@@ -150,6 +150,9 @@ class ShardCommitter:
         rows = pa.concat_tables(p.tables, promote_options="permissive") if p.tables else None
         name = self.ids[source]
         counts: Counter[str] = Counter(rows[STATUS].to_pylist()) if rows is not None else Counter()
+        if self._committed_meanwhile(source, name):
+            del self.pending[source]
+            return
         for table_name, schema in self.tables.items():
             table = rows.select(schema.names).cast(schema).sort_by(KEY) if rows is not None else schema.empty_table()
             buf = io.BytesIO()
@@ -159,6 +162,24 @@ class ShardCommitter:
             raise RuntimeError(f"shard {source}: {p.rows} rows for the {p.input_rows} its footer lists")
         self._mark(source, name, sum(counts.values()), counts, p.input_rows)
         del self.pending[source]
+
+    def _committed_meanwhile(self, source: str, name: str) -> bool:
+        """Whether another driver on this output committed the shard since this run planned: with this
+        config, its files are this shard's rows already (kept as they are); with another, this run stops
+        rather than mix the two."""
+        fs, path = get_fs(join(self.output, COMMITTED, f"{name}.json"), self.options)
+        try:
+            marker = json.loads(fs.cat_file(path))
+        except FileNotFoundError:
+            return False
+        if marker.get("source") != source or marker.get("config_digest") != self.digest:
+            raise RuntimeError(f"shard {source}: {marker.get('source')} was committed to {self.output!r} as {name!r} "
+                               f"by another run (config digest {marker.get('config_digest')}) while this one ran; "
+                               "use a new --output")
+        log.info("shard %s was committed meanwhile by another run with this config: kept as it is", source)
+        self.counts.update(marker.get("counts", {}))
+        self.committed.append(source)
+        return True
 
     def _mark(self, source: str, name: str, rows: int, counts: Counter[str], input_rows: int | None = None) -> None:
         marker: dict[str, Any] = {"source": source, "name": name, "rows": rows, "counts": dict(counts),

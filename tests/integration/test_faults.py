@@ -268,6 +268,36 @@ def test_sigterm_commits_what_is_in_flight_exits_5_and_a_rerun_finishes_exactly_
 
 
 @pytest.mark.slow
+def test_two_drivers_started_together_on_one_output_commit_every_shard_once(tmp_path):
+    """Two `capfilt` processes, each with its own local Ray, on the same inputs and output at the same time:
+    every shard committed once, rows == input, 0 duplicates (a shard both finish is written by both to
+    the same name with the same rows: output names come from the inputs, never from the driver)."""
+    import shutil
+    import subprocess
+    import tempfile
+
+    keys = write_webdataset(tmp_path / "in", n_shards=6, per_shard=4, size=96)
+    out = tmp_path / "out"
+    cmd = cli("caption", "--input", str(tmp_path / "in" / "*.tar"), "--output", str(out), "--config", TINY,
+              "--set", "caption.max_new_tokens=8", "--set", "input.rows_per_block=4", "--set", "run.progress=log")
+    dirs = [Path(tempfile.mkdtemp(prefix="cfray", dir="/tmp")) for _ in range(2)]
+    try:
+        procs = [subprocess.Popen(cmd, env=subprocess_env(d), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                 for d in dirs]
+        results = [p.communicate(timeout=400) for p in procs]
+    finally:
+        for d in dirs:
+            kill_leftovers(str(d))
+            shutil.rmtree(d, ignore_errors=True)
+    assert [p.returncode for p in procs] == [0, 0], [r[1][-2000:] for r in results]
+    markers = sorted(p.name for p in (out / "_committed").iterdir())
+    assert markers == [f"{i:05d}.json" for i in range(6)]
+    rows = pq.read_table(out / "captions").to_pylist()
+    assert sorted(r["key"] for r in rows) == sorted(keys)  # 0 missing, 0 duplicates
+    assert not [p for p in (out / "captions").iterdir() if p.name.startswith(".")]
+
+
+@pytest.mark.slow
 def test_canary_credentials_never_leak(s3_server, tmp_path, ray_dir):
     import subprocess
 

@@ -1,10 +1,12 @@
-"""A shard that failed on infrastructure errors commits nothing, whatever order its blocks arrive in."""
+"""Commits: a shard that failed on infrastructure errors commits nothing, whatever order its blocks arrive
+in; a shard another driver committed meanwhile is kept (same config) or refused (another)."""
 
 from __future__ import annotations
 
 import json
 
 import pyarrow as pa
+import pytest
 
 from pipeline.io.shards import Shard
 from pipeline.io.writer import ShardCommitter, shard_ids
@@ -29,3 +31,19 @@ def test_a_failed_shard_drops_its_rows_before_and_after_its_end(tmp_path):
     assert c.incomplete() == []
     assert sorted(p.name for p in (tmp_path / "captions").iterdir()) == ["b.parquet"]
     assert [p.name for p in (tmp_path / "_committed").iterdir()] == ["b.json"]
+
+
+def test_a_shard_another_driver_committed_meanwhile_is_kept_or_refused(tmp_path):
+    shards = [Shard("s3://b/a.tar", "webdataset")]
+    ids = shard_ids(shards)
+    first = ShardCommitter(str(tmp_path), {"captions": CAPTIONS_SCHEMA}, ids, {}, "d1")
+    first.add(block("s3://b/a.tar", ["a1", "a2"], end={"rows": 2}))
+    written = (tmp_path / "captions" / "a.parquet").read_bytes()
+    same = ShardCommitter(str(tmp_path), {"captions": CAPTIONS_SCHEMA}, ids, {}, "d1")
+    same.add(block("s3://b/a.tar", ["a1", "a2"], end={"rows": 2}))
+    assert same.committed == ["s3://b/a.tar"] and same.counts == {"ok": 2}
+    assert (tmp_path / "captions" / "a.parquet").read_bytes() == written
+    other = ShardCommitter(str(tmp_path), {"captions": CAPTIONS_SCHEMA}, ids, {}, "d2")
+    with pytest.raises(RuntimeError, match="committed .* by another run"):
+        other.add(block("s3://b/a.tar", ["a1", "a2"], end={"rows": 2}))
+    assert (tmp_path / "captions" / "a.parquet").read_bytes() == written
