@@ -51,7 +51,8 @@ def finish(run: Finished) -> dict[str, Any]:
         return {}
     from pipeline.top_fraction import finish_top_fraction
 
-    return finish_top_fraction(run.output, c.fraction, run.digest, run.cfg.storage, run.cfg.output.compression)
+    return finish_top_fraction(run.output, c.fraction, run.digest, run.cfg.storage, run.cfg.output.compression,
+                               again=bool(run.options.get("retry")))
 
 
 JOB = JobSpec(

@@ -7,6 +7,7 @@ import importlib
 import logging
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from pipeline.config import ConfigError, load_config
 from pipeline.job import JobSpec
@@ -42,48 +43,83 @@ def parser(specs: dict[str, JobSpec]) -> argparse.ArgumentParser:
                 j.add_argument(flag.name, dest=flag.dest, action="store_true", help=flag.help)
             else:
                 j.add_argument(flag.name, dest=flag.dest, metavar=flag.metavar, help=flag.help)
+    r = sub.add_parser("retry", help=RETRY_HELP, description=RETRY_HELP)
+    r.add_argument("output", metavar="OUT", help="the output folder of an earlier run (local or s3://)")
+    r.add_argument("--config", "-c", metavar="FILE",
+                   help="YAML for what run.json does not keep: storage options (redacted there), run.* wiring")
+    r.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a wiring field (batch sizes, resources); output-shaping fields must stay as they were")
+    r.add_argument("--address", help="Ray cluster to attach to (default: RAY_ADDRESS, else a local Ray)")
+    r.add_argument("--verbose", "-v", action="store_true")
     return p
+
+
+RETRY_HELP = ("run the rows whose status is retryable (decode_timeout, model_error, model_oom) of an earlier run "
+              "again, with its job, inputs and config (OUT/run.json), and write them back into their shards")
+
+
+def _retry_args(args: argparse.Namespace, specs: dict[str, JobSpec]) -> tuple[JobSpec, dict[str, Any], list[str], str]:
+    """(job, config under the user's --config/--set, inputs) of the run that wrote OUT, from its run.json."""
+    import json
+
+    from pipeline.io.storage import get_fs, join
+
+    fs, path = get_fs(join(args.output, "run.json"))
+    try:
+        run = json.loads(fs.cat_file(path))
+    except FileNotFoundError:
+        raise ConfigError(f"retry: {args.output!r} holds no run.json: not the output of a capfilt run") from None
+    base = dict(run["config"])
+    base.pop("storage", None)  # redacted in run.json: storage options come from --config / --set
+    base.pop("run", None)  # wiring of that machine
+    return specs[run["job"]], base, list(run["inputs"]), run["job"]
+
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     specs = job_specs()
     args = parser(specs).parse_args(argv)
-    spec = specs[args.job]
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     overrides = list(args.overrides)
     if args.address:
         overrides.append(f"run.address={args.address}")
-    options = {}
-    for flag in spec.flags:
-        value = getattr(args, flag.dest)
-        if flag.override is not None:
-            if value:
-                overrides.append(flag.override)
-        else:
-            options[flag.dest] = value
+    retry = args.job == "retry"
+    options: dict[str, Any] = {"retry": True} if retry else {}
     from pipeline.io.writer import OutputError
     from pipeline.job import build_job
     from pipeline.run import ShardsFailed, Stopped, run_job
 
     try:
-        cfg = load_config(args.config, overrides, defaults=spec.defaults)
+        if retry:
+            spec, defaults, inputs, name = _retry_args(args, specs)
+        else:
+            spec, inputs, name = specs[args.job], args.input, args.job
+            defaults = spec.defaults
+            for flag in spec.flags:
+                value = getattr(args, flag.dest)
+                if flag.override is not None:
+                    if value:
+                        overrides.append(flag.override)
+                else:
+                    options[flag.dest] = value
+        cfg = load_config(args.config, overrides, defaults=defaults)
         # Everything a user can get wrong fails here, in one line with exit 2, before Ray starts: the
         # config, the models (build_job), the inputs and the output (run_job plans before it starts Ray).
         job = build_job(spec, cfg, options)
-        summary = run_job(job, args.input, args.output, cfg)
+        summary = run_job(job, inputs, args.output, cfg, retry=retry)
     except (ConfigError, OutputError, FileNotFoundError, ValueError) as e:
         print(f"capfilt: {e}", file=sys.stderr)
         return 2
     except Stopped as e:
-        _print_summary(args.job, e.summary)
+        _print_summary(name, e.summary)
         print(f"capfilt: {e}", file=sys.stderr)
         return Stopped.EXIT_CODE
     except ShardsFailed as e:
-        _print_summary(args.job, e.summary)
+        _print_summary(name, e.summary)
         print(f"capfilt: {e}", file=sys.stderr)
         return ShardsFailed.EXIT_CODE
-    _print_summary(args.job, summary)
+    _print_summary(f"{name} retry" if retry else name, summary)
     return 0
 
 

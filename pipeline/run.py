@@ -9,15 +9,21 @@ import sys
 import threading
 import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from pipeline.config import Config
 from pipeline.io.shards import Shard, list_shards
+from pipeline.io.storage import get_fs, join
 from pipeline.io.writer import ShardCommitter, check_writable, committed_shards, shard_ids
 from pipeline.job import Finished, Job
 from pipeline.progress import Progress
 from pipeline.report import Summary, write_report
+from pipeline.schema import DECODE_TIMEOUT, KEY, MODEL_ERROR, MODEL_OOM, STATUS
 
 log = logging.getLogger("capfilt")
 
@@ -167,6 +173,32 @@ def plan(job: Job, inputs: list[str], output: str, cfg: Config) -> Plan:
     return Plan(shards, todo, digest, shard_ids(shards, {m["name"]: uri for uri, m in done.items()}), done)
 
 
+RETRYABLE = (DECODE_TIMEOUT, MODEL_ERROR, MODEL_OOM)  # what `capfilt retry` runs again
+
+
+def retry_plan(job: Job, inputs: list[str], output: str, cfg: Config) -> Plan:
+    """`capfilt retry`: the committed shards that hold rows whose status is retryable, each limited to
+    those rows' keys; the rows are written back into the shard's own files."""
+    p = plan(job, inputs, output, cfg)
+    table = next(name for name, schema in job.tables.items() if STATUS in schema.names)
+    wanted: dict[str, frozenset[str]] = {}
+    for uri, marker in p.done.items():
+        if not set(RETRYABLE) & set(marker.get("counts", {})):
+            continue
+        fs, path = get_fs(join(output, table, f"{marker['name']}.parquet"), cfg.storage)
+        with fs.open(path, "rb") as f:
+            t = pq.read_table(f, columns=[KEY, STATUS])
+        t = t.filter(pc.is_in(t[STATUS], value_set=pa.array(RETRYABLE)))
+        wanted[uri] = frozenset(t[KEY].to_pylist())
+    missing = sorted(set(wanted) - {s.uri for s in p.shards})
+    if missing:
+        raise ValueError(f"retry: the inputs of {output!r} no longer list {', '.join(missing[:3])}; the rows cannot be read")
+    todo = [replace(s, keys=wanted[s.uri]) for s in p.shards if s.uri in wanted]
+    log.info("retry: %d rows (%s) in %d shards of %s", sum(len(k) for k in wanted.values()), ", ".join(RETRYABLE),
+             len(todo), output)
+    return Plan(p.shards, todo, p.digest, {uri: m["name"] for uri, m in p.done.items()}, p.done)
+
+
 def _changed(shard: Shard, marker: dict[str, Any]) -> bool:
     """Whether the input under a committed shard's URI is not the one committed (where both sides know)."""
     if marker.get("size") is not None and shard.size is not None and marker["size"] != shard.size:
@@ -174,11 +206,13 @@ def _changed(shard: Shard, marker: dict[str, Any]) -> bool:
     return bool(marker.get("etag") and shard.etag and marker["etag"] != shard.etag)
 
 
-def run_job(job: Job, inputs: list[str], output: str, cfg: Config) -> Summary:
-    """Plans shards (skipping committed ones), streams them through the stages, commits per shard."""
+def run_job(job: Job, inputs: list[str], output: str, cfg: Config, retry: bool = False) -> Summary:
+    """Plans shards (skipping committed ones), streams them through the stages, commits per shard.
+    `retry`: runs the retryable rows of committed shards again instead (retry_plan)."""
     start = time.monotonic()
-    p = plan(job, inputs, output, cfg)
-    committer = ShardCommitter(output, job.tables, p.ids, cfg.storage, p.digest, cfg.output.compression, p.shards)
+    p = retry_plan(job, inputs, output, cfg) if retry else plan(job, inputs, output, cfg)
+    committer = ShardCommitter(output, job.tables, p.ids, cfg.storage, p.digest, cfg.output.compression, p.shards,
+                               merge=retry)
     progress = Progress(len(p.todo), cfg.run.progress, cfg.run.log_every_s)
     first_block_at: float | None = None
     first_rows = 0
@@ -217,13 +251,16 @@ def run_job(job: Job, inputs: list[str], output: str, cfg: Config) -> Summary:
     steady = None
     if first_block_at is not None and end - first_block_at > 0:
         steady = (rows_total - first_rows) / (end - first_block_at)
-    totals: Counter[str] = Counter()  # the output as a whole: every marker, of this run and the earlier ones
-    for marker in p.done.values():
+    markers = {**p.done, **committer.markers}  # the output as a whole: every marker, of this run and the earlier ones
+    totals: Counter[str] = Counter()
+    for marker in markers.values():
         totals.update(marker.get("counts", {}))
-    totals.update(committer.counts)
-    extra["totals"] = {"shards_committed": len(p.done) + len(committer.committed), "shards_failed": len(committer.failed),
+    extra["totals"] = {"shards_committed": len(markers), "shards_failed": len(committer.failed),
                        "rows": sum(totals.values()), "counts": dict(sorted(totals.items()))}
-    summary = Summary(output, rows_total, dict(committer.counts), len(committer.committed), len(p.shards) - len(p.todo),
+    if retry:
+        extra["retry"] = {"rows": sum(committer.counts.values()), "shards": len(committer.committed)}
+    skipped = len(p.shards) - len(p.todo) if not retry else 0
+    summary = Summary(output, rows_total, dict(committer.counts), len(committer.committed), skipped,
                       end - start, None if first_block_at is None else first_block_at - start, steady, stages,
                       shards_total=len(p.shards), extra=extra)
     write_report(job, inputs, cfg, p.digest, summary)

@@ -72,13 +72,13 @@ def row_scores(table: pa.Table) -> np.ndarray:
 
 
 def finish_top_fraction(output: str, fraction: float, digest: str, options: dict[str, Any],
-                        compression: str = "zstd") -> dict[str, Any]:
+                        compression: str = "zstd", again: bool = False) -> dict[str, Any]:
     """Sets keep/keep_text in every captions file from the global cut; returns what run.json records."""
     fs, path = get_fs(join(output, "captions"), options)
     files = sorted(fs.glob(path.rstrip("/") + "/*.parquet"))
     marker_uri = join(output, SELECTION)
     mfs, mpath = get_fs(marker_uri, options)
-    if mfs.exists(mpath):
+    if mfs.exists(mpath) and not again:  # `again`: rows changed since (a retry): the cut is found anew
         marker = json.loads(mfs.cat_file(mpath))
         if marker.get("config_digest") == digest and marker.get("files") == len(files):
             return {"selection": marker}

@@ -63,8 +63,9 @@ READ_SCHEMA = pa.schema(
 class _Blocks:
     """Collects rows and hands out tables of `size` rows; makes keys unique within the shard."""
 
-    def __init__(self, source: str, cfg: InputConfig, skip: int = 0):
+    def __init__(self, source: str, cfg: InputConfig, skip: int = 0, keys: frozenset[str] | None = None):
         self.source, self.size, self.max_text = source, cfg.rows_per_block, cfg.max_text_chars
+        self.keys = keys  # only these samples (a retry); the others are read past
         self.rows: list[dict[str, Any]] = []
         self.count = 0
         self.skip = skip  # a re-read after a transient error: the first `skip` rows were yielded already
@@ -85,6 +86,8 @@ class _Blocks:
             image = None
         else:
             self.seen[key] = 0
+        if self.keys is not None and key not in self.keys:
+            return None
         if text is not None and len(text) > self.max_text:
             text = text[: self.max_text]
         self.count += 1
@@ -106,7 +109,7 @@ class _Blocks:
         """The last block: what is left plus the SHARD_END row carrying the row count (and the count the
         input says it holds, where it says: a Parquet footer's)."""
         meta: dict[str, Any] = {"rows": self.count}
-        if input_rows is not None:
+        if input_rows is not None and self.keys is None:
             meta["input_rows"] = input_rows
         self.rows.append(_end_row(self.source, meta))
         table = pa.Table.from_pylist(self.rows, schema=READ_SCHEMA)
@@ -341,7 +344,7 @@ def read_shard(shard: Shard, cfg: InputConfig, options: dict[str, Any]) -> Itera
     fails ends with a SHARD_END row whose meta says `failed` (and nothing of it is committed)."""
     yielded = 0
     for attempt in range(cfg.read_retries + 1):
-        blocks = _Blocks(shard.uri, cfg, skip=yielded)
+        blocks = _Blocks(shard.uri, cfg, skip=yielded, keys=shard.keys)
         try:
             for table in READERS[shard.format](shard, cfg, options, blocks):
                 yielded += table.num_rows

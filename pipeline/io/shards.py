@@ -47,6 +47,7 @@ class Shard:
     # (key, image path, text path); None for a whole folder, listed by its reader.
     root: str | None = None
     files: tuple[tuple[str, str | None, str | None], ...] | None = None
+    keys: frozenset[str] | None = None  # `capfilt retry`: only these samples of the shard
 
 
 def folder_samples(fs: Any, root: str, image_extensions: tuple[str, ...],

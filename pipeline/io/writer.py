@@ -107,8 +107,12 @@ class ShardCommitter:
     of the job's tables (captions/, embeddings/), then the shard's marker."""
 
     def __init__(self, output: str, tables: dict[str, pa.Schema], ids: dict[str, str],
-                 options: dict[str, Any], digest: str, compression: str = "zstd", shards: list[Shard] | None = None):
+                 options: dict[str, Any], digest: str, compression: str = "zstd", shards: list[Shard] | None = None,
+                 merge: bool = False):
         self.output, self.tables, self.ids = output, tables, ids
+        # `capfilt retry`: a shard's new rows replace the rows of the same keys in its committed files
+        self.merge = merge
+        self.markers: dict[str, dict[str, Any]] = {}  # the markers this run wrote: shard URI → marker
         self.inputs = {s.uri: s for s in shards or []}  # what a marker records of its input
         self.options, self.digest, self.compression = options, digest, compression
         self.pending: dict[str, _Pending] = defaultdict(_Pending)
@@ -150,17 +154,23 @@ class ShardCommitter:
         rows = pa.concat_tables(p.tables, promote_options="permissive") if p.tables else None
         name = self.ids[source]
         counts: Counter[str] = Counter(rows[STATUS].to_pylist()) if rows is not None else Counter()
-        if self._committed_meanwhile(source, name):
+        if not self.merge and self._committed_meanwhile(source, name):
             del self.pending[source]
             return
+        shard_counts = counts  # the marker's: every row of the shard (with a retry's merged in)
         for table_name, schema in self.tables.items():
             table = rows.select(schema.names).cast(schema).sort_by(KEY) if rows is not None else schema.empty_table()
+            if self.merge:
+                table = self._merged(table_name, name, table)
+                if STATUS in table.column_names:
+                    shard_counts = Counter(table[STATUS].to_pylist())
             buf = io.BytesIO()
             pq.write_table(table, buf, compression=self.compression)
             write_atomic(join(self.output, table_name, f"{name}.parquet"), buf.getvalue(), self.options)
         if p.input_rows is not None and not counts.get(READ_ERROR) and p.rows != p.input_rows:
             raise RuntimeError(f"shard {source}: {p.rows} rows for the {p.input_rows} its footer lists")
-        self._mark(source, name, sum(counts.values()), counts, p.input_rows)
+        self._mark(source, name, shard_counts, p.input_rows, retried=p.rows if self.merge else None)
+        self.counts.update(counts)
         del self.pending[source]
 
     def _committed_meanwhile(self, source: str, name: str) -> bool:
@@ -181,16 +191,27 @@ class ShardCommitter:
         self.committed.append(source)
         return True
 
-    def _mark(self, source: str, name: str, rows: int, counts: Counter[str], input_rows: int | None = None) -> None:
-        marker: dict[str, Any] = {"source": source, "name": name, "rows": rows, "counts": dict(counts),
+    def _merged(self, table_name: str, name: str, new: pa.Table) -> pa.Table:
+        """The shard's committed rows, with those of the new rows' keys replaced by the new ones."""
+        fs, path = get_fs(join(self.output, table_name, f"{name}.parquet"), self.options)
+        with fs.open(path, "rb") as f:
+            old = pq.read_table(f).cast(new.schema)
+        keep = pc.invert(pc.is_in(old[KEY], value_set=new[KEY]))
+        return pa.concat_tables([old.filter(keep), new]).sort_by(KEY)
+
+    def _mark(self, source: str, name: str, counts: Counter[str], input_rows: int | None = None,
+              retried: int | None = None) -> None:
+        marker: dict[str, Any] = {"source": source, "name": name, "rows": sum(counts.values()), "counts": dict(counts),
                                   "config_digest": self.digest}
         if input_rows is not None:
             marker["input_rows"] = input_rows
+        if retried is not None:
+            marker["retried_rows"] = retried
         shard = self.inputs.get(source)
         if shard is not None:
             marker.update(size=shard.size, etag=shard.etag)
         write_atomic(join(self.output, COMMITTED, f"{name}.json"), json.dumps(marker).encode(), self.options)
-        self.counts.update(counts)
+        self.markers[source] = marker
         self.committed.append(source)
 
     def incomplete(self) -> list[str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -42,11 +43,27 @@ def take(values: Any, ix: np.ndarray) -> Any:
     return values if len(ix) == len(values) and (ix == np.arange(len(values))).all() else values[ix]
 
 
+# Fault injection for the model-failure and retry tests: with CAPFILT_FAILPOINT_MODEL_ERROR=<marker> in the
+# environment, a row whose alt-text starts with <marker> makes every model call that holds it raise. Off
+# unless that variable is set.
+_MODEL_ERROR_MARKER = os.environ.get("CAPFILT_FAILPOINT_MODEL_ERROR", "")
+
+
 def run_model(batch: dict[str, np.ndarray], rows: np.ndarray,
               fn: Callable[[np.ndarray], list[Any]]) -> tuple[np.ndarray, list[Any]]:
     """`fn(ix)` → one result per position in `rows` (ix indexes `rows`), with failures isolated to their
     rows (models/oom.run_rows): those get the failure's status and error here. → (the rows that
     succeeded, their results)."""
+    if _MODEL_ERROR_MARKER and TEXT in batch:
+        poisoned = {j for j, i in enumerate(rows) if str(batch[TEXT][i] or "").startswith(_MODEL_ERROR_MARKER)}
+        if poisoned:
+            model = fn
+
+            def fn(ix: np.ndarray) -> list[Any]:
+                if poisoned & set(ix.tolist()):
+                    raise RuntimeError("failpoint: a model error on this row (CAPFILT_FAILPOINT_MODEL_ERROR)")
+                return model(ix)
+
     results = run_rows(fn, np.arange(len(rows))) if len(rows) else []
     failed = [j for j, r in enumerate(results) if isinstance(r, RowFailure)]
     if not failed:
