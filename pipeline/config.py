@@ -144,6 +144,9 @@ class EmbedConfig:
 @dataclass(frozen=True)
 class OutputConfig:
     compression: str = "zstd"
+    # The driver holds at most this many rows of an open shard; the rest wait as parts in OUT/_staging/
+    # until the shard commits as one file (one row group per part): its memory does not grow with shard size.
+    rows_per_part: int = 4096
 
 
 @dataclass(frozen=True)
@@ -185,7 +188,7 @@ class Config:
         for section in d.values():
             if isinstance(section, dict):
                 for wiring in ("batch_size", "num_gpus", "num_cpus", "num_threads", "concurrency", "rows_per_block",
-                               "read_retries", "retry_backoff_s", "timeout_s", "files_per_shard"):
+                               "read_retries", "retry_backoff_s", "timeout_s", "files_per_shard", "rows_per_part"):
                     section.pop(wiring, None)
         return hashlib.sha1(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:10]
 
@@ -276,7 +279,8 @@ def _build(cls: Any, data: Any, where: str) -> Any:
 
 _POSITIVE = {"batch_size", "num_beams", "num_captions", "max_new_tokens", "max_pixels", "rows_per_block",
              "concurrency", "top_k", "max_text_tokens", "max_image_bytes", "max_text_chars", "max_memory_mb"}
-_NON_NEGATIVE = {"files_per_shard", "grace_s", "timeout_s", "read_retries", "retry_backoff_s", "stall_timeout_s",
+_NON_NEGATIVE = {"rows_per_part", "files_per_shard", "grace_s", "timeout_s", "read_retries", "retry_backoff_s",
+                 "stall_timeout_s",
                  "num_gpus", "num_cpus", "min_new_tokens", "temperature"}
 
 

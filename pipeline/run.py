@@ -212,7 +212,7 @@ def run_job(job: Job, inputs: list[str], output: str, cfg: Config, retry: bool =
     start = time.monotonic()
     p = retry_plan(job, inputs, output, cfg) if retry else plan(job, inputs, output, cfg)
     committer = ShardCommitter(output, job.tables, p.ids, cfg.storage, p.digest, cfg.output.compression, p.shards,
-                               merge=retry)
+                               merge=retry, rows_per_part=cfg.output.rows_per_part)
     progress = Progress(len(p.todo), cfg.run.progress, cfg.run.log_every_s)
     first_block_at: float | None = None
     first_rows = 0

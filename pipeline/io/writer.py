@@ -15,6 +15,7 @@ import logging
 import posixpath
 import uuid
 from collections import Counter, defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,6 +29,7 @@ from pipeline.schema import KEY, META, READ_ERROR, SHARD_END, SOURCE, STATUS
 
 log = logging.getLogger(__name__)
 COMMITTED = "_committed"
+STAGING = "_staging"  # parts of shards larger than output.rows_per_part, until their commit (`_`: readers skip it)
 
 
 def shard_ids(shards: list[Shard], taken: dict[str, str] | None = None) -> dict[str, str]:
@@ -77,21 +79,30 @@ def _why(output: str, e: BaseException) -> str:
     return f"{type(e).__name__}: {text[:300]}"
 
 
-def write_atomic(uri: str, data: bytes, options: dict[str, Any] | None = None) -> None:
-    """Never leaves a partial object at `uri`: local files are renamed into place; an S3 PUT is atomic."""
+def write_atomic(uri: str, data: bytes | Callable[[Any], None], options: dict[str, Any] | None = None) -> None:
+    """Never leaves a partial object at `uri`: local files are renamed into place; an S3 object appears
+    whole when its PUT (or multipart upload) completes. `data`: bytes, or a function that writes to a file."""
     fs, path = get_fs(uri, options)
+
+    def put(target: str) -> None:
+        if isinstance(data, bytes):
+            fs.pipe_file(target, data)
+        else:
+            with fs.open(target, "wb") as f:
+                data(f)
+
     if "file" in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)):
         fs.makedirs(posixpath.dirname(path), exist_ok=True)
         # A leading dot: readers of the folder (pyarrow, pandas, duckdb/polars globs) skip it.
         tmp = posixpath.join(posixpath.dirname(path), f".{posixpath.basename(path)}.tmp-{uuid.uuid4().hex[:8]}")
         try:
-            fs.pipe_file(tmp, data)
+            put(tmp)
             fs.mv(tmp, path)
         finally:
             if fs.exists(tmp):
                 fs.rm(tmp)
     else:
-        fs.pipe_file(path, data)
+        put(path)
 
 
 @dataclass
@@ -100,6 +111,9 @@ class _Pending:
     rows: int = 0
     expected: int | None = None
     input_rows: int | None = None  # what the input says it holds (a Parquet footer), where it says
+    parts: int = 0  # parts spilled to OUT/_staging/<name>/ (a shard larger than output.rows_per_part)
+    buffered: int = 0  # rows held here, not spilled
+    counts: Counter[str] = field(default_factory=Counter)  # statuses of the spilled rows
 
 
 class ShardCommitter:
@@ -108,8 +122,11 @@ class ShardCommitter:
 
     def __init__(self, output: str, tables: dict[str, pa.Schema], ids: dict[str, str],
                  options: dict[str, Any], digest: str, compression: str = "zstd", shards: list[Shard] | None = None,
-                 merge: bool = False):
+                 merge: bool = False, rows_per_part: int = 0):
         self.output, self.tables, self.ids = output, tables, ids
+        # The driver holds at most this many rows of a shard: the rest waits as parts in OUT/_staging/,
+        # so its memory does not grow with shard size (0: whole shards in memory).
+        self.rows_per_part = 0 if merge else rows_per_part
         # `capfilt retry`: a shard's new rows replace the rows of the same keys in its committed files
         self.merge = merge
         self.markers: dict[str, dict[str, Any]] = {}  # the markers this run wrote: shard URI → marker
@@ -133,11 +150,16 @@ class ShardCommitter:
                 p = self.pending[source]
                 p.tables.append(part)
                 p.rows += part.num_rows
+                p.buffered += part.num_rows
+                if self.rows_per_part and p.buffered >= self.rows_per_part and not self._complete(p):
+                    self._spill(source)
                 self._maybe_commit(source)
         for source, meta in zip(ends[SOURCE].to_pylist(), ends[META].to_pylist(), strict=True):
             end = json.loads(meta)
             if "failed" in end:  # infrastructure errors past the read retries: nothing of it is committed
-                self.pending.pop(source, None)
+                dropped = self.pending.pop(source, None)
+                if dropped is not None and dropped.parts:
+                    self._unstage(self.ids[source])
                 self.failed[source] = end["failed"]
                 continue
             self.pending[source].expected = end["rows"]
@@ -145,20 +167,64 @@ class ShardCommitter:
             self._maybe_commit(source)
         return rows.num_rows
 
+    @staticmethod
+    def _complete(p: _Pending) -> bool:
+        return p.expected is not None and p.rows >= p.expected
+
+    def _staged(self, name: str, table_name: str, k: int) -> str:
+        return join(self.output, STAGING, name, f"{table_name}.{k:05d}.parquet")
+
+    def _spill(self, source: str) -> None:
+        """The shard's buffered rows → a part in OUT/_staging/<name>/ (one file per table)."""
+        p, name = self.pending[source], self.ids[source]
+        if p.parts == 0:
+            self._unstage(name)  # what a run cut short left there
+        rows = pa.concat_tables(p.tables, promote_options="permissive")
+        for table_name, schema in self.tables.items():
+            buf = io.BytesIO()
+            pq.write_table(rows.select(schema.names).cast(schema).sort_by(KEY), buf, compression=self.compression)
+            write_atomic(self._staged(name, table_name, p.parts), buf.getvalue(), self.options)
+        p.counts.update(rows[STATUS].to_pylist())
+        p.parts, p.tables, p.buffered = p.parts + 1, [], 0
+
+    def _unstage(self, name: str) -> None:
+        fs, path = get_fs(join(self.output, STAGING, name), self.options)
+        if fs.exists(path):
+            fs.rm(path, recursive=True)
+
+    def _write_parts(self, uri: str, name: str, table_name: str, schema: pa.Schema, parts: int) -> None:
+        """One file from a shard's staged parts, one row group per part: never more than a part in memory."""
+        def write(f: Any) -> None:
+            with pq.ParquetWriter(f, schema, compression=self.compression) as writer:
+                for k in range(parts):
+                    pfs, ppath = get_fs(self._staged(name, table_name, k), self.options)
+                    with pfs.open(ppath, "rb") as pf:
+                        writer.write_table(pq.read_table(pf).cast(schema))
+
+        write_atomic(uri, write, self.options)
+
     def _maybe_commit(self, source: str) -> None:
         p = self.pending[source]
         if p.expected is None or p.rows < p.expected:
             return
         if p.rows > p.expected:  # a retried read task delivered some rows twice
             raise RuntimeError(f"shard {source}: {p.rows} rows arrived for {p.expected} read")
-        rows = pa.concat_tables(p.tables, promote_options="permissive") if p.tables else None
         name = self.ids[source]
-        counts: Counter[str] = Counter(rows[STATUS].to_pylist()) if rows is not None else Counter()
         if not self.merge and self._committed_meanwhile(source, name):
             del self.pending[source]
+            if p.parts:
+                self._unstage(name)
             return
+        if p.parts and p.tables:
+            self._spill(source)  # the last part
+        rows = pa.concat_tables(p.tables, promote_options="permissive") if p.tables else None
+        counts: Counter[str] = p.counts + (Counter(rows[STATUS].to_pylist()) if rows is not None else Counter())
         shard_counts = counts  # the marker's: every row of the shard (with a retry's merged in)
         for table_name, schema in self.tables.items():
+            uri = join(self.output, table_name, f"{name}.parquet")
+            if p.parts:
+                self._write_parts(uri, name, table_name, schema, p.parts)
+                continue
             table = rows.select(schema.names).cast(schema).sort_by(KEY) if rows is not None else schema.empty_table()
             if self.merge:
                 table = self._merged(table_name, name, table)
@@ -166,11 +232,13 @@ class ShardCommitter:
                     shard_counts = Counter(table[STATUS].to_pylist())
             buf = io.BytesIO()
             pq.write_table(table, buf, compression=self.compression)
-            write_atomic(join(self.output, table_name, f"{name}.parquet"), buf.getvalue(), self.options)
+            write_atomic(uri, buf.getvalue(), self.options)
         if p.input_rows is not None and not counts.get(READ_ERROR) and p.rows != p.input_rows:
             raise RuntimeError(f"shard {source}: {p.rows} rows for the {p.input_rows} its footer lists")
         self._mark(source, name, shard_counts, p.input_rows, retried=p.rows if self.merge else None)
         self.counts.update(counts)
+        if p.parts:
+            self._unstage(name)
         del self.pending[source]
 
     def _committed_meanwhile(self, source: str, name: str) -> bool:

@@ -145,7 +145,8 @@ def test_a_folder_of_1000_files_is_committed_in_parts(ray_local, tmp_path):
     for i in range(1000):
         (folder / f"{i:04d}.jpg").write_bytes(jpeg(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)))
     out = tmp_path / "out"
-    assert caption([str(folder)], str(out), "--set", "input.files_per_shard=250", "--set", "caption.strategy=greedy",
+    assert caption([str(folder)], str(out), "--set", "input.files_per_shard=250", "--set", "output.rows_per_part=100",
+                   "--set", "caption.strategy=greedy",
                    "--set", "caption.max_new_tokens=3", "--set", "caption.min_new_tokens=1", "--set", "caption.batch_size=64",
                    "--set", "input.rows_per_block=64") == 0
     markers = sorted(json.loads(p.read_text())["source"] for p in (out / "_committed").iterdir())
@@ -153,6 +154,7 @@ def test_a_folder_of_1000_files_is_committed_in_parts(ray_local, tmp_path):
     table = pq.read_table(out / "captions")
     assert sorted(table["key"].to_pylist()) == [f"{i:04d}" for i in range(1000)]
     assert len(list((out / "captions").iterdir())) == 4
+    assert not (out / "_staging").exists() or not list((out / "_staging").iterdir())  # no part left behind
 
 
 def test_bad_config_and_inputs_exit_2_with_one_line(tmp_path, capsys):

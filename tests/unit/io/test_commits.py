@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from pipeline.io.shards import Shard
@@ -47,3 +48,25 @@ def test_a_shard_another_driver_committed_meanwhile_is_kept_or_refused(tmp_path)
     with pytest.raises(RuntimeError, match="committed .* by another run"):
         other.add(block("s3://b/a.tar", ["a1", "a2"], end={"rows": 2}))
     assert (tmp_path / "captions" / "a.parquet").read_bytes() == written
+
+
+def test_a_large_shard_waits_in_parts_and_commits_as_one_file(tmp_path):
+    """With rows_per_part=3 the committer never holds more than a part of a shard; the shard still appears
+    as one file (one row group per part), only at its commit, and its parts are gone after."""
+    shards = [Shard("s3://b/big.tar", "webdataset"), Shard("s3://b/bad.tar", "webdataset")]
+    c = ShardCommitter(str(tmp_path), {"captions": CAPTIONS_SCHEMA}, shard_ids(shards), {}, "d", rows_per_part=3)
+    keys = [f"k{i:02d}" for i in range(10)]
+    for i in range(0, 10, 2):
+        c.add(block("s3://b/big.tar", keys[i : i + 2]))
+        assert c.pending["s3://b/big.tar"].buffered < 3 + 2
+        assert not (tmp_path / "captions").exists()  # nothing visible before the commit
+    assert len(list((tmp_path / "_staging" / "big").iterdir())) == 2  # parts of 4 and 4; the last 2 still held
+    c.add(block("s3://b/big.tar", [], end={"rows": 10}))
+    f = pq.ParquetFile(tmp_path / "captions" / "big.parquet")
+    assert f.metadata.num_row_groups == 3 and f.read()["key"].to_pylist() == keys
+    assert not (tmp_path / "_staging" / "big").exists()
+    assert json.loads((tmp_path / "_committed" / "big.json").read_text())["counts"] == {"ok": 10}
+    c.add(block("s3://b/bad.tar", keys[:4]))
+    assert (tmp_path / "_staging" / "bad").exists()
+    c.add(block("s3://b/bad.tar", [], end={"failed": "TimeoutError", "attempts": 6}))
+    assert not (tmp_path / "_staging" / "bad").exists() and not (tmp_path / "captions" / "bad.parquet").exists()
