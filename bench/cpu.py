@@ -224,9 +224,61 @@ def bench_pipeline(inputs: str, out: Path, model: str, threads: int, batch: int)
             "seconds": summary.seconds, "first_block_s": summary.first_block_s, "peak_rss": mem.peak,
             "peak_pss": mem.peak_pss, "peak_breakdown_mib": mem.breakdown}
 
+def bench_bad_rows(n: int) -> dict[str, Any]:
+    """The cost of a bad row: `n` undecodable images (non-images, truncated and corrupt JPEGs) through
+    DecodeImages as a run decodes them (in the isolated child), against `n` good web JPEGs."""
+    import time
+
+    from pipeline.config import DecodeConfig
+    from pipeline.decode.geometry import Target
+    from pipeline.schema import ERROR, IMAGE, OK, STATUS
+    from pipeline.stages.decode import DecodeImages
+
+    good = web_jpegs(16, seed=5)
+    bad = [b"<html>not an image</html>", good[0][: len(good[0]) // 3], good[1][:200] + b"\x00" * 5000]
+    stage = DecodeImages(DecodeConfig(), (Target("p", 384, 384),))
+
+    def per_row(datas: list[bytes]) -> tuple[float, list[str]]:
+        batch = {STATUS: np.array([OK] * len(datas), dtype=object), ERROR: np.full(len(datas), None, dtype=object),
+                 IMAGE: np.array(datas, dtype=object)}
+        stage(dict(batch))  # warm: the decoder child starts
+        start = time.perf_counter()
+        out = stage(batch)
+        return (time.perf_counter() - start) / len(datas), sorted(set(out[STATUS]))
+
+    bad_s, statuses = per_row([bad[i % len(bad)] for i in range(n)])
+    good_s, _ = per_row([good[i % len(good)] for i in range(n)])
+    return {"rows": n, "bad_ms_per_row": bad_s * 1e3, "good_ms_per_row": good_s * 1e3, "bad_statuses": statuses}
+
+
+def bench_driver_memory(work: Path, images: int, small: int, rows_per_part: int) -> dict[str, Any]:
+    """The driver's peak RSS for the same images as shards of `small` rows and as shards 10× larger, with
+    output.rows_per_part below the large shards (the `embed` job, tiny CLIP: the driver's share is
+    what it holds of open shards)."""
+    from jobs.embed import JOB
+    from pipeline.config import load_config
+    from pipeline.job import build_job
+    from pipeline.run import run_job
+
+    pool = web_jpegs(64, seed=6)
+    out: dict[str, Any] = {"images": images, "rows_per_part": rows_per_part}
+    for label, per_shard in (("1x", small), ("10x", small * 10)):
+        shards = write_shards((pool[i % len(pool)] for i in range(images)), work / f"drv-{label}", per_shard)
+        cfg = load_config(None, ["clip.model=tiny:clip", "clip.device=cpu", "clip.num_cpus=0.5", "clip.batch_size=64",
+                                 "decode.num_cpus=0.5", "run.progress=none", f"output.rows_per_part={rows_per_part}",
+                                 "input.rows_per_block=64"])
+        with PeakRss() as mem:
+            summary = run_job(build_job(JOB, cfg), [shards], str(work / f"drv-out-{label}"), cfg)
+        out[f"shard_rows_{label}"] = per_shard
+        out[f"driver_peak_rss_{label}"] = mem.peak_driver
+        out[f"rows_{label}"] = summary.rows
+    out["ratio"] = out["driver_peak_rss_10x"] / out["driver_peak_rss_1x"]
+    return out
+
+
 MEMORY_SHARD = 64  # images per shard of the memory runs: 1× is 64 shards, 32 model batches
 
-CPU_PARTS = ("decode", "cross", "small", "tiny", "memory")
+CPU_PARTS = ("decode", "cross", "small", "tiny", "memory", "faults")
 
 EXTRA_PARTS = ("cross-base",)  # only when asked for (`--only cross-base`): full-size BLIP-base and ViT-GPT2, ~3 min
 
@@ -248,7 +300,9 @@ def cpu_suite(quick: bool, work: Path, parts: tuple[str, ...] = CPU_PARTS) -> di
     if "cross-base" in parts:
         res["cross_base"] = bench_cross_base(2, 8)
         res["beam_cache"] = bench_beam_cache(2, 16, 20.0)
-    if not {"small", "tiny", "memory"} & set(parts):
+    if "faults" in parts:
+        res["bad_rows"] = bench_bad_rows(int(1000 * scale) or 50)
+    if not {"small", "tiny", "memory", "faults"} & set(parts):
         return res  # no pipeline runs: no Ray
     ray_adapter.init_ray(load_config(None, ["run.num_cpus=2"]))  # as the jobs start it
     try:
@@ -289,6 +343,9 @@ def cpu_suite(quick: bool, work: Path, parts: tuple[str, ...] = CPU_PARTS) -> di
                              "peak_pss_1x": one["peak_pss"], "peak_pss_10x": ten["peak_pss"],
                              "ratio": ten["peak_pss"] / one["peak_pss"],
                              "breakdown_1x_mib": one["peak_breakdown_mib"], "breakdown_10x_mib": ten["peak_breakdown_mib"]}
+        if "faults" in parts:
+            res["driver_memory"] = bench_driver_memory(work, int(5120 * scale) or 640, int(256 * scale) or 32,
+                                                       int(256 * scale) or 32)
     finally:
         ray_adapter.shutdown()
     return res

@@ -58,6 +58,15 @@ def cpu_table(res: dict[str, Any]) -> str:
             f"| the same as a sum of RSS (shared pages counted once per process) | {m['peak_rss_1x'] / 2**30:.2f} "
             f"| {m['peak_rss_10x'] / 2**30:.2f} | {m['rss_ratio']:.2f}× | |",
         ]
+    if "bad_rows" in res:
+        b = res["bad_rows"]
+        lines.append(f"| cost of a bad row: {b['rows']} undecodable images through DecodeImages (ms per row; good web "
+                     f"JPEGs beside) | {b['good_ms_per_row']:.2f} | {b['bad_ms_per_row']:.2f} | | ≤ 5 ms |")
+    if "driver_memory" in res:
+        d = res["driver_memory"]
+        lines.append(f"| driver peak RSS, {d['images']} images as shards of {d['shard_rows_1x']} vs {d['shard_rows_10x']} rows "
+                     f"(rows_per_part {d['rows_per_part']}; MiB) | {d['driver_peak_rss_1x'] / 2**20:.0f} | "
+                     f"{d['driver_peak_rss_10x'] / 2**20:.0f} | {d['ratio']:.2f}× | ≤ 1.1× |")
     return "\n".join(lines)
 
 def _pct(x: float | None) -> str:
