@@ -130,7 +130,7 @@ def _print_summary(job: str, summary: Summary) -> None:
           f"({summary.shards_skipped} already done{f', {failed} failed' if failed else ''}) in {summary.seconds:.1f}s, "
           f"{fmt_rate(summary.images_per_s)} img/s → {summary.output}")
     totals = summary.extra.get("totals")
-    if totals and summary.shards_skipped:  # a resumed run: what the output holds over all runs
+    if totals:  # what the output holds over all runs into it (the sum of its markers)
         counts = ", ".join(f"{k}={v}" for k, v in totals["counts"].items()) or "none"
         print(f"capfilt {job}: {summary.output} holds {totals['rows']} rows ({counts}) from {totals['shards_committed']} "
               "committed shards")

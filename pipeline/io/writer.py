@@ -256,6 +256,7 @@ class ShardCommitter:
                                "use a new --output")
         log.info("shard %s was committed meanwhile by another run with this config: kept as it is", source)
         self.counts.update(marker.get("counts", {}))
+        self.markers[source] = marker
         self.committed.append(source)
         return True
 

@@ -8,6 +8,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.cli import main
+from tests.fixtures.accounting import check_accounting
 from tests.fixtures.memory import PeakRss
 from tests.fixtures.paths import ROOT  # noqa: E402
 from tests.fixtures.processes import cli, kill_leftovers, subprocess_env
@@ -69,6 +70,7 @@ def test_expired_credentials_mid_shard_commit_nothing_and_a_rerun_completes(ray_
     rows = pq.read_table("capfilt-expired/out/captions", filesystem=s3).to_pylist()
     assert sorted(r["key"] for r in rows) == sorted(keys)  # rows == input: 0 missing, 0 duplicates
     assert {r["status"] for r in rows} == {"ok"}
+    check_accounting("capfilt-expired/out", s3, {f"s3://capfilt-expired/in/{i:05d}.tar": 4 for i in range(3)})
 
 
 def _upload(s3, tmp_path, bucket: str, n_shards: int = 3) -> list[str]:
@@ -94,6 +96,7 @@ def test_a_30_second_s3_outage_is_ridden_out(ray_local, s3, s3_server, tmp_path)
     assert code == 0 and s3_server.failed >= 5 and took >= 30  # it did meet the outage, and waited it out
     rows = pq.read_table("capfilt-outage/out/captions", filesystem=s3).to_pylist()
     assert sorted(r["key"] for r in rows) == sorted(keys) and {r["status"] for r in rows} == {"ok"}
+    check_accounting("capfilt-outage/out", s3, {f"s3://capfilt-outage/in/{i:05d}.tar": 4 for i in range(3)})
 
 
 def test_read_timeouts_on_one_get_in_ten_lose_nothing(ray_local, s3, s3_server, tmp_path):
@@ -105,6 +108,7 @@ def test_read_timeouts_on_one_get_in_ten_lose_nothing(ray_local, s3, s3_server, 
     assert code == 0 and s3_server.gets >= 10
     rows = pq.read_table("capfilt-slow/out/captions", filesystem=s3).to_pylist()
     assert sorted(r["key"] for r in rows) == sorted(keys) and {r["status"] for r in rows} == {"ok"}
+    check_accounting("capfilt-slow/out", s3, {f"s3://capfilt-slow/in/{i:05d}.tar": 4 for i in range(3)})
 
 
 MEMORY_BOUND = 6 * 2**30  # the bound the README states for this corpus on tiny models
@@ -265,6 +269,7 @@ def test_sigterm_commits_what_is_in_flight_exits_5_and_a_rerun_finishes_exactly_
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     rows = pq.read_table(out / "captions").to_pylist()
     assert sorted(r["key"] for r in rows) == sorted(keys)  # 0 missing, 0 duplicates
+    check_accounting(str(out), rows_in={str(tmp_path / "in" / f"{i:05d}.tar"): 4 for i in range(10)})
 
 
 @pytest.mark.slow
@@ -295,6 +300,7 @@ def test_two_drivers_started_together_on_one_output_commit_every_shard_once(tmp_
     rows = pq.read_table(out / "captions").to_pylist()
     assert sorted(r["key"] for r in rows) == sorted(keys)  # 0 missing, 0 duplicates
     assert not [p for p in (out / "captions").iterdir() if p.name.startswith(".")]
+    check_accounting(str(out), rows_in={str(tmp_path / "in" / f"{i:05d}.tar"): 4 for i in range(6)})
 
 
 @pytest.mark.slow

@@ -9,6 +9,7 @@ import subprocess
 import pyarrow.parquet as pq
 import pytest
 
+from tests.fixtures.accounting import check_accounting
 from tests.fixtures.paths import TINY
 from tests.fixtures.processes import cli, kill_leftovers, subprocess_env
 from tests.fixtures.samples import jpeg, tar_bytes
@@ -51,6 +52,7 @@ def test_retry_after_injected_model_errors(tmp_path, ray_dir, photos):
     assert {k: rows[k]["caption"] for k in before} == before  # the other rows are as they were
     markers = [json.loads(p.read_text()) for p in sorted((out / "_committed").iterdir())]
     assert [m["counts"] for m in markers] == [{"ok": 4}, {"ok": 4}] and [m["retried_rows"] for m in markers] == [1, 1]
+    check_accounting(str(out), rows_in={str(tmp_path / "in" / f"{i:05d}.tar"): 4 for i in range(2)})
     report = json.loads((out / "run.json").read_text())
     assert report["totals"]["counts"] == {"ok": 8} and report["retry"] == {"rows": 2, "shards": 2}
     again = subprocess.run(cli("retry", str(out)), env=subprocess_env(ray_dir), capture_output=True, text=True, timeout=300)
