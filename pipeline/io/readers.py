@@ -246,8 +246,9 @@ def read_parquet(shard: Shard, cfg: InputConfig, options: dict[str, Any], blocks
     input_rows: int | None = None
     try:
         with _open(fs, path) as f:
-            # Streamed page by page (no pre-buffering of whole column chunks): a large row group is not
-            # held whole in memory.
+            # No pre-buffering of whole column chunks (measured: a 150 MB row group peaks at +262 MB instead
+            # of +323 MB). pyarrow still decodes a whole row group before it yields its first batch, so a
+            # row group is the unit of a Parquet shard's memory; img2dataset writes small ones.
             pf = pq.ParquetFile(f, buffer_size=1 << 20, pre_buffer=False)
             input_rows = pf.metadata.num_rows
             schema = pf.schema_arrow
