@@ -12,6 +12,7 @@ import hashlib
 import io
 import json
 import logging
+import os
 import posixpath
 import uuid
 from collections import Counter, defaultdict
@@ -103,6 +104,42 @@ def write_atomic(uri: str, data: bytes | Callable[[Any], None], options: dict[st
                 fs.rm(tmp)
     else:
         put(path)
+
+
+def create_once(uri: str, data: bytes, options: dict[str, Any] | None = None) -> bool:
+    """Writes `uri` only where nothing is: True if this call created it, False if an object was there.
+    Locally a temp file is hard-linked into place (the link fails if the name exists); on S3 a PUT with
+    `If-None-Match: *` (s3fs's mode="create"). A store that refuses conditional writes gets a plain PUT
+    (with a warning): the check before the data was written still stands."""
+    fs, path = get_fs(uri, options)
+    protocols = fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)
+    if "file" in protocols:
+        fs.makedirs(posixpath.dirname(path), exist_ok=True)
+        tmp = posixpath.join(posixpath.dirname(path), f".{posixpath.basename(path)}.tmp-{uuid.uuid4().hex[:8]}")
+        fs.pipe_file(tmp, data)
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            return False
+        except OSError:  # a filesystem without hard links: check, then rename (the check before the data stands)
+            if fs.exists(path):
+                return False
+            fs.mv(tmp, path)
+            return True
+        finally:
+            if fs.exists(tmp):
+                fs.rm(tmp)
+        return True
+    if "s3" in protocols:
+        try:
+            fs.pipe_file(path, data, mode="create")
+            return True
+        except FileExistsError:
+            return False
+        except OSError as e:  # e.g. 501 NotImplemented from a store without conditional writes
+            log.warning("conditional write refused by the store (%s): the marker is written plainly", e)
+    fs.pipe_file(path, data)
+    return True
 
 
 @dataclass
@@ -235,8 +272,10 @@ class ShardCommitter:
             write_atomic(uri, buf.getvalue(), self.options)
         if p.input_rows is not None and not counts.get(READ_ERROR) and p.rows != p.input_rows:
             raise RuntimeError(f"shard {source}: {p.rows} rows for the {p.input_rows} its footer lists")
-        self._mark(source, name, shard_counts, p.input_rows, retried=p.rows if self.merge else None)
-        self.counts.update(counts)
+        if self._mark(source, name, shard_counts, p.input_rows, retried=p.rows if self.merge else None):
+            self.counts.update(counts)
+        else:  # another driver's marker won the race (this run wrote the same rows to the same file)
+            self._committed_meanwhile(source, name)
         if p.parts:
             self._unstage(name)
         del self.pending[source]
@@ -253,7 +292,7 @@ class ShardCommitter:
         if marker.get("source") != source or marker.get("config_digest") != self.digest:
             raise RuntimeError(f"shard {source}: {marker.get('source')} was committed to {self.output!r} as {name!r} "
                                f"by another run (config digest {marker.get('config_digest')}) while this one ran; "
-                               "use a new --output")
+                               f"its file may hold this run's rows: rerun that run to rewrite it, and use a new --output")
         log.info("shard %s was committed meanwhile by another run with this config: kept as it is", source)
         self.counts.update(marker.get("counts", {}))
         self.markers[source] = marker
@@ -269,7 +308,9 @@ class ShardCommitter:
         return pa.concat_tables([old.filter(keep), new]).sort_by(KEY)
 
     def _mark(self, source: str, name: str, counts: Counter[str], input_rows: int | None = None,
-              retried: int | None = None) -> None:
+              retried: int | None = None) -> bool:
+        """Writes the shard's marker: write-once, so that of two drivers on one output only one commits a
+        shard (a retry rewrites its own). False: another driver's marker was there."""
         marker: dict[str, Any] = {"source": source, "name": name, "rows": sum(counts.values()), "counts": dict(counts),
                                   "config_digest": self.digest}
         if input_rows is not None:
@@ -279,9 +320,14 @@ class ShardCommitter:
         shard = self.inputs.get(source)
         if shard is not None:
             marker.update(size=shard.size, etag=shard.etag)
-        write_atomic(join(self.output, COMMITTED, f"{name}.json"), json.dumps(marker).encode(), self.options)
+        uri, data = join(self.output, COMMITTED, f"{name}.json"), json.dumps(marker).encode()
+        if retried is not None:
+            write_atomic(uri, data, self.options)
+        elif not create_once(uri, data, self.options):
+            return False
         self.markers[source] = marker
         self.committed.append(source)
+        return True
 
     def incomplete(self) -> list[str]:
         return sorted(self.pending)

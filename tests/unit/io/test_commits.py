@@ -70,3 +70,37 @@ def test_a_large_shard_waits_in_parts_and_commits_as_one_file(tmp_path):
     assert (tmp_path / "_staging" / "bad").exists()
     c.add(block("s3://b/bad.tar", [], end={"failed": "TimeoutError", "attempts": 6}))
     assert not (tmp_path / "_staging" / "bad").exists() and not (tmp_path / "captions" / "bad.parquet").exists()
+
+
+def test_a_marker_is_written_once_locally_and_on_s3(tmp_path, s3):
+    from pipeline.io.writer import create_once
+
+    assert create_once(str(tmp_path / "m" / "a.json"), b"first") is True
+    assert create_once(str(tmp_path / "m" / "a.json"), b"second") is False
+    assert (tmp_path / "m" / "a.json").read_bytes() == b"first" and len(list((tmp_path / "m").iterdir())) == 1
+    s3.mkdir("capfilt-once")
+    assert create_once("s3://capfilt-once/m/a.json", b"first") is True
+    assert create_once("s3://capfilt-once/m/a.json", b"second") is False  # If-None-Match: * (moto honours it)
+    assert s3.cat_file("capfilt-once/m/a.json") == b"first"
+
+
+def test_of_two_committers_racing_on_a_shard_one_commits_it(tmp_path, monkeypatch):
+    """Both checked before either committed (the race): the second one's marker write finds the first's,
+    and it counts the shard as committed meanwhile, once, without a second marker."""
+    shards = [Shard("s3://b/a.tar", "webdataset")]
+    ids = shard_ids(shards)
+    first = ShardCommitter(str(tmp_path), {"captions": CAPTIONS_SCHEMA}, ids, {}, "d1")
+    second = ShardCommitter(str(tmp_path), {"captions": CAPTIONS_SCHEMA}, ids, {}, "d1")
+    checks = []
+    real = second._committed_meanwhile
+
+    def late_check(source, name):  # the first call (before the data) sees no marker yet
+        checks.append(name)
+        return False if len(checks) == 1 else real(source, name)
+
+    monkeypatch.setattr(second, "_committed_meanwhile", late_check)
+    first.add(block("s3://b/a.tar", ["a1", "a2"], end={"rows": 2}))
+    second.add(block("s3://b/a.tar", ["a1", "a2"], end={"rows": 2}))
+    assert len(checks) == 2 and second.committed == ["s3://b/a.tar"] and second.counts == {"ok": 2}
+    assert [p.name for p in (tmp_path / "_committed").iterdir()] == ["a.json"]
+    assert pq.read_table(tmp_path / "captions")["key"].to_pylist() == ["a1", "a2"]
