@@ -194,28 +194,35 @@ def test_killed_actor_is_restarted_and_nothing_is_lost_or_doubled(ray_local, tmp
     assert all(r["status"] == "ok" and r["caption"] for r in rows)
 
 
-@pytest.mark.slow
-def test_sigkill_driver_half_way_then_rerun_finishes_exactly_once(tmp_path, ray_dir):
-    import os
-    import signal
+def _run_until_committed(tmp_path, ray_dir, shards_done: int, *extra: str):  # type: ignore[no-untyped-def]
+    """A `capfilt caption` subprocess over 10 shards of 4, once `shards_done` of them are committed
+    → (process, keys, output, command, env)."""
     import subprocess
     import time
 
     keys = write_webdataset(tmp_path / "in", n_shards=10, per_shard=4, size=96)
     out = tmp_path / "out"
     cmd = cli("caption", "--input", str(tmp_path / "in" / "*.tar"), "--output", str(out), "--config", TINY,
-               "--set", "caption.max_new_tokens=20", "--set", "caption.min_new_tokens=20", "--set", "caption.batch_size=4",
-               "--set", "input.rows_per_block=4", "--set", "run.progress=log")
+              "--set", "caption.max_new_tokens=20", "--set", "caption.min_new_tokens=20", "--set", "caption.batch_size=4",
+              "--set", "input.rows_per_block=4", "--set", "run.progress=log", *extra)
     env = subprocess_env(ray_dir)
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     deadline = time.monotonic() + 240
-    committed = 0
     while time.monotonic() < deadline and proc.poll() is None:
-        committed = len(list((out / "_committed").glob("*.json"))) if (out / "_committed").exists() else 0
-        if committed >= 4:
+        if (out / "_committed").exists() and len(list((out / "_committed").glob("*.json"))) >= shards_done:
             break
         time.sleep(0.05)
-    assert proc.poll() is None, "the run ended before it could be killed: " + proc.stdout.read().decode()[-2000:]
+    assert proc.poll() is None, "the run ended before it could be stopped: " + proc.stderr.read()[-2000:]
+    return proc, keys, out, cmd, env
+
+
+@pytest.mark.slow
+def test_sigkill_driver_half_way_then_rerun_finishes_exactly_once(tmp_path, ray_dir):
+    import os
+    import signal
+    import subprocess
+
+    proc, keys, out, cmd, env = _run_until_committed(tmp_path, ray_dir, 4)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     kill_leftovers(str(ray_dir))
@@ -239,19 +246,7 @@ def test_sigterm_commits_what_is_in_flight_exits_5_and_a_rerun_finishes_exactly_
     import subprocess
     import time
 
-    keys = write_webdataset(tmp_path / "in", n_shards=10, per_shard=4, size=96)
-    out = tmp_path / "out"
-    cmd = cli("caption", "--input", str(tmp_path / "in" / "*.tar"), "--output", str(out), "--config", TINY,
-              "--set", "caption.max_new_tokens=20", "--set", "caption.min_new_tokens=20", "--set", "caption.batch_size=4",
-              "--set", "input.rows_per_block=4", "--set", "run.progress=log", "--set", "run.grace_s=60")
-    env = subprocess_env(ray_dir)
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
-    deadline = time.monotonic() + 240
-    while time.monotonic() < deadline and proc.poll() is None:
-        if (out / "_committed").exists() and len(list((out / "_committed").glob("*.json"))) >= 2:
-            break
-        time.sleep(0.05)
-    assert proc.poll() is None, "the run ended before the signal: " + proc.stderr.read()[-2000:]
+    proc, keys, out, cmd, env = _run_until_committed(tmp_path, ray_dir, 2, "--set", "run.grace_s=60")
     os.kill(proc.pid, signal.SIGTERM)  # the driver only, as a spot preemption notice reaches it
     sent = time.monotonic()
     stdout, stderr = proc.communicate(timeout=120)
