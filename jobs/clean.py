@@ -51,8 +51,7 @@ def finish(run: Finished) -> dict[str, Any]:
         return {}
     from pipeline.top_fraction import finish_top_fraction
 
-    return finish_top_fraction(run.output, c.fraction, run.digest, run.cfg.storage, run.cfg.output.compression,
-                               again=bool(run.options.get("retry")))
+    return finish_top_fraction(run.output, c.fraction, run.digest, run.cfg.storage, run.cfg.output.compression)
 
 
 JOB = JobSpec(

@@ -85,7 +85,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.address:
         overrides.append(f"run.address={args.address}")
     retry = args.job == "retry"
-    options: dict[str, Any] = {"retry": True} if retry else {}
+    options: dict[str, Any] = {}
     from pipeline.io.writer import OutputError
     from pipeline.job import build_job
     from pipeline.run import ShardsFailed, Stopped, run_job

@@ -8,6 +8,7 @@ rewritten with `keep`/`keep_text` (score ≥ the cut); a `_selection.json` marke
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import logging
@@ -71,16 +72,25 @@ def row_scores(table: pa.Table) -> np.ndarray:
     return out
 
 
+def _fingerprint(fs: Any, pattern: str) -> tuple[list[str], str]:
+    """The captions files and a hash of what they are now (name, size, ETag or mtime): any rewrite of a
+    file since the cut was found (a resume, `capfilt retry`) changes it."""
+    found = fs.glob(pattern, detail=True)
+    ids = [(f, i.get("size"), str(i.get("ETag") or i.get("mtime") or i.get("LastModified"))) for f, i in sorted(found.items())]
+    return sorted(found), hashlib.sha1(json.dumps(ids, default=str).encode()).hexdigest()[:16]
+
+
 def finish_top_fraction(output: str, fraction: float, digest: str, options: dict[str, Any],
-                        compression: str = "zstd", again: bool = False) -> dict[str, Any]:
+                        compression: str = "zstd") -> dict[str, Any]:
     """Sets keep/keep_text in every captions file from the global cut; returns what run.json records."""
     fs, path = get_fs(join(output, "captions"), options)
-    files = sorted(fs.glob(path.rstrip("/") + "/*.parquet"))
+    pattern = path.rstrip("/") + "/*.parquet"
+    files, now = _fingerprint(fs, pattern)
     marker_uri = join(output, SELECTION)
     mfs, mpath = get_fs(marker_uri, options)
-    if mfs.exists(mpath) and not again:  # `again`: rows changed since (a retry): the cut is found anew
+    if mfs.exists(mpath):
         marker = json.loads(mfs.cat_file(mpath))
-        if marker.get("config_digest") == digest and marker.get("files") == len(files):
+        if marker.get("config_digest") == digest and marker.get("files_digest") == now:
             return {"selection": marker}
 
     def chunks() -> Iterator[np.ndarray]:
@@ -112,7 +122,8 @@ def finish_top_fraction(output: str, fraction: float, digest: str, options: dict
         pq.write_table(t, buf, compression=compression)
         write_atomic(unstrip(fs, f), buf.getvalue(), options)
     marker = {"mode": "top_fraction", "fraction": fraction, "scored_rows": n_scored, "target_rows": k,
-              "kept_rows": kept, "cut": cut, "files": len(files), "config_digest": digest}
+              "kept_rows": kept, "cut": cut, "files": len(files), "config_digest": digest,
+              "files_digest": _fingerprint(fs, pattern)[1]}  # the files as this step left them
     write_atomic(marker_uri, json.dumps(marker).encode(), options)
     log.info("top_fraction: kept %d of %d scored rows (target %d, cut %.6f)", kept, n_scored, k, cut)
     return {"selection": marker}
