@@ -17,8 +17,10 @@ def bench_decode(datas: list[bytes], model_dir: str, seconds: float) -> dict[str
     """Per core: PIL full decode + processor  vs  capfilt's decode + the same normalisation."""
     import torch
     from PIL import Image
-    from pipeline.image import Target, decode
     from transformers import AutoImageProcessor, BlipForConditionalGeneration
+
+    from pipeline.decode.geometry import Target
+    from pipeline.decode.image import decode
 
     torch.set_num_threads(1)
     proc = AutoImageProcessor.from_pretrained(model_dir)

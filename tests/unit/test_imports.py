@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import importlib
+import importlib.util
 
 from tests.fixtures.paths import ROOT
 
@@ -100,6 +101,25 @@ def test_only_the_ray_adapter_imports_ray():
     importers = sorted(n for n, tree in MODULES.items()
                        if any(m == "ray" or m.startswith("ray.") for m in imports_of(n, tree)))
     assert importers == ["pipeline.ray_adapter"]
+
+
+def test_every_import_of_ours_resolves_in_pipeline_jobs_and_bench():
+    """Imports inside functions run only when called (the benchmark's, a job's): each module of ours they
+    name must exist, and each name they take from it must be there."""
+    missing = []
+    for folder in ("pipeline", "jobs", "bench"):
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text(), str(path))):
+                if isinstance(node, ast.ImportFrom) and node.module and not node.level \
+                        and node.module.split(".")[0] in ("pipeline", "jobs", "bench", "tests"):
+                    try:
+                        module = importlib.import_module(node.module)
+                    except ImportError:
+                        missing.append(f"{path.relative_to(ROOT)}: {node.module}")
+                        continue
+                    missing += [f"{path.relative_to(ROOT)}: {node.module}.{a.name}" for a in node.names
+                                if not hasattr(module, a.name) and importlib.util.find_spec(f"{node.module}.{a.name}") is None]
+    assert missing == []
 
 
 def test_no_private_names_imported_across_modules():
