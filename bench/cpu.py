@@ -255,26 +255,83 @@ def bench_bad_rows(n: int) -> dict[str, Any]:
 
 def bench_driver_memory(work: Path, images: int, small: int, rows_per_part: int) -> dict[str, Any]:
     """The driver's peak RSS for the same images as shards of `small` rows and as shards 10× larger, with
-    output.rows_per_part below the large shards (the `embed` job, tiny CLIP: the driver's share is
-    what it holds of open shards)."""
+    output.rows_per_part below the large shards, and the large shards once more without parts (every
+    row of an open shard held until its commit): the `embed` job with tiny CLIP towers and ViT-L/14's
+    768-d embeddings, so a row is as wide as a real CLIP's (image and alt-text embeddings)."""
     from jobs.embed import JOB
     from pipeline.config import load_config
     from pipeline.job import build_job
+    from pipeline.models.random_weights import ensure_tiny
     from pipeline.run import run_job
 
+    ensure_tiny("clip-wide")  # built before the first run, not in its driver while measured
     pool = web_jpegs(64, seed=6)
-    out: dict[str, Any] = {"images": images, "rows_per_part": rows_per_part}
-    for label, per_shard in (("1x", small), ("10x", small * 10)):
-        shards = write_shards((pool[i % len(pool)] for i in range(images)), work / f"drv-{label}", per_shard)
-        cfg = load_config(None, ["clip.model=tiny:clip", "clip.device=cpu", "clip.num_cpus=0.5", "clip.batch_size=64",
-                                 "decode.num_cpus=0.5", "run.progress=none", f"output.rows_per_part={rows_per_part}",
-                                 "input.rows_per_block=64"])
+    out: dict[str, Any] = {"images": images, "rows_per_part": rows_per_part, "embedding_dim": 768}
+    for label, per_shard, part in (("1x", small, rows_per_part), ("10x", small * 10, rows_per_part),
+                                   ("10x_no_parts", small * 10, small * 10)):
+        folder = work / f"drv-{per_shard}"
+        shards = (write_shards((pool[i % len(pool)] for i in range(images)), folder, per_shard)
+                  if not folder.exists() else str(folder / "*.tar"))
+        cfg = load_config(None, ["clip.model=tiny:clip-wide", "clip.device=cpu", "clip.num_cpus=0.5",
+                                 "clip.batch_size=64", "decode.num_cpus=0.5", "run.progress=none",
+                                 f"output.rows_per_part={part}", "input.rows_per_block=64"])
         with PeakRss() as mem:
             summary = run_job(build_job(JOB, cfg), [shards], str(work / f"drv-out-{label}"), cfg)
         out[f"shard_rows_{label}"] = per_shard
         out[f"driver_peak_rss_{label}"] = mem.peak_driver
         out[f"rows_{label}"] = summary.rows
     out["ratio"] = out["driver_peak_rss_10x"] / out["driver_peak_rss_1x"]
+    out["no_parts_ratio"] = out["driver_peak_rss_10x_no_parts"] / out["driver_peak_rss_1x"]
+    return out
+
+
+_READ_PEAK = """
+import json, sys
+from pipeline.config import InputConfig
+from pipeline.io.readers import read_shard
+from pipeline.io.shards import Shard
+rows = sum(t.num_rows for t in read_shard(Shard(sys.argv[1], "parquet"), InputConfig(), {})) - 1 if sys.argv[1:] else 0
+# VmHWM: this process's own peak (ru_maxrss keeps the forking parent's RSS across exec on Linux)
+hwm = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:"))
+print(json.dumps({"rows": rows, "peak_mib": hwm / 1024}))
+"""
+
+_WRITE_ROW_GROUP = """
+import sys
+import numpy as np, pyarrow as pa, pyarrow.parquet as pq
+path, n, size, pages = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+rng = np.random.default_rng(7)
+table = pa.table({"jpg": pa.array([rng.bytes(size) for _ in range(n)], pa.binary()),
+                  "txt": [f"alt text {i}" for i in range(n)]})
+kw = {"write_batch_size": 8, "data_page_size": 1 << 20} if pages == "small" else {}
+pq.write_table(table, path, row_group_size=n, **kw)
+"""
+
+
+def bench_parquet_memory(work: Path, rows: int, image_bytes: int) -> dict[str, Any]:
+    """A Parquet shard's read (read_shard, each in a fresh process: its peak RSS, and that of a process
+    that only imports) with one row group of `rows` and of 10× `rows` images, written in small pages; and
+    the 10× file as pyarrow's defaults write it (1,024 rows a page), where the page bounds the read.
+    The files are written by another process, so that this one (a later part's driver) never holds them."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    def python(script: str, *args: str) -> str:
+        return subprocess.run([sys.executable, "-c", script, *args], check=True, capture_output=True, text=True,
+                              env={**os.environ, "PYTHONPATH": os.getcwd()}).stdout
+
+    out: dict[str, Any] = {"image_bytes": image_bytes, "imports_peak_mib": json.loads(python(_READ_PEAK))["peak_mib"]}
+    for label, n, pages in (("1x", rows, "small"), ("10x", 10 * rows, "small"), ("10x_default_pages", 10 * rows, "default")):
+        path = work / f"rg-{label}.parquet"
+        python(_WRITE_ROW_GROUP, str(path), str(n), str(image_bytes), pages)
+        got = json.loads(python(_READ_PEAK, str(path)))
+        assert got["rows"] == n, got
+        out[f"row_group_mib_{label}"] = path.stat().st_size / 2**20
+        out[f"read_peak_mib_{label}"] = got["peak_mib"]
+        path.unlink()
+    out["ratio"] = out["read_peak_mib_10x"] / out["read_peak_mib_1x"]
     return out
 
 
@@ -304,6 +361,7 @@ def cpu_suite(quick: bool, work: Path, parts: tuple[str, ...] = CPU_PARTS) -> di
         res["beam_cache"] = bench_beam_cache(2, 16, 20.0)
     if "faults" in parts:
         res["bad_rows"] = bench_bad_rows(int(1000 * scale) or 50)
+        res["parquet_memory"] = bench_parquet_memory(work, int(512 * scale) or 32, 100_000)
     if not {"small", "tiny", "memory", "faults"} & set(parts):
         return res  # no pipeline runs: no Ray
     ray_adapter.init_ray(load_config(None, ["run.num_cpus=2"]))  # as the jobs start it

@@ -62,11 +62,22 @@ def cpu_table(res: dict[str, Any]) -> str:
         b = res["bad_rows"]
         lines.append(f"| cost of a bad row: {b['rows']} undecodable images through DecodeImages (ms per row; good web "
                      f"JPEGs beside) | {b['good_ms_per_row']:.2f} | {b['bad_ms_per_row']:.2f} | | ≤ 5 ms |")
+    if "parquet_memory" in res:
+        q = res["parquet_memory"]
+        lines.append(f"| read of a Parquet shard, one row group of {q['row_group_mib_1x']:.0f} vs {q['row_group_mib_10x']:.0f} "
+                     f"MiB in small pages (peak RSS of the reading process, MiB; imports alone {q['imports_peak_mib']:.0f}, "
+                     f"pyarrow's default pages at 10×: {q['read_peak_mib_10x_default_pages']:.0f}) | "
+                     f"{q['read_peak_mib_1x']:.0f} | {q['read_peak_mib_10x']:.0f} | {q['ratio']:.2f}× | ≤ 1.1× |")
     if "driver_memory" in res:
         d = res["driver_memory"]
-        lines.append(f"| driver peak RSS, {d['images']} images as shards of {d['shard_rows_1x']} vs {d['shard_rows_10x']} rows "
-                     f"(rows_per_part {d['rows_per_part']}; MiB) | {d['driver_peak_rss_1x'] / 2**20:.0f} | "
-                     f"{d['driver_peak_rss_10x'] / 2**20:.0f} | {d['ratio']:.2f}× | ≤ 1.1× |")
+        lines += [
+            f"| driver peak RSS, {d['images']} images as shards of {d['shard_rows_1x']} vs {d['shard_rows_10x']} rows "
+            f"({d['embedding_dim']}-d embeddings, rows_per_part {d['rows_per_part']}; MiB) | "
+            f"{d['driver_peak_rss_1x'] / 2**20:.0f} | {d['driver_peak_rss_10x'] / 2**20:.0f} | {d['ratio']:.2f}× | ≤ 1.1× |",
+            f"| the same 10× shards without parts (rows_per_part {d['shard_rows_10x_no_parts']}: whole shards held) | "
+            f"{d['driver_peak_rss_1x'] / 2**20:.0f} | {d['driver_peak_rss_10x_no_parts'] / 2**20:.0f} | "
+            f"{d['no_parts_ratio']:.2f}× | |",
+        ]
     return "\n".join(lines)
 
 def _pct(x: float | None) -> str:

@@ -246,9 +246,10 @@ def read_parquet(shard: Shard, cfg: InputConfig, options: dict[str, Any], blocks
     input_rows: int | None = None
     try:
         with _open(fs, path) as f:
-            # No pre-buffering of whole column chunks (measured: a 150 MB row group peaks at +262 MB instead
-            # of +323 MB). pyarrow still decodes a whole row group before it yields its first batch, so a
-            # row group is the unit of a Parquet shard's memory; img2dataset writes small ones.
+            # No pre-buffering of whole column chunks, 1 MB reads: pyarrow then decodes one data page at a
+            # time, so a read holds a few pages, whatever the row group's size (make bench: 25 MB vs 250 MB
+            # row groups in small pages). The pages are the writer's: pyarrow's defaults put 1,024 rows in a
+            # page (~100 MB of 100 KB images), which then bounds the read; img2dataset writes 100-row groups.
             pf = pq.ParquetFile(f, buffer_size=1 << 20, pre_buffer=False)
             input_rows = pf.metadata.num_rows
             schema = pf.schema_arrow

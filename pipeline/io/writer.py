@@ -88,9 +88,20 @@ def write_atomic(uri: str, data: bytes | Callable[[Any], None], options: dict[st
     def put(target: str) -> None:
         if isinstance(data, bytes):
             fs.pipe_file(target, data)
-        else:
-            with fs.open(target, "wb") as f:
-                data(f)
+            return
+        f = fs.open(target, "wb")
+        try:
+            data(f)
+        except BaseException:
+            # Not `with`: fsspec's files close on an exception too, and an S3 file's close completes its
+            # upload with what was written. discard() aborts it (s3fs: the multipart upload); nothing appears.
+            if hasattr(f, "discard"):
+                f.discard()
+                f.closed = True  # discarded: its __del__ must not close (upload) it after all
+            else:
+                f.close()
+            raise
+        f.close()
 
     if "file" in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)):
         fs.makedirs(posixpath.dirname(path), exist_ok=True)
@@ -179,6 +190,18 @@ class ShardCommitter:
         is_end = pc.equal(batch[STATUS], SHARD_END)
         ends = batch.filter(is_end)
         rows = batch.filter(pc.invert(is_end))
+        # Shard ends first: a shard that arrives whole in this block is then written as it stands, a
+        # row group at a time, not spilled to a part first.
+        for source, meta in zip(ends[SOURCE].to_pylist(), ends[META].to_pylist(), strict=True):
+            end = json.loads(meta)
+            if "failed" in end:  # infrastructure errors past the read retries: nothing of it is committed
+                dropped = self.pending.pop(source, None)
+                if dropped is not None and dropped.parts:
+                    self._unstage(self.ids[source])
+                self.failed[source] = end["failed"]
+                continue
+            self.pending[source].expected = end["rows"]
+            self.pending[source].input_rows = end.get("input_rows")
         if rows.num_rows:
             for source in pc.unique(rows[SOURCE]).to_pylist():
                 if source in self.failed:
@@ -190,18 +213,9 @@ class ShardCommitter:
                 p.buffered += part.num_rows
                 if self.rows_per_part and p.buffered >= self.rows_per_part and not self._complete(p):
                     self._spill(source)
+        for source in {*ends[SOURCE].to_pylist(), *(pc.unique(rows[SOURCE]).to_pylist() if rows.num_rows else [])}:
+            if source in self.pending:
                 self._maybe_commit(source)
-        for source, meta in zip(ends[SOURCE].to_pylist(), ends[META].to_pylist(), strict=True):
-            end = json.loads(meta)
-            if "failed" in end:  # infrastructure errors past the read retries: nothing of it is committed
-                dropped = self.pending.pop(source, None)
-                if dropped is not None and dropped.parts:
-                    self._unstage(self.ids[source])
-                self.failed[source] = end["failed"]
-                continue
-            self.pending[source].expected = end["rows"]
-            self.pending[source].input_rows = end.get("input_rows")
-            self._maybe_commit(source)
         return rows.num_rows
 
     @staticmethod
@@ -218,9 +232,7 @@ class ShardCommitter:
             self._unstage(name)  # what a run cut short left there
         rows = pa.concat_tables(p.tables, promote_options="permissive")
         for table_name, schema in self.tables.items():
-            buf = io.BytesIO()
-            pq.write_table(rows.select(schema.names).cast(schema).sort_by(KEY), buf, compression=self.compression)
-            write_atomic(self._staged(name, table_name, p.parts), buf.getvalue(), self.options)
+            self._write_sorted(self._staged(name, table_name, p.parts), rows, schema)
         p.counts.update(rows[STATUS].to_pylist())
         p.parts, p.tables, p.buffered = p.parts + 1, [], 0
 
@@ -237,6 +249,22 @@ class ShardCommitter:
                     pfs, ppath = get_fs(self._staged(name, table_name, k), self.options)
                     with pfs.open(ppath, "rb") as pf:
                         writer.write_table(pq.read_table(pf).cast(schema))
+
+        write_atomic(uri, write, self.options)
+
+    def _write_sorted(self, uri: str, rows: pa.Table | None, schema: pa.Schema) -> None:
+        """The shard's rows in key order, straight into the file, a row group of at most rows_per_part rows
+        at a time: a shard that arrived whole (Ray Data makes a block of up to 128 MiB, a whole shard when
+        rows are small) costs one row group's copies, not several copies of the shard."""
+        def write(f: Any) -> None:
+            with pq.ParquetWriter(f, schema, compression=self.compression) as writer:
+                if rows is None or not rows.num_rows:
+                    writer.write_table(schema.empty_table())
+                    return
+                order = pc.sort_indices(rows[KEY])
+                step = self.rows_per_part or rows.num_rows
+                for start in range(0, rows.num_rows, step):
+                    writer.write_table(rows.take(order.slice(start, step)).select(schema.names).cast(schema))
 
         write_atomic(uri, write, self.options)
 
@@ -262,14 +290,16 @@ class ShardCommitter:
             if p.parts:
                 self._write_parts(uri, name, table_name, schema, p.parts)
                 continue
-            table = rows.select(schema.names).cast(schema).sort_by(KEY) if rows is not None else schema.empty_table()
             if self.merge:
+                table = rows.select(schema.names).cast(schema).sort_by(KEY) if rows is not None else schema.empty_table()
                 table = self._merged(table_name, name, table)
                 if STATUS in table.column_names:
                     shard_counts = Counter(table[STATUS].to_pylist())
-            buf = io.BytesIO()
-            pq.write_table(table, buf, compression=self.compression)
-            write_atomic(uri, buf.getvalue(), self.options)
+                buf = io.BytesIO()
+                pq.write_table(table, buf, compression=self.compression)
+                write_atomic(uri, buf.getvalue(), self.options)
+            else:
+                self._write_sorted(uri, rows, schema)
         if p.input_rows is not None and not counts.get(READ_ERROR) and p.rows != p.input_rows:
             raise RuntimeError(f"shard {source}: {p.rows} rows for the {p.input_rows} its footer lists")
         if self._mark(source, name, shard_counts, p.input_rows, retried=p.rows if self.merge else None):

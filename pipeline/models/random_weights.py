@@ -74,7 +74,7 @@ def build_blip_itm(out: Path, image_size: int = 64) -> None:
     _build_blip_class("BlipForImageTextRetrieval", out, image_size)
 
 
-def build_clip(out: Path, image_size: int = 48) -> None:
+def build_clip(out: Path, image_size: int = 48, projection_dim: int = 24) -> None:
     """CLIPModel with CLIP's image processor (resize shortest edge + center crop) and a real BERT
     tokenizer: CLIP's own BPE vocabulary is not on this disk, and CLIPModel pools at `eos_token_id`,
     so [SEP] plays CLIP's end-of-text token."""
@@ -88,7 +88,7 @@ def build_clip(out: Path, image_size: int = 48) -> None:
                 eos_token_id=tok.sep_token_id, pad_token_id=tok.pad_token_id)
     vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
                   image_size=image_size, patch_size=16)
-    model = CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=24)).eval()
+    model = CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=projection_dim)).eval()
     _spread_weights(model)
     model.save_pretrained(out)
     tok.save_pretrained(out)
@@ -191,6 +191,8 @@ BUILDERS: dict[str, Callable[[Path], None]] = {
     "vit-gpt2": build_vit_gpt2,
     "blip-itm": build_blip_itm,
     "clip": build_clip,
+    # tiny towers, ViT-L/14's 768-d embeddings: rows as wide as a real CLIP's (the driver-memory bench)
+    "clip-wide": lambda out: build_clip(out, projection_dim=768),
 }
 
 

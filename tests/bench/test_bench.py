@@ -88,3 +88,16 @@ def test_cpu_side_by_side_of_blip_attention_runs_both_ways():
                       add_cross_attention=True)
     beams = bench_beam_cache(1, 3, 0.1, VisionEncoderDecoderConfig.from_encoder_decoder_configs(vit, gpt2))
     assert beams["same_tokens"] is True and beams["stock_img_s"] > 0 and beams["capfilt_img_s"] > 0
+
+
+def test_parquet_read_memory_part_reads_every_row_and_reports_it(tmp_path):
+    """The `faults` part's Parquet figure on a small scale: each file is read whole in its own process,
+    and the table row says what was compared."""
+    from bench.cpu import bench_parquet_memory
+    from bench.report import cpu_table
+
+    res = bench_parquet_memory(tmp_path, 16, 2_000)
+    assert res["imports_peak_mib"] > 20 and res["read_peak_mib_10x"] >= res["imports_peak_mib"]
+    assert res["row_group_mib_10x"] > 5 * res["row_group_mib_1x"] and not list(tmp_path.iterdir())
+    row = cpu_table({"parquet_memory": res}).splitlines()[-1]
+    assert row.startswith("| read of a Parquet shard, one row group of") and row.endswith("| ≤ 1.1× |")

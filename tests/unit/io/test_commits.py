@@ -72,6 +72,37 @@ def test_a_large_shard_waits_in_parts_and_commits_as_one_file(tmp_path):
     assert not (tmp_path / "_staging" / "bad").exists() and not (tmp_path / "captions" / "bad.parquet").exists()
 
 
+def test_a_shard_that_arrives_in_one_block_is_written_a_part_at_a_time(tmp_path):
+    """Ray Data hands a whole shard over as one block when its rows are small: it is written in key order,
+    in row groups of at most rows_per_part rows (never several copies of the whole shard at once)."""
+    shards = [Shard("s3://b/one.tar", "webdataset")]
+    c = ShardCommitter(str(tmp_path), {"captions": CAPTIONS_SCHEMA}, shard_ids(shards), {}, "d", rows_per_part=3)
+    keys = [f"k{i:02d}" for i in range(10)]
+    c.add(block("s3://b/one.tar", keys[::-1], end={"rows": 10}))
+    f = pq.ParquetFile(tmp_path / "captions" / "one.parquet")
+    assert [f.metadata.row_group(i).num_rows for i in range(f.metadata.num_row_groups)] == [3, 3, 3, 1]
+    assert f.read()["key"].to_pylist() == keys and c.committed == ["s3://b/one.tar"]
+    assert not (tmp_path / "_staging").exists()
+
+
+@pytest.mark.parametrize("size", [1_000, 12 << 20])  # one PUT at close; a multipart upload (s3fs: 5 MB blocks)
+def test_a_write_that_fails_midway_leaves_nothing_on_s3(s3, size):
+    from pipeline.io.writer import write_atomic
+
+    s3.mkdir("capfilt-partial")
+
+    def write(f):  # type: ignore[no-untyped-def]
+        f.write(b"x" * size)
+        raise ConnectionResetError("the network went away")
+
+    with pytest.raises(ConnectionResetError):
+        write_atomic("s3://capfilt-partial/captions/a.parquet", write)
+    s3.invalidate_cache()
+    assert not s3.exists("capfilt-partial/captions/a.parquet")
+    write_atomic("s3://capfilt-partial/captions/a.parquet", lambda f: f.write(b"whole"))
+    assert s3.cat_file("capfilt-partial/captions/a.parquet") == b"whole"
+
+
 def test_a_marker_is_written_once_locally_and_on_s3(tmp_path, s3):
     from pipeline.io.writer import create_once
 

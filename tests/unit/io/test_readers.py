@@ -141,3 +141,38 @@ def test_folder_reader(tmp_path):
     assert set(out) == set(keys) | {"orphan"}
     assert out["orphan"]["status"] == MISSING_IMAGE
     assert out["sub/img000"]["text"] and out["img001"]["text"] is None
+
+
+def test_a_large_row_group_streams_page_by_page(monkeypatch, tmp_path):
+    """One 15 MB row group written in small pages: the first block arrives after reading a few pages (and
+    the reader's 1 MB buffer per column), not the row group: pyarrow decodes a data page at a time, so
+    the page, not the row group, is the unit of a read's memory."""
+    import io
+    import os
+
+    from pipeline.io import readers
+
+    images = [os.urandom(50_000) for _ in range(300)]
+    pq.write_table(pa.table({"jpg": pa.array(images, pa.binary()), "txt": [f"t{i}" for i in range(300)]}),
+                   tmp_path / "big.parquet", row_group_size=300, write_batch_size=4, data_page_size=64 << 10)
+    data = (tmp_path / "big.parquet").read_bytes()
+    assert pq.ParquetFile(tmp_path / "big.parquet").metadata.num_row_groups == 1
+    read = [0]
+
+    class File(io.BytesIO):
+        def read(self, n=-1):  # type: ignore[no-untyped-def]
+            out = super().read(n)
+            read[0] += len(out)
+            return out
+
+    class FS:
+        def open(self, path, mode="rb"):  # type: ignore[no-untyped-def]
+            return File(data)
+
+    monkeypatch.setattr(readers, "get_fs", lambda uri, options=None: (FS(), uri))
+    blocks = read_shard(Shard("s3://b/big.parquet", "parquet"), CFG, {})
+    first = next(blocks)
+    assert first.num_rows == CFG.rows_per_block and first["image"].to_pylist() == images[:3]
+    assert read[0] < len(data) // 4, f"read {read[0]} of {len(data)} bytes before the first block"
+    rest = pa.concat_tables(list(blocks)).to_pylist()
+    assert [r["image"] for r in rest[:-1]] == images[3:] and read[0] >= len(data) - (64 << 10)
