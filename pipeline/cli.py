@@ -51,7 +51,20 @@ def parser(specs: dict[str, JobSpec]) -> argparse.ArgumentParser:
                    help="override a wiring field (batch sizes, resources); output-shaping fields must stay as they were")
     r.add_argument("--address", help="Ray cluster to attach to (default: RAY_ADDRESS, else a local Ray)")
     r.add_argument("--verbose", "-v", action="store_true")
+    i = sub.add_parser("inspect", help=INSPECT_HELP, description=INSPECT_HELP)
+    i.add_argument("output", metavar="OUT", help="the output folder of a run (local or s3://)")
+    i.add_argument("--keep", type=float, metavar="FRACTION",
+                   help="the alt-text score threshold that keeps this fraction (0-1) of the scored alt-texts")
+    i.add_argument("--json", action="store_true", help="print everything as JSON")
+    i.add_argument("--config", "-c", metavar="FILE", help="YAML with storage options (S3 endpoint, credentials)")
+    i.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config field, e.g. storage.anon=true")
+    i.add_argument("--verbose", "-v", action="store_true")
     return p
+
+
+INSPECT_HELP = ("what a run decided: counts by status, keep fractions, score quantiles per scorer, thresholds for "
+                "keep fractions, throughput, stage times and provenance; reads markers, footers and a few columns")
 
 
 RETRY_HELP = ("run the rows whose status is retryable (decode_timeout, model_error, model_oom) of an earlier run "
@@ -82,6 +95,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     overrides = list(args.overrides)
+    if args.job == "inspect":
+        return _inspect(args, overrides)
     if args.address:
         overrides.append(f"run.address={args.address}")
     retry = args.job == "retry"
@@ -120,6 +135,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"capfilt: {e}", file=sys.stderr)
         return ShardsFailed.EXIT_CODE
     _print_summary(f"{name} retry" if retry else name, summary)
+    return 0
+
+
+def _inspect(args: argparse.Namespace, overrides: list[str]) -> int:
+    import json
+
+    from pipeline.inspection import InspectError, inspect_output, render
+
+    try:
+        if args.keep is not None and not 0 < args.keep <= 1:
+            raise ConfigError(f"inspect: --keep must be a fraction in (0, 1], got {args.keep}")
+        cfg = load_config(args.config, overrides)
+        report = inspect_output(args.output, cfg.storage, keep=args.keep)
+    except (ConfigError, InspectError, FileNotFoundError) as e:
+        print(f"capfilt: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps(report, indent=2, default=str) if args.json else render(report))
     return 0
 
 

@@ -12,6 +12,8 @@ from pipeline.io.storage import join
 from pipeline.io.writer import write_atomic
 from pipeline.job import Job
 
+RUNS = "runs"  # OUT/runs/<run_id>.json: the report of every run into OUT
+
 
 @dataclass
 class Summary:
@@ -26,6 +28,7 @@ class Summary:
     stages: dict[str, dict[str, float]] = field(default_factory=dict)  # Ray Data operator → time in it
     shards_total: int = 0
     extra: dict[str, Any] = field(default_factory=dict)  # what the job's post-run hook reported
+    run_id: str | None = None  # the `run_id` column of the rows this run wrote; OUT/runs/<run_id>.json
 
     @property
     def images_per_s(self) -> float:
@@ -47,6 +50,7 @@ def versions() -> dict[str, str]:
 def write_report(job: Job, inputs: list[str], cfg: Config, digest: str, summary: Summary) -> None:
     """`OUT/run.json`: config (credentials redacted), models and their revisions, versions, counts, times."""
     report = {
+        "run_id": summary.run_id,
         "job": job.name,
         "inputs": inputs,
         "output": summary.output,
@@ -65,4 +69,8 @@ def write_report(job: Job, inputs: list[str], cfg: Config, digest: str, summary:
         "stages": summary.stages,
         **summary.extra,
     }
-    write_atomic(join(summary.output, "run.json"), json.dumps(report, indent=2, default=str).encode(), cfg.storage)
+    data = json.dumps(report, indent=2, default=str).encode()
+    # Every run's report is kept (a resume or a retry never overwrites an earlier one); run.json is the last.
+    if summary.run_id:
+        write_atomic(join(summary.output, RUNS, f"{summary.run_id}.json"), data, cfg.storage)
+    write_atomic(join(summary.output, "run.json"), data, cfg.storage)

@@ -8,6 +8,7 @@ import signal
 import sys
 import threading
 import time
+import uuid
 from collections import Counter
 from dataclasses import dataclass, replace
 from typing import Any
@@ -206,13 +207,19 @@ def _changed(shard: Shard, marker: dict[str, Any]) -> bool:
     return bool(marker.get("etag") and shard.etag and marker["etag"] != shard.etag)
 
 
+def new_run_id() -> str:
+    """Sortable and unique: the UTC start time and 6 random hex digits (`20261203T172500Z-3fa9c1`)."""
+    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + uuid.uuid4().hex[:6]
+
+
 def run_job(job: Job, inputs: list[str], output: str, cfg: Config, retry: bool = False) -> Summary:
     """Plans shards (skipping committed ones), streams them through the stages, commits per shard.
     `retry`: runs the retryable rows of committed shards again instead (retry_plan)."""
     start = time.monotonic()
     p = retry_plan(job, inputs, output, cfg) if retry else plan(job, inputs, output, cfg)
+    run_id = new_run_id()
     committer = ShardCommitter(output, job.tables, p.ids, cfg.storage, p.digest, cfg.output.compression, p.shards,
-                               merge=retry, rows_per_part=cfg.output.rows_per_part)
+                               merge=retry, rows_per_part=cfg.output.rows_per_part, run_id=run_id)
     progress = Progress(len(p.todo), cfg.run.progress, cfg.run.log_every_s)
     first_block_at: float | None = None
     first_rows = 0
@@ -262,7 +269,7 @@ def run_job(job: Job, inputs: list[str], output: str, cfg: Config, retry: bool =
     skipped = len(p.shards) - len(p.todo) if not retry else 0
     summary = Summary(output, rows_total, dict(committer.counts), len(committer.committed), skipped,
                       end - start, None if first_block_at is None else first_block_at - start, steady, stages,
-                      shards_total=len(p.shards), extra=extra)
+                      shards_total=len(p.shards), extra=extra, run_id=run_id)
     write_report(job, inputs, cfg, p.digest, summary)
     if stopped is not None:
         raise Stopped(stopped, committer.incomplete(), summary)

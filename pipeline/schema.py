@@ -50,6 +50,11 @@ TEXT_EMBEDDING = "text_embedding"
 PROMPT_EMBEDDING = "prompt_embedding"
 EMBEDDINGS = (IMAGE_EMBEDDING, TEXT_EMBEDDING, PROMPT_EMBEDDING)
 
+# Provenance: the run that wrote a row (dictionary-encoded: one string per file); `OUT/runs/<run_id>.json`
+# is that run's report (config, model revisions, versions, counts).
+RUN_ID = "run_id"
+RUN_ID_TYPE = pa.dictionary(pa.int32(), pa.string())
+
 OK = "ok"
 # A row the reader emits after the last sample of a shard: it carries the shard's row count so the
 # driver knows when a shard is complete and can commit it. Stages pass it through (status != ok) and

@@ -20,13 +20,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipeline.io.shards import Shard
 from pipeline.io.storage import get_fs, join
-from pipeline.schema import KEY, META, READ_ERROR, SHARD_END, SOURCE, STATUS
+from pipeline.schema import KEY, META, READ_ERROR, RUN_ID, RUN_ID_TYPE, SHARD_END, SOURCE, STATUS
+from pipeline.sketch import SKETCHED, table_sketches, with_sketches
 
 log = logging.getLogger(__name__)
 COMMITTED = "_committed"
@@ -170,8 +172,11 @@ class ShardCommitter:
 
     def __init__(self, output: str, tables: dict[str, pa.Schema], ids: dict[str, str],
                  options: dict[str, Any], digest: str, compression: str = "zstd", shards: list[Shard] | None = None,
-                 merge: bool = False, rows_per_part: int = 0):
-        self.output, self.tables, self.ids = output, tables, ids
+                 merge: bool = False, rows_per_part: int = 0, run_id: str | None = None):
+        self.output, self.ids, self.run_id = output, ids, run_id
+        # every table gains the run's id (provenance), written by this committer, not by the stages
+        self.tables = {name: schema.append(pa.field(RUN_ID, RUN_ID_TYPE)) if run_id and RUN_ID not in schema.names
+                       else schema for name, schema in tables.items()}
         # The driver holds at most this many rows of a shard: the rest waits as parts in OUT/_staging/,
         # so its memory does not grow with shard size (0: whole shards in memory).
         self.rows_per_part = 0 if merge else rows_per_part
@@ -232,7 +237,7 @@ class ShardCommitter:
             self._unstage(name)  # what a run cut short left there
         rows = pa.concat_tables(p.tables, promote_options="permissive")
         for table_name, schema in self.tables.items():
-            self._write_sorted(self._staged(name, table_name, p.parts), rows, schema)
+            self._write_sorted(self._staged(name, table_name, p.parts), rows, schema, final=False)
         p.counts.update(rows[STATUS].to_pylist())
         p.parts, p.tables, p.buffered = p.parts + 1, [], 0
 
@@ -243,19 +248,45 @@ class ShardCommitter:
 
     def _write_parts(self, uri: str, name: str, table_name: str, schema: pa.Schema, parts: int) -> None:
         """One file from a shard's staged parts, one row group per part: never more than a part in memory."""
+        def part(k: int, columns: list[str] | None = None) -> pa.Table:
+            pfs, ppath = get_fs(self._staged(name, table_name, k), self.options)
+            with pfs.open(ppath, "rb") as pf:
+                return pq.read_table(pf, columns=columns)
+
+        scores = [c for c in SKETCHED if c in schema.names]  # the sketches need every score: read those first
+        file_schema = self._file_schema(schema, pa.concat_tables([part(k, scores) for k in range(parts)])
+                                        if scores else None)
+
         def write(f: Any) -> None:
-            with pq.ParquetWriter(f, schema, compression=self.compression) as writer:
+            with pq.ParquetWriter(f, file_schema, compression=self.compression) as writer:
                 for k in range(parts):
-                    pfs, ppath = get_fs(self._staged(name, table_name, k), self.options)
-                    with pfs.open(ppath, "rb") as pf:
-                        writer.write_table(pq.read_table(pf).cast(schema))
+                    writer.write_table(part(k).cast(schema))
 
         write_atomic(uri, write, self.options)
 
-    def _write_sorted(self, uri: str, rows: pa.Table | None, schema: pa.Schema) -> None:
+    def _stamp(self, rows: pa.Table) -> pa.Table:
+        """The run id column (dictionary-encoded: a few bytes per file), where the rows lack one."""
+        if not self.run_id or RUN_ID in rows.column_names:
+            return rows
+        ids = pa.DictionaryArray.from_arrays(pa.array(np.zeros(rows.num_rows, dtype=np.int32)), pa.array([self.run_id]))
+        return rows.append_column(RUN_ID, ids)
+
+    def _file_schema(self, schema: pa.Schema, sketched: pa.Table | None) -> pa.Schema:
+        """The schema a committed file is written with: its metadata holds the run id and the sketches of
+        its score columns (pipeline.sketch), so `inspect` finds thresholds from footers alone."""
+        scores = [c for c in SKETCHED if c in schema.names]  # this table's own score columns
+        sketches = table_sketches(sketched.select(scores)) if sketched is not None and scores else {}
+        return with_sketches(schema, sketches, self.run_id)
+
+    def _write_sorted(self, uri: str, rows: pa.Table | None, schema: pa.Schema, final: bool = True) -> None:
         """The shard's rows in key order, straight into the file, a row group of at most rows_per_part rows
         at a time: a shard that arrived whole (Ray Data makes a block of up to 128 MiB, a whole shard when
         rows are small) costs one row group's copies, not several copies of the shard."""
+        if rows is not None:
+            rows = self._stamp(rows)
+        if final:
+            schema = self._file_schema(schema, rows)
+
         def write(f: Any) -> None:
             with pq.ParquetWriter(f, schema, compression=self.compression) as writer:
                 if rows is None or not rows.num_rows:
@@ -291,8 +322,10 @@ class ShardCommitter:
                 self._write_parts(uri, name, table_name, schema, p.parts)
                 continue
             if self.merge:
-                table = rows.select(schema.names).cast(schema).sort_by(KEY) if rows is not None else schema.empty_table()
+                table = (self._stamp(rows).select(schema.names).cast(schema).sort_by(KEY) if rows is not None
+                         else schema.empty_table())
                 table = self._merged(table_name, name, table)
+                table = table.replace_schema_metadata(self._file_schema(table.schema, table).metadata)
                 if STATUS in table.column_names:
                     shard_counts = Counter(table[STATUS].to_pylist())
                 buf = io.BytesIO()
@@ -333,7 +366,10 @@ class ShardCommitter:
         """The shard's committed rows, with those of the new rows' keys replaced by the new ones."""
         fs, path = get_fs(join(self.output, table_name, f"{name}.parquet"), self.options)
         with fs.open(path, "rb") as f:
-            old = pq.read_table(f).cast(new.schema)
+            old = pq.read_table(f)
+        if RUN_ID in new.column_names and RUN_ID not in old.column_names:  # written before run ids
+            old = old.append_column(RUN_ID, pa.nulls(old.num_rows, RUN_ID_TYPE))
+        old = old.cast(new.schema)
         keep = pc.invert(pc.is_in(old[KEY], value_set=new[KEY]))
         return pa.concat_tables([old.filter(keep), new]).sort_by(KEY)
 
@@ -343,6 +379,8 @@ class ShardCommitter:
         shard (a retry rewrites its own). False: another driver's marker was there."""
         marker: dict[str, Any] = {"source": source, "name": name, "rows": sum(counts.values()), "counts": dict(counts),
                                   "config_digest": self.digest}
+        if self.run_id:
+            marker["run_id"] = self.run_id
         if input_rows is not None:
             marker["input_rows"] = input_rows
         if retried is not None:

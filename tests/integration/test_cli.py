@@ -12,6 +12,7 @@ import pytest
 from PIL import Image
 
 from pipeline.cli import main
+from tests.fixtures.inspection import check_inspect
 from tests.fixtures.paths import ROOT  # noqa: E402
 from tests.fixtures.samples import jpeg, tar_bytes, write_folder, write_parquet, write_webdataset
 
@@ -43,6 +44,8 @@ def test_s3_webdataset_end_to_end(ray_local, s3, tmp_path, capsys):
 
     assert run["revisions"]["caption"] == directory_revision(str(ensure_tiny("blip")))  # the model's content hash
     assert "15 rows (ok=15)" in capsys.readouterr().out
+    got = check_inspect("capfilt-test/out", capsys, fs=s3)
+    assert got["job"] == "caption" and got["ok_fraction"] == 1.0 and "scores" not in got
 
 
 def test_parquet_input(ray_local, tmp_path):
@@ -189,3 +192,10 @@ def test_rates_below_one_image_per_second_keep_their_digits():
 
     assert fmt_rate(181.64) == "181.6"
     assert fmt_rate(0.0433) == "0.0433"  # a full-size model on a CPU: not "0.0 img/s"
+
+
+def test_inspect_refuses_what_is_not_an_output_in_one_line(tmp_path, capsys):
+    assert main(["inspect", str(tmp_path)]) == 2
+    assert capsys.readouterr().err.strip().endswith("holds no run.json and no committed shards: not a capfilt output")
+    assert main(["inspect", str(tmp_path), "--keep", "1.5"]) == 2
+    assert "--keep must be a fraction in (0, 1], got 1.5" in capsys.readouterr().err

@@ -11,6 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from tests.fixtures.commands import run
+from tests.fixtures.inspection import check_inspect
 from tests.fixtures.samples import samples, tar_bytes
 
 JUNK = ["click here", "IMG_2031.JPG", "buy now free shipping", "", "lorem ipsum dolor"]
@@ -40,7 +41,7 @@ def passes(row: dict, j: int | None, thresholds: dict[str, float]) -> bool:
     return True
 
 
-def test_clean_on_s3_is_consistent_and_writes_embeddings_in_the_same_pass(ray_local, s3, tmp_path):
+def test_clean_on_s3_is_consistent_and_writes_embeddings_in_the_same_pass(ray_local, s3, tmp_path, capsys):
     keys = write_shards(tmp_path / "in", n_shards=3, per_shard=6)
     s3.mkdir("capfilt-clean")
     for p in sorted((tmp_path / "in").glob("*.tar")):
@@ -79,9 +80,12 @@ def test_clean_on_s3_is_consistent_and_writes_embeddings_in_the_same_pass(ray_lo
         assert (t is not None) == (bool(texts[k]) and by_key[k]["status"] == "ok")
     run_json = json.loads(s3.cat_file("capfilt-clean/out/run.json"))
     assert set(run_json["models"]) == {"caption", "itm", "clip"}
+    got = check_inspect("capfilt-clean/out", capsys, fs=s3)
+    assert set(got["scores"]) == {"itm", "itc", "clip"} and got["ranked_by"] == "itm"
+    assert got["tables"]["embeddings"]["embeddings"] == ["image_embedding", "text_embedding"]
 
 
-def test_clean_top_fraction_keeps_the_requested_share(ray_local, tmp_path):
+def test_clean_top_fraction_keeps_the_requested_share(ray_local, tmp_path, capsys):
     write_shards(tmp_path / "in", n_shards=4, per_shard=5)
     out = tmp_path / "out"
     assert run("clean", "tiny-clean.yaml", [str(tmp_path / "in" / "*.tar")], str(out),
@@ -104,9 +108,11 @@ def test_clean_top_fraction_keeps_the_requested_share(ray_local, tmp_path):
                "--set", "clean.mode=top_fraction", "--set", "clean.fraction=0.3",
                "--set", "clean.scorers=[clip]", "--set", "clean.rank_by=clip") == 0
     assert {p.name: p.stat().st_mtime_ns for p in (out / "captions").iterdir()} == before
+    got = check_inspect(str(out), capsys)  # the selection rewrote every file: its sketches are still there
+    assert got["keep"]["rows"] == int(kept.sum()) and len(got["runs"]) == 2
 
 
-def test_embed_job_float16_and_float32(ray_local, tmp_path):
+def test_embed_job_float16_and_float32(ray_local, tmp_path, capsys):
     keys = write_shards(tmp_path / "in", n_shards=1, per_shard=6)
     for dtype, arrow in [("float16", pa.float16()), ("float32", pa.float32())]:
         out = tmp_path / f"out-{dtype}"
@@ -120,6 +126,8 @@ def test_embed_job_float16_and_float32(ray_local, tmp_path):
         assert len(ok) == 5 and df[df.status != "ok"].image_embedding.isna().all()
         norms = np.linalg.norm(np.stack(ok.image_embedding.to_list()).astype(np.float32), axis=1)
         assert np.allclose(norms, 1, atol=2e-3)
+        assert check_inspect(str(out), capsys, table="embeddings")["tables"]["embeddings"]["embeddings"] == [
+            "image_embedding", "text_embedding"]
     # The README's one-liners: the output opens as it is in polars and duckdb too.
     import duckdb
     import polars as pl
@@ -128,7 +136,7 @@ def test_embed_job_float16_and_float32(ray_local, tmp_path):
     assert duckdb.sql(f"select count(*) from '{out}/embeddings/*.parquet' where status = 'ok'").fetchall()[0][0] == 5
 
 
-def test_prompts_submission_matches_the_embeddings_table(ray_local, tmp_path):
+def test_prompts_submission_matches_the_embeddings_table(ray_local, tmp_path, capsys):
     keys = write_shards(tmp_path / "in", n_shards=2, per_shard=4)
     out, csv = tmp_path / "out", tmp_path / "submission.csv"
     assert run("prompts", "tiny-prompts.yaml", [str(tmp_path / "in" / "*.tar")], str(out),
@@ -144,3 +152,5 @@ def test_prompts_submission_matches_the_embeddings_table(ray_local, tmp_path):
     assert len(ok) == len(keys) - 1  # the broken image has no caption, hence no prompt embedding
     norms = np.linalg.norm(np.stack(ok.prompt_embedding.to_list()), axis=1)
     assert np.allclose(norms, 1, atol=1e-4)
+    got = check_inspect(str(out), capsys)
+    assert got["tables"]["embeddings"]["embeddings"] == ["prompt_embedding"] and "scores" not in got

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -135,3 +136,33 @@ def test_of_two_committers_racing_on_a_shard_one_commits_it(tmp_path, monkeypatc
     assert len(checks) == 2 and second.committed == ["s3://b/a.tar"] and second.counts == {"ok": 2}
     assert [p.name for p in (tmp_path / "_committed").iterdir()] == ["a.json"]
     assert pq.read_table(tmp_path / "captions")["key"].to_pylist() == ["a1", "a2"]
+
+
+@pytest.mark.parametrize("rows_per_part", [0, 3])  # whole, and from staged parts
+def test_a_committed_file_names_its_run_and_carries_its_scores_sketch(tmp_path, rows_per_part):
+    from pipeline.schema import RUN_ID, TEXT_SCORE
+    from pipeline.sketch import file_metadata
+
+    schema = pa.schema([("key", pa.string()), ("source", pa.string()), ("status", pa.string()),
+                        ("meta", pa.string()), (TEXT_SCORE, pa.float32())])
+    plain = pa.schema([("key", pa.string()), ("status", pa.string())])
+    shards = [Shard("s3://b/s.tar", "webdataset")]
+    c = ShardCommitter(str(tmp_path), {"captions": schema, "embeddings": plain}, shard_ids(shards), {}, "d",
+                       rows_per_part=rows_per_part, run_id="20261203T000000Z-abcdef")
+    scores = [0.9, 0.1, None, 0.5, 0.3, 0.7, 0.2, 0.8, 0.4, 0.6]
+    for i in range(0, 10, 2):
+        c.add(pa.Table.from_pylist([{"key": f"k{j}", "source": "s3://b/s.tar", "status": OK, TEXT_SCORE: scores[j]}
+                                    for j in range(i, i + 2)], schema=schema))
+    c.add(pa.Table.from_pylist([{"key": f"{SHARD_END}:s", "source": "s3://b/s.tar", "status": SHARD_END,
+                                 "meta": json.dumps({"rows": 10})}], schema=schema))
+    f = pq.ParquetFile(tmp_path / "captions" / "s.parquet")
+    meta = file_metadata(f.schema_arrow)
+    assert meta["run_id"] == "20261203T000000Z-abcdef"
+    assert meta["sketches"][TEXT_SCORE]["n"] == 9
+    points = np.asarray(meta["sketches"][TEXT_SCORE]["points"], dtype=np.float32)  # float32 exactly
+    assert points.tolist() == sorted(np.float32(s).item() for s in scores if s is not None)
+    t = f.read()
+    assert set(t[RUN_ID].to_pylist()) == {"20261203T000000Z-abcdef"} and t.num_rows == 10
+    emb = pq.ParquetFile(tmp_path / "embeddings" / "s.parquet")
+    assert file_metadata(emb.schema_arrow)["sketches"] == {} and emb.read()[RUN_ID].to_pylist()[0] == "20261203T000000Z-abcdef"
+    assert json.loads((tmp_path / "_committed" / "s.json").read_text())["run_id"] == "20261203T000000Z-abcdef"

@@ -1,0 +1,209 @@
+"""`capfilt inspect OUT`: what a run decided, from its markers, its files' footers and a few columns.
+
+Counts come from the shard markers (no data read), score quantiles and thresholds from the sketches in
+each committed file's footer (pipeline.sketch), keep fractions from the `status`/`keep` columns only,
+throughput, stage times and provenance from `run.json` and `runs/`. Works on the output of every job.
+"""
+
+from __future__ import annotations
+
+import json
+import posixpath
+from collections import Counter
+from typing import Any
+
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from pipeline.io.storage import get_fs, join
+from pipeline.io.writer import committed_shards
+from pipeline.report import RUNS
+from pipeline.schema import (
+    CAPTION_SCORES,
+    EMBEDDINGS,
+    KEEP,
+    KEEP_TEXT,
+    OK,
+    SCORE_COLUMNS,
+    STATUS,
+    TEXT_SCORE,
+)
+from pipeline.sketch import SKETCHED, Merged, file_metadata, table_sketches
+
+TABLES = ("captions", "embeddings")
+QUANTILES = (0.0, 0.1, 0.25, 0.5, 0.75, 0.9, 1.0)
+KEEP_FRACTIONS = (0.1, 0.3, 0.5, 0.7, 0.9)
+
+
+class InspectError(ValueError):
+    """OUT is not the output of a capfilt run: the message says what is missing."""
+
+
+def _json(fs: Any, path: str) -> dict[str, Any] | None:
+    try:
+        return dict(json.loads(fs.cat_file(path)))
+    except FileNotFoundError:
+        return None
+
+
+def _stats(m: Merged) -> dict[str, Any]:
+    return {"n": m.n, "quantiles": {f"p{round(q * 100)}": m.quantile(q) for q in QUANTILES},
+            "error_rows": m.error_rows}
+
+
+def inspect_output(output: str, options: dict[str, Any] | None = None, keep: float | None = None) -> dict[str, Any]:
+    """Everything `inspect` prints, as a dict (`--json` prints it as it is)."""
+    options = options or {}
+    fs, root = get_fs(output, options)
+    run = _json(fs, join(root, "run.json"))
+    markers = committed_shards(output, options)
+    if run is None and not markers:
+        raise InspectError(f"inspect: {output!r} holds no run.json and no committed shards: not a capfilt output")
+    counts: Counter[str] = Counter()
+    for m in markers.values():
+        counts.update(m.get("counts", {}))
+    rows = sum(counts.values())
+    out: dict[str, Any] = {"output": output, "job": (run or {}).get("job"), "shards_committed": len(markers),
+                           "rows": rows, "counts": dict(sorted(counts.items())),
+                           "ok_fraction": counts.get(OK, 0) / rows if rows else None}
+    names = sorted(m["name"] for m in markers.values())
+    sketches: dict[str, list[dict[str, Any]]] = {}
+    columns: dict[str, list[str]] = {}
+    keep_counts: Counter[str] = Counter()
+    for table in TABLES:
+        files = [join(root, table, f"{n}.parquet") for n in names]
+        files = [f for f in files if fs.exists(f)]
+        if not files:
+            continue
+        for f in files:
+            with fs.open(f, "rb") as fh:
+                pf = pq.ParquetFile(fh)
+                schema = pf.schema_arrow
+                columns.setdefault(table, schema.names)
+                meta = file_metadata(schema)
+                scored = [c for c in SKETCHED if c in schema.names]
+                if scored and (meta is None or not all(c in meta.get("sketches", {}) for c in scored)):
+                    meta = {"sketches": table_sketches(pf.read(columns=scored))}  # written before sketches
+                for c, s in (meta or {}).get("sketches", {}).items():
+                    sketches.setdefault(c, []).append(s)
+                if KEEP in schema.names:
+                    t = pf.read(columns=[STATUS, KEEP, KEEP_TEXT])
+                    ok = pc.equal(t[STATUS], OK)
+                    keep_counts["ok"] += int(pc.sum(ok).as_py() or 0)
+                    keep_counts["keep"] += int(pc.sum(pc.fill_null(t[KEEP], False)).as_py() or 0)
+                    keep_counts["keep_text"] += int(pc.sum(pc.fill_null(t[KEEP_TEXT], False)).as_py() or 0)
+    out["tables"] = {t: {"columns": c, "embeddings": [e for e in EMBEDDINGS if e in c]} for t, c in columns.items()}
+    if keep_counts["ok"]:
+        out["keep"] = {"rows": keep_counts["keep"], "fraction": keep_counts["keep"] / keep_counts["ok"],
+                       "alt_text_rows": keep_counts["keep_text"],
+                       "alt_text_fraction": keep_counts["keep_text"] / keep_counts["ok"], "of_ok_rows": keep_counts["ok"]}
+    merged = {c: Merged.of(s) for c, s in sketches.items()}
+    cfg = (run or {}).get("config", {})
+    rank_by = cfg.get("clean", {}).get("rank_by")
+    scorers: dict[str, Any] = {}
+    for kind, (text_col, caps_col) in SCORE_COLUMNS.items():
+        if text_col in merged or caps_col in merged:
+            scorers[kind] = {"alt_text": _stats(merged[text_col]) if text_col in merged else None,
+                             "captions": _stats(merged[caps_col]) if caps_col in merged else None}
+    if scorers:
+        out["scores"] = scorers
+    if TEXT_SCORE in merged and merged[TEXT_SCORE].n:
+        alt = merged[TEXT_SCORE]
+        out["ranked_by"] = rank_by
+        out["thresholds"] = [_threshold(alt, f) for f in KEEP_FRACTIONS]
+        threshold = thresholds(cfg).get(rank_by or "")
+        if threshold is not None:
+            out["configured_threshold"] = {"threshold": threshold, "alt_texts_kept": alt.at_least(threshold),
+                                           "of": alt.n, "error_rows": alt.error_rows}
+        if keep is not None:
+            out["keep_request"] = _threshold(alt, keep)
+        if CAPTION_SCORES in merged:
+            out["candidates_scored"] = merged[CAPTION_SCORES].n
+    elif keep is not None:
+        raise InspectError(f"inspect: --keep needs alt-text scores ({TEXT_SCORE}); {output!r} has none "
+                           f"(job {out['job']!r}: only `capfilt clean` scores alt-text)")
+    if run is not None:
+        out["run"] = {k: run.get(k) for k in ("run_id", "job", "inputs", "seconds", "images_per_s",
+                                              "steady_images_per_s", "first_block_s", "stages", "models",
+                                              "revisions", "versions", "config_digest", "totals")}
+        out["run"]["dtypes"] = {s: v.get("dtype") for s, v in cfg.items() if isinstance(v, dict) and "dtype" in v}
+    out["runs"] = _runs(fs, root)
+    return out
+
+
+def thresholds(cfg: dict[str, Any]) -> dict[str, float]:
+    """The clean job's thresholds per scorer (`clean.itm_threshold`, ...), when it kept by threshold."""
+    clean = cfg.get("clean") or {}
+    if clean.get("mode", "threshold") != "threshold":
+        return {}
+    return {k: float(clean[f"{k}_threshold"]) for k in SCORE_COLUMNS if clean.get(f"{k}_threshold") is not None}
+
+
+def _threshold(m: Merged, keep: float) -> dict[str, Any]:
+    t = m.threshold_for(keep)
+    return {"keep_fraction": keep, "threshold": t, "alt_texts_kept": m.at_least(t) if t is not None else 0,
+            "of": m.n, "error_rows": m.error_rows}
+
+
+def _runs(fs: Any, root: str) -> list[dict[str, Any]]:
+    """Every run into OUT, oldest first: its id, job, rows, seconds (from runs/<run_id>.json)."""
+    try:
+        paths = sorted(fs.glob(join(root, RUNS) + "/*.json"))
+    except FileNotFoundError:
+        return []
+    out = []
+    for p in paths:
+        r = _json(fs, p) or {}
+        out.append({"run_id": r.get("run_id") or posixpath.basename(p)[:-5], "job": r.get("job"),
+                    "rows": r.get("rows"), "seconds": r.get("seconds"), "retry": "retry" in r})
+    return out
+
+
+def _num(x: float | None, digits: int = 4) -> str:
+    return "-" if x is None else f"{x:.{digits}f}"
+
+
+def render(d: dict[str, Any]) -> str:
+    """The summary a person reads."""
+    lines = [f"capfilt inspect {d['output']}: job {d['job']}, {d['rows']} rows from {d['shards_committed']} "
+             f"committed shards"]
+    lines.append("  status: " + ", ".join(f"{k} {v} ({v / d['rows']:.1%})" for k, v in d["counts"].items())
+                 if d["rows"] else "  status: no rows")
+    if "keep" in d:
+        k = d["keep"]
+        lines.append(f"  kept: {k['rows']} of {k['of_ok_rows']} ok rows ({k['fraction']:.1%}); "
+                     f"alt-text kept: {k['alt_text_rows']} ({k['alt_text_fraction']:.1%})")
+    for kind, s in d.get("scores", {}).items():
+        for who, label in (("alt_text", "alt-text"), ("captions", "captions")):
+            st = s.get(who)
+            if st and st["n"]:
+                q = st["quantiles"]
+                lines.append(f"  {kind} {label:8s} n={st['n']:<6d} " + " ".join(f"{p}={_num(v)}" for p, v in q.items()))
+    if "thresholds" in d:
+        approx = " (± rows: {})".format(d["thresholds"][0]["error_rows"]) if d["thresholds"][0]["error_rows"] else ""
+        lines.append(f"  thresholds on the alt-text score ({d.get('ranked_by') or TEXT_SCORE}){approx}:")
+        for t in d["thresholds"]:
+            lines.append(f"    keep {t['keep_fraction']:.0%}: score >= {_num(t['threshold'])} keeps "
+                         f"{t['alt_texts_kept']:.0f} of {t['of']}")
+        if "configured_threshold" in d:
+            c = d["configured_threshold"]
+            lines.append(f"    configured threshold {c['threshold']}: keeps {c['alt_texts_kept']:.0f} of {c['of']}")
+    if "keep_request" in d:
+        t = d["keep_request"]
+        lines.append(f"  --keep {t['keep_fraction']}: threshold {_num(t['threshold'], 6)} keeps {t['alt_texts_kept']:.0f} "
+                     f"of {t['of']} alt-texts" + (f" (± {t['error_rows']} rows)" if t["error_rows"] else ""))
+    for table, info in d.get("tables", {}).items():
+        if info["embeddings"]:
+            lines.append(f"  {table}: " + ", ".join(info["embeddings"]))
+    r = d.get("run")
+    if r:
+        lines.append(f"  last run {r.get('run_id')}: {r.get('seconds')} s, {r.get('images_per_s')} img/s "
+                     f"(steady {r.get('steady_images_per_s')}), first block after {r.get('first_block_s')} s")
+        for op, t in (r.get("stages") or {}).items():
+            lines.append(f"    {op}: busy {t.get('busy_s', 0):.1f} s")
+        for section, model in (r.get("models") or {}).items():
+            rev = (r.get("revisions") or {}).get(section)
+            lines.append(f"    model {section}: {model}" + (f" @ {rev}" if rev else ""))
+    if d.get("runs"):
+        lines.append(f"  runs into this output: {len(d['runs'])} (" + ", ".join(x["run_id"] for x in d["runs"][-3:]) + ")")
+    return "\n".join(lines)
