@@ -26,7 +26,7 @@ demo: install  ## caption sample shards with configs/tiny.yaml (offline, CPU) in
 	$(BIN)/capfilt caption --input 'out/demo-input/{00000..00003}.tar' --output out/demo --config configs/tiny.yaml
 	$(BIN)/python -c "import pyarrow.parquet as pq; t = pq.read_table('out/demo/captions'); \
 	print(t.select(['key', 'status', 'text', 'caption']).to_pandas().head(8).to_string())"
-	$(BIN)/capfilt inspect out/demo
+	$(BIN)/capfilt inspect out/demo --html out/demo-report.html
 
 test: install  ## run the whole test suite (CPU; GPU tests are skipped without CUDA)
 	$(BIN)/python -m pytest -q

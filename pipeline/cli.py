@@ -56,6 +56,8 @@ def parser(specs: dict[str, JobSpec]) -> argparse.ArgumentParser:
     i.add_argument("--keep", type=float, metavar="FRACTION",
                    help="the alt-text score threshold that keeps this fraction (0-1) of the scored alt-texts")
     i.add_argument("--json", action="store_true", help="print everything as JSON")
+    i.add_argument("--html", metavar="FILE", help="also write a self-contained HTML report (histograms, gallery, "
+                   "image × text heatmap, ITM GradCAM maps of rejected alt-texts) to FILE")
     i.add_argument("--config", "-c", metavar="FILE", help="YAML with storage options (S3 endpoint, credentials)")
     i.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config field, e.g. storage.anon=true")
@@ -152,6 +154,12 @@ def _inspect(args: argparse.Namespace, overrides: list[str]) -> int:
         print(f"capfilt: {e}", file=sys.stderr)
         return 2
     print(json.dumps(report, indent=2, default=str) if args.json else render(report))
+    if args.html:
+        from pipeline.html_report import write_html
+
+        made = write_html(report, args.output, args.html, cfg.storage)
+        print(f"capfilt inspect: report ({made['images']} images, {made['gallery']} rows in the gallery) → {args.html}",
+              file=sys.stderr if args.json else sys.stdout)
     return 0
 
 
