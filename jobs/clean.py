@@ -54,6 +54,15 @@ def finish(run: Finished) -> dict[str, Any]:
     return finish_top_fraction(run.output, c.fraction, run.digest, run.cfg.storage, run.cfg.output.compression)
 
 
+def commit_hook(cfg: Config, output: str, digest: str) -> Any:
+    """keep_fraction: the threshold calibrated on the first shards decides every shard at its commit."""
+    if cfg.clean.mode != "keep_fraction":
+        return None
+    from pipeline.calibration import KeepFraction
+
+    return KeepFraction(cfg.clean, output, digest, cfg.storage)
+
+
 JOB = JobSpec(
     name="clean",
     help="CapFilt: caption, score alt-text and candidates (ITM/CLIP), keep what matches",
@@ -62,6 +71,7 @@ JOB = JobSpec(
     # CapFilt samples several candidates (nucleus, as in the BLIP paper).
     defaults={"caption": {"strategy": "sample", "num_captions": 3}},
     finish=finish,
+    commit_hook=commit_hook,
     flags=(Flag("--embed", "also write CLIP embeddings (same pass)", override="clean.embed=true"),),
 )
 

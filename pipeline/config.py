@@ -126,11 +126,14 @@ class CleanConfig:
     """CapFilt: which scorers judge the alt-text and the candidates, and how a row is kept."""
 
     scorers: tuple[Literal["itm", "clip"], ...] = ("itm",)
-    mode: Literal["threshold", "top_fraction", "rerank"] = "threshold"
+    # threshold: the thresholds below; top_fraction: a global cut after the run; keep_fraction: the threshold
+    # of rank_by calibrated on the first shards (pipeline/calibration.py); rerank: LAION-COCO
+    mode: Literal["threshold", "top_fraction", "keep_fraction", "rerank"] = "threshold"
     rank_by: Literal["itm", "clip"] = "itm"  # the score `caption`, `keep` and top_fraction use
     itm_threshold: float = 0.5  # BLIP's authors' advice
     clip_threshold: float = 0.28  # LAION's cut for ViT-B/32; pick per model
-    fraction: float = 0.3  # top_fraction: keep this share of ok rows, by their best text's score
+    fraction: float = 0.3  # top_fraction: this share of ok rows, by their best text; keep_fraction: of alt-texts
+    calibration_shards: int = 4  # keep_fraction: shards held back to calibrate the threshold on
     top_k: int = 1  # rerank: candidates kept per image, best first (LAION-COCO)
     embed: bool = False  # also write the CLIP embeddings table in the same pass
 
@@ -322,6 +325,8 @@ def _check_clean(cfg: CleanConfig, where: str) -> None:
                           f"got {cfg.rank_by!r}")
     if not 0 < cfg.fraction <= 1:
         raise ConfigError(f"config: {where}.fraction: expected a number in (0, 1], got {cfg.fraction!r}")
+    if cfg.calibration_shards < 1:
+        raise ConfigError(f"config: {where}.calibration_shards: expected an integer >= 1, got {cfg.calibration_shards!r}")
 
 
 def parse_override(item: str) -> tuple[list[str], Any]:

@@ -106,6 +106,8 @@ class JobSpec:
     defaults: dict[str, dict[str, Any]] = field(default_factory=dict)  # under the YAML file and --set
     finish: Callable[[Finished], dict[str, Any]] | None = None  # after every shard is committed
     flags: tuple[Flag, ...] = ()
+    # (config, output, config digest) → the committer's decide-at-commit hook, or None (calibration.py)
+    commit_hook: Callable[[Config, str, str], Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -120,6 +122,7 @@ class Job:
     revisions: dict[str, str | None] = field(default_factory=dict)  # section → resolved revision
     finish: Callable[[Finished], dict[str, Any]] | None = None
     options: dict[str, Any] = field(default_factory=dict)  # the job's own flags' values
+    commit_hook: Callable[[Config, str, str], Any] | None = None
 
     def columns(self) -> list[str]:
         # key/source/status/meta always travel to the driver: the committer reads shard-end rows from them.
@@ -182,4 +185,4 @@ def build_job(spec: JobSpec, cfg: Config, options: dict[str, Any] | None = None)
     sections = tuple(dict.fromkeys(x for s in steps for x in (s.section, *(s.uses if isinstance(s, ModelStep) else ()))))
     return Job(name=spec.name, stages=stages, tables=spec.tables(cfg), sections=sections,
                models={ms.section: getattr(cfg, ms.section).model for ms in models}, revisions=revisions,
-               finish=spec.finish, options=dict(options or {}))
+               finish=spec.finish, options=dict(options or {}), commit_hook=spec.commit_hook)

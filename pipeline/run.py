@@ -219,7 +219,8 @@ def run_job(job: Job, inputs: list[str], output: str, cfg: Config, retry: bool =
     p = retry_plan(job, inputs, output, cfg) if retry else plan(job, inputs, output, cfg)
     run_id = new_run_id()
     committer = ShardCommitter(output, job.tables, p.ids, cfg.storage, p.digest, cfg.output.compression, p.shards,
-                               merge=retry, rows_per_part=cfg.output.rows_per_part, run_id=run_id)
+                               merge=retry, rows_per_part=cfg.output.rows_per_part, run_id=run_id,
+                               calibration=job.commit_hook(cfg, output, p.digest) if job.commit_hook else None)
     progress = Progress(len(p.todo), cfg.run.progress, cfg.run.log_every_s)
     first_block_at: float | None = None
     first_rows = 0
@@ -240,6 +241,8 @@ def run_job(job: Job, inputs: list[str], output: str, cfg: Config, retry: bool =
                 if stop.done(len(committer.pending)):
                     stopped = stop.signal
                     break
+        if stopped is None:
+            committer.release()  # shards held for a calibration that fewer shards than it asked for reached
         progress.close()
         stages = execution.stage_times()
         if committer.incomplete() and stopped is None:

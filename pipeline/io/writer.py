@@ -27,7 +27,7 @@ import pyarrow.parquet as pq
 
 from pipeline.io.shards import Shard
 from pipeline.io.storage import get_fs, join
-from pipeline.schema import KEY, META, READ_ERROR, RUN_ID, RUN_ID_TYPE, SHARD_END, SOURCE, STATUS
+from pipeline.schema import KEEP, KEY, META, READ_ERROR, RUN_ID, RUN_ID_TYPE, SHARD_END, SOURCE, STATUS, TEXT_SCORE
 from pipeline.sketch import SKETCHED, table_sketches, with_sketches
 
 log = logging.getLogger(__name__)
@@ -172,7 +172,8 @@ class ShardCommitter:
 
     def __init__(self, output: str, tables: dict[str, pa.Schema], ids: dict[str, str],
                  options: dict[str, Any], digest: str, compression: str = "zstd", shards: list[Shard] | None = None,
-                 merge: bool = False, rows_per_part: int = 0, run_id: str | None = None):
+                 merge: bool = False, rows_per_part: int = 0, run_id: str | None = None,
+                 calibration: Any = None):
         self.output, self.ids, self.run_id = output, ids, run_id
         # every table gains the run's id (provenance), written by this committer, not by the stages
         self.tables = {name: schema.append(pa.field(RUN_ID, RUN_ID_TYPE)) if run_id and RUN_ID not in schema.names
@@ -189,6 +190,10 @@ class ShardCommitter:
         self.counts: Counter[str] = Counter()
         self.committed: list[str] = []
         self.failed: dict[str, str] = {}  # shard URI → why (transient errors past the read retries)
+        # A hook that holds the first complete shards back until it has decided from them, then decides
+        # every table with a `keep` column at its commit (pipeline/calibration.py; None: write as is).
+        self.calibration = calibration
+        self.held: list[str] = []
 
     def add(self, batch: pa.Table) -> int:
         """Takes a block from the pipeline; returns how many samples (not shard-end rows) it held."""
@@ -260,7 +265,7 @@ class ShardCommitter:
         def write(f: Any) -> None:
             with pq.ParquetWriter(f, file_schema, compression=self.compression) as writer:
                 for k in range(parts):
-                    writer.write_table(part(k).cast(schema))
+                    writer.write_table(self._decided(part(k)).cast(schema))
 
         write_atomic(uri, write, self.options)
 
@@ -286,6 +291,8 @@ class ShardCommitter:
             rows = self._stamp(rows)
         if final:
             schema = self._file_schema(schema, rows)
+            if rows is not None and KEEP in schema.names:
+                rows = self._decided(rows)
 
         def write(f: Any) -> None:
             with pq.ParquetWriter(f, schema, compression=self.compression) as writer:
@@ -305,6 +312,13 @@ class ShardCommitter:
             return
         if p.rows > p.expected:  # a retried read task delivered some rows twice
             raise RuntimeError(f"shard {source}: {p.rows} rows arrived for {p.expected} read")
+        if self.calibration is not None and not self.calibration.ready:
+            if source not in self.held:
+                self.held.append(source)
+                self.calibration.offer(source, self._column(source, TEXT_SCORE))
+            if len(self.held) >= self.calibration.needed:
+                self.release()
+            return
         name = self.ids[source]
         if not self.merge and self._committed_meanwhile(source, name):
             del self.pending[source]
@@ -324,7 +338,7 @@ class ShardCommitter:
             if self.merge:
                 table = (self._stamp(rows).select(schema.names).cast(schema).sort_by(KEY) if rows is not None
                          else schema.empty_table())
-                table = self._merged(table_name, name, table)
+                table = self._decided(self._merged(table_name, name, table))
                 table = table.replace_schema_metadata(self._file_schema(table.schema, table).metadata)
                 if STATUS in table.column_names:
                     shard_counts = Counter(table[STATUS].to_pylist())
@@ -342,6 +356,33 @@ class ShardCommitter:
         if p.parts:
             self._unstage(name)
         del self.pending[source]
+
+    def release(self) -> None:
+        """Decides from the shards held so far (fewer than asked for at the end of a run), commits them."""
+        if self.calibration is None or not self.held:
+            return
+        if not self.calibration.ready:
+            self.calibration.calibrate()
+        held, self.held = self.held, []
+        for source in held:
+            self._maybe_commit(source)
+
+    def _column(self, source: str, column: str) -> pa.Table:
+        """One column of a complete shard's rows: those held here and those in its staged parts."""
+        p, name = self.pending[source], self.ids[source]
+        table_name = next(t for t, schema in self.tables.items() if column in schema.names)
+        parts = []
+        for k in range(p.parts):
+            fs, path = get_fs(self._staged(name, table_name, k), self.options)
+            with fs.open(path, "rb") as f:
+                parts.append(pq.read_table(f, columns=[column]))
+        parts += [t.select([column]) for t in p.tables]
+        return pa.concat_tables(parts, promote_options="permissive")
+
+    def _decided(self, rows: pa.Table) -> pa.Table:
+        if self.calibration is not None and self.calibration.ready and KEEP in rows.column_names:
+            return self.calibration.decide(rows)  # type: ignore[no-any-return]
+        return rows
 
     def _committed_meanwhile(self, source: str, name: str) -> bool:
         """Whether another driver on this output committed the shard since this run planned: with this

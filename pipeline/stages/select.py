@@ -67,7 +67,7 @@ class SelectCaption:
                 # (score, text, passes) for the alt-text and each candidate
                 options = [(text_score, batch[TEXT][i], self._passes(batch, i, None))] if text_score is not None else []
                 options += [(s, c, self._passes(batch, i, j)) for j, (s, c) in enumerate(zip(cand_scores, cands, strict=True))]
-                if mode == "threshold":
+                if mode in ("threshold", "keep_fraction"):  # keep_fraction: the driver decides again at commit
                     passing = [o for o in options if o[2]]
                     out[KEEP_TEXT][i] = bool(options) and text_score is not None and options[0][2]
                     out[KEEP][i] = bool(passing)

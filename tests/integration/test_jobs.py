@@ -154,3 +154,32 @@ def test_prompts_submission_matches_the_embeddings_table(ray_local, tmp_path, ca
     assert np.allclose(norms, 1, atol=1e-4)
     got = check_inspect(str(out), capsys)
     assert got["tables"]["embeddings"]["embeddings"] == ["prompt_embedding"] and "scores" not in got
+
+
+def test_clean_keep_fraction_calibrates_on_the_first_shards_and_applies_it_as_it_streams(ray_local, tmp_path, capsys):
+    """mode keep_fraction: the first 2 of 4 shards are held, the ITM threshold that keeps 30 % of their
+    alt-texts is found and recorded, and every shard is decided by it as `threshold` mode would."""
+    write_shards(tmp_path / "in", n_shards=4, per_shard=6)
+    out = tmp_path / "out"
+    args = ("--set", "clean.mode=keep_fraction", "--set", "clean.fraction=0.3", "--set", "clean.calibration_shards=2",
+            "--set", "clean.scorers=[itm]", "--set", "output.rows_per_part=2")  # held shards spill parts too
+    assert run("clean", "tiny-clean.yaml", [str(tmp_path / "in" / "*.tar")], str(out), *args) == 0
+    cal = json.loads((out / "_calibration.json").read_text())
+    t = cal["threshold"]
+    assert cal["shards"] == 2 == len(cal["sources"]) and cal["mode"] == "keep_fraction" and 0 < cal["bound"] < 1
+    df = pd.read_parquet(out / "captions")
+    ok = df[df.status == "ok"]
+    calibrated = ok[ok.source.isin(cal["sources"]) & ok.text_score.notna()]
+    assert len(calibrated) == cal["scored_alt_texts"]
+    assert (calibrated.text_score >= t).sum() == round(0.3 * len(calibrated)) == cal["kept_in_calibration"]
+    for r in ok.to_dict("records"):  # every shard, held or not, decided by the calibrated threshold
+        passing = ([(r["text_score"], r["text"])] if pd.notna(r["text_score"]) and r["text_score"] >= t else [])
+        passing += [(s, c) for s, c in zip(r["caption_scores"], r["captions"], strict=True) if s >= t]
+        assert r["keep_text"] == (pd.notna(r["text_score"]) and r["text_score"] >= t), r["key"]
+        assert r["keep"] == bool(passing)
+        assert (r["caption"] == max(passing)[1]) if passing else pd.isna(r["caption"])
+    assert df[df.status != "ok"].keep.isna().all()
+    # a rerun finds every shard committed and the threshold recorded: nothing changes
+    assert run("clean", "tiny-clean.yaml", [str(tmp_path / "in" / "*.tar")], str(out), *args) == 0
+    assert json.loads((out / "_calibration.json").read_text()) == cal
+    check_inspect(str(out), capsys)

@@ -35,6 +35,8 @@ def test_every_preset_loads(path):
         ("caption.num_captions=4", "config: caption.num_captions: expected ≤ num_beams (3)"),
         ("caption", "expected key=value"),
         ("decode.draft=maybe", "config: decode.draft: expected bool, got 'maybe'"),
+        ("clean.calibration_shards=0", "config: clean.calibration_shards: expected an integer >= 1, got 0"),
+        ("clean.mode=keep_some", "config: clean.mode: expected 'threshold' | 'top_fraction' | 'keep_fraction' | 'rerank'"),
     ],
 )
 def test_bad_values_fail_with_one_line_naming_the_field(override, message):

@@ -166,3 +166,37 @@ def test_a_committed_file_names_its_run_and_carries_its_scores_sketch(tmp_path, 
     emb = pq.ParquetFile(tmp_path / "embeddings" / "s.parquet")
     assert file_metadata(emb.schema_arrow)["sketches"] == {} and emb.read()[RUN_ID].to_pylist()[0] == "20261203T000000Z-abcdef"
     assert json.loads((tmp_path / "_committed" / "s.json").read_text())["run_id"] == "20261203T000000Z-abcdef"
+
+
+def test_keep_fraction_holds_shards_until_it_can_decide_and_decides_them_all(tmp_path):
+    """Fewer shards than clean.calibration_shards: nothing is committed until the end of the run, when the
+    threshold comes from the shards there are; each row is then decided by it."""
+    from pipeline.calibration import KeepFraction
+    from pipeline.config import CleanConfig
+    from pipeline.schema import clean_schema
+
+    schema = clean_schema(("itm",))
+    shards = [Shard(f"s3://b/{n}.tar", "webdataset") for n in ("a", "b")]
+    clean = CleanConfig(mode="keep_fraction", fraction=0.5, calibration_shards=5)
+    c = ShardCommitter(str(tmp_path), {"captions": schema}, shard_ids(shards), {}, "d",
+                       calibration=KeepFraction(clean, str(tmp_path), "d", {}))
+
+    def rows(source, scores):
+        return pa.Table.from_pylist(
+            [{"key": f"k{i}", "source": source, "status": OK, "text": f"t{i}", "captions": ["c"], "itm_text_score": s,
+              "itm_caption_scores": [0.0], "text_score": s, "caption_scores": [0.0], "keep": True, "keep_text": True}
+             for i, s in enumerate(scores)]
+            + [{"key": f"{SHARD_END}:{source}", "source": source, "status": SHARD_END,
+                "meta": json.dumps({"rows": len(scores)})}], schema=schema)
+
+    c.add(rows("s3://b/a.tar", [0.9, 0.1, 0.7]))
+    c.add(rows("s3://b/b.tar", [0.3, 0.5, 0.8]))
+    assert c.committed == [] and c.held == ["s3://b/a.tar", "s3://b/b.tar"] and not (tmp_path / "captions").exists()
+    c.release()
+    cal = json.loads((tmp_path / "_calibration.json").read_text())
+    assert cal["shards"] == 2 and cal["threshold"] == pytest.approx(0.7) and cal["kept_in_calibration"] == 3
+    got = pq.read_table(tmp_path / "captions").to_pylist()
+    assert sorted(c.committed) == ["s3://b/a.tar", "s3://b/b.tar"]
+    assert {(r["source"][-5], r["key"]): r["keep_text"] for r in got} == {
+        ("a", "k0"): True, ("a", "k1"): False, ("a", "k2"): True, ("b", "k0"): False, ("b", "k1"): False, ("b", "k2"): True}
+    assert all(r["keep"] == r["keep_text"] and (r["caption"] == r["text"] if r["keep"] else r["caption"] is None) for r in got)
