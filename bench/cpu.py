@@ -335,9 +335,30 @@ def bench_parquet_memory(work: Path, rows: int, image_bytes: int) -> dict[str, A
     return out
 
 
+def bench_estimate(work: Path, images: int, sample: int) -> dict[str, Any]:
+    """`capfilt estimate` on a sample, then the whole run it predicts (tiny BLIP captioning, the config of
+    `make demo`), side by side in one Ray: the predicted wall time against the measured one."""
+    from jobs.caption import JOB
+    from pipeline.config import load_config
+    from pipeline.estimate import estimate
+    from pipeline.job import build_job
+    from pipeline.run import run_job
+    from tests.fixtures.paths import CONFIGS
+
+    shards = write_shards(iter_web_jpegs(images, seed=3), work / "est-in", 64)
+    cfg = load_config(str(CONFIGS / "tiny.yaml"), ["run.progress=none"], defaults=JOB.defaults)
+    job = build_job(JOB, cfg)
+    est = estimate(job, [shards], cfg, sample)
+    summary = run_job(job, [shards], str(work / "est-out"), cfg)
+    predicted = est["as_sampled"]["wall_s"]
+    return {"images": images, "sample": sample, "predicted_s": predicted, "actual_s": summary.seconds,
+            "error": predicted / summary.seconds - 1, "images_counted": est["input"]["images"],
+            "images_actual": summary.rows, "bottleneck": est["bottleneck"], "sample_s": est["sample"]["seconds"]}
+
+
 MEMORY_SHARD = 64  # images per shard of the memory runs: 1× is 64 shards, 32 model batches
 
-CPU_PARTS = ("decode", "cross", "small", "tiny", "memory", "faults")
+CPU_PARTS = ("decode", "cross", "small", "tiny", "memory", "faults", "estimate")
 
 EXTRA_PARTS = ("cross-base",)  # only when asked for (`--only cross-base`): full-size BLIP-base and ViT-GPT2, ~3 min
 
@@ -362,7 +383,7 @@ def cpu_suite(quick: bool, work: Path, parts: tuple[str, ...] = CPU_PARTS) -> di
     if "faults" in parts:
         res["bad_rows"] = bench_bad_rows(int(1000 * scale) or 50)
         res["parquet_memory"] = bench_parquet_memory(work, int(512 * scale) or 32, 100_000)
-    if not {"small", "tiny", "memory", "faults"} & set(parts):
+    if not {"small", "tiny", "memory", "faults", "estimate"} & set(parts):
         return res  # no pipeline runs: no Ray
     ray_adapter.init_ray(load_config(None, ["run.num_cpus=2"]))  # as the jobs start it
     try:
@@ -403,6 +424,8 @@ def cpu_suite(quick: bool, work: Path, parts: tuple[str, ...] = CPU_PARTS) -> di
                              "peak_pss_1x": one["peak_pss"], "peak_pss_10x": ten["peak_pss"],
                              "ratio": ten["peak_pss"] / one["peak_pss"],
                              "breakdown_1x_mib": one["peak_breakdown_mib"], "breakdown_10x_mib": ten["peak_breakdown_mib"]}
+        if "estimate" in parts:
+            res["estimate"] = bench_estimate(work, int(2048 * scale) or 256, int(256 * scale) or 64)
         if "faults" in parts:
             res["driver_memory"] = bench_driver_memory(work, int(5120 * scale) or 640, int(256 * scale) or 32,
                                                        int(256 * scale) or 32)

@@ -62,6 +62,11 @@ def cpu_table(res: dict[str, Any]) -> str:
         b = res["bad_rows"]
         lines.append(f"| cost of a bad row: {b['rows']} undecodable images through DecodeImages (ms per row; good web "
                      f"JPEGs beside) | {b['good_ms_per_row']:.2f} | {b['bad_ms_per_row']:.2f} | | ≤ 5 ms |")
+    if "estimate" in res:
+        e = res["estimate"]
+        lines.append(f"| `capfilt estimate` on {e['sample']} images, then the {e['images']}-image caption run it predicts "
+                     f"(tiny BLIP; wall time, s; images counted {e['images_counted']} of {e['images_actual']}) | "
+                     f"{e['actual_s']:.1f} | {e['predicted_s']:.1f} | {e['error']:+.0%} | within ±25 % |")
     if "parquet_memory" in res:
         q = res["parquet_memory"]
         lines.append(f"| read of a Parquet shard, one row group of {q['row_group_mib_1x']:.0f} vs {q['row_group_mib_10x']:.0f} "

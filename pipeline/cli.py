@@ -51,6 +51,18 @@ def parser(specs: dict[str, JobSpec]) -> argparse.ArgumentParser:
                    help="override a wiring field (batch sizes, resources); output-shaping fields must stay as they were")
     r.add_argument("--address", help="Ray cluster to attach to (default: RAY_ADDRESS, else a local Ray)")
     r.add_argument("--verbose", "-v", action="store_true")
+    e = sub.add_parser("estimate", help=ESTIMATE_HELP, description=ESTIMATE_HELP)
+    e.add_argument("estimate_job", metavar="JOB", choices=sorted(specs), help="the job to estimate: " + ", ".join(specs))
+    e.add_argument("--input", "-i", nargs="+", required=True, metavar="URI", help="the whole run's input")
+    e.add_argument("--config", "-c", metavar="FILE", help="YAML config (default: built-in defaults)")
+    e.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config field (repeatable)")
+    e.add_argument("--sample", type=int, default=256, metavar="N", help="images to run (default 256)")
+    e.add_argument("--actors", type=int, metavar="A", help="project with A actors per model stage (e.g. GPUs)")
+    e.add_argument("--cpus", type=float, metavar="C", help="project with C CPUs for read+decode")
+    e.add_argument("--json", action="store_true", help="print everything as JSON")
+    e.add_argument("--address", help="Ray cluster to attach to (default: RAY_ADDRESS, else a local Ray)")
+    e.add_argument("--verbose", "-v", action="store_true")
     i = sub.add_parser("inspect", help=INSPECT_HELP, description=INSPECT_HELP)
     i.add_argument("output", metavar="OUT", help="the output folder of a run (local or s3://)")
     i.add_argument("--keep", type=float, metavar="FRACTION",
@@ -64,6 +76,9 @@ def parser(specs: dict[str, JobSpec]) -> argparse.ArgumentParser:
     i.add_argument("--verbose", "-v", action="store_true")
     return p
 
+
+ESTIMATE_HELP = ("run a job's config on a sample of its input (--sample N images) and project the whole run: "
+                 "wall time, img/s per stage, the bottleneck, GPU-hours for --actors A")
 
 INSPECT_HELP = ("what a run decided: counts by status, keep fractions, score quantiles per scorer, thresholds for "
                 "keep fractions, throughput, stage times and provenance; reads markers, footers and a few columns")
@@ -99,6 +114,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     overrides = list(args.overrides)
     if args.job == "inspect":
         return _inspect(args, overrides)
+    if args.job == "estimate":
+        return _estimate(args, overrides, specs)
     if args.address:
         overrides.append(f"run.address={args.address}")
     retry = args.job == "retry"
@@ -137,6 +154,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"capfilt: {e}", file=sys.stderr)
         return ShardsFailed.EXIT_CODE
     _print_summary(f"{name} retry" if retry else name, summary)
+    return 0
+
+
+def _estimate(args: argparse.Namespace, overrides: list[str], specs: dict[str, JobSpec]) -> int:
+    import json
+
+    from pipeline.estimate import estimate, render
+    from pipeline.job import build_job
+
+    if args.address:
+        overrides.append(f"run.address={args.address}")
+    try:
+        if args.sample < 1:
+            raise ConfigError(f"estimate: --sample must be at least 1, got {args.sample}")
+        spec = specs[args.estimate_job]
+        cfg = load_config(args.config, overrides, defaults=spec.defaults)
+        job = build_job(spec, cfg)
+        result = estimate(job, args.input, cfg, args.sample, args.actors, args.cpus)
+    except (ConfigError, FileNotFoundError, ValueError) as e:
+        print(f"capfilt: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps(result, indent=2, default=str) if args.json else render(result))
     return 0
 
 

@@ -200,6 +200,17 @@ def retry_plan(job: Job, inputs: list[str], output: str, cfg: Config) -> Plan:
     return Plan(p.shards, todo, p.digest, {uri: m["name"] for uri, m in p.done.items()}, p.done)
 
 
+def sample_plan(job: Job, inputs: list[str], output: str, cfg: Config, images: int) -> Plan:
+    """`capfilt estimate`: about `images` samples, the first ones of up to 16 shards spread over the input
+    (shards differ: the first shard alone says little of the rest)."""
+    shards = list_shards(inputs, cfg.input.format, cfg.storage, cfg.input.image_extensions, cfg.input.files_per_shard)
+    check_writable(output, cfg.storage)
+    k = min(len(shards), max(1, -(-images // 32)), 16)
+    picked = sorted({round(i * (len(shards) - 1) / max(k - 1, 1)) for i in range(k)})
+    todo = [replace(shards[i], limit=-(-images // len(picked))) for i in picked]
+    return Plan(todo, todo, cfg.digest(job.sections), shard_ids(todo), {})
+
+
 def _changed(shard: Shard, marker: dict[str, Any]) -> bool:
     """Whether the input under a committed shard's URI is not the one committed (where both sides know)."""
     if marker.get("size") is not None and shard.size is not None and marker["size"] != shard.size:
@@ -212,11 +223,16 @@ def new_run_id() -> str:
     return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + uuid.uuid4().hex[:6]
 
 
-def run_job(job: Job, inputs: list[str], output: str, cfg: Config, retry: bool = False) -> Summary:
+def run_job(job: Job, inputs: list[str], output: str, cfg: Config, retry: bool = False,
+            sample: int | None = None) -> Summary:
     """Plans shards (skipping committed ones), streams them through the stages, commits per shard.
-    `retry`: runs the retryable rows of committed shards again instead (retry_plan)."""
+    `retry`: runs the retryable rows of committed shards again instead (retry_plan); `sample`: about this
+    many images of the input (sample_plan, `capfilt estimate`)."""
     start = time.monotonic()
-    p = retry_plan(job, inputs, output, cfg) if retry else plan(job, inputs, output, cfg)
+    if sample is not None:
+        p = sample_plan(job, inputs, output, cfg, sample)
+    else:
+        p = retry_plan(job, inputs, output, cfg) if retry else plan(job, inputs, output, cfg)
     run_id = new_run_id()
     committer = ShardCommitter(output, job.tables, p.ids, cfg.storage, p.digest, cfg.output.compression, p.shards,
                                merge=retry, rows_per_part=cfg.output.rows_per_part, run_id=run_id,

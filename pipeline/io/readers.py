@@ -24,6 +24,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipeline.config import InputConfig
@@ -349,6 +350,12 @@ def read_shard(shard: Shard, cfg: InputConfig, options: dict[str, Any]) -> Itera
         blocks = _Blocks(shard.uri, cfg, skip=yielded, keys=shard.keys)
         try:
             for table in READERS[shard.format](shard, cfg, options, blocks):
+                if shard.limit is not None and yielded + table.num_rows >= shard.limit:
+                    # `capfilt estimate`: the first `limit` samples, then the shard's end at them
+                    rows = table.filter(pc.not_equal(table[STATUS], SHARD_END)).slice(0, shard.limit - yielded)
+                    yield pa.concat_tables([rows, pa.Table.from_pylist(
+                        [_end_row(shard.uri, {"rows": yielded + rows.num_rows, "limited": True})], schema=READ_SCHEMA)])
+                    return
                 yielded += table.num_rows
                 yield table
             return

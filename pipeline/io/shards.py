@@ -48,6 +48,7 @@ class Shard:
     root: str | None = None
     files: tuple[tuple[str, str | None, str | None], ...] | None = None
     keys: frozenset[str] | None = None  # `capfilt retry`: only these samples of the shard
+    limit: int | None = None  # `capfilt estimate`: only the first samples of the shard
 
 
 def folder_samples(fs: Any, root: str, image_extensions: tuple[str, ...],

@@ -199,3 +199,24 @@ def test_inspect_refuses_what_is_not_an_output_in_one_line(tmp_path, capsys):
     assert capsys.readouterr().err.strip().endswith("holds no run.json and no committed shards: not a capfilt output")
     assert main(["inspect", str(tmp_path), "--keep", "1.5"]) == 2
     assert "--keep must be a fraction in (0, 1], got 1.5" in capsys.readouterr().err
+
+
+def test_estimate_projects_the_whole_run_from_a_sample(ray_local, tmp_path, capsys):
+    write_parquet(tmp_path / "in" / "a.parquet", 40, size=64)
+    write_parquet(tmp_path / "in" / "b.parquet", 40, size=64)
+    capsys.readouterr()
+    assert main(["estimate", "caption", "--input", str(tmp_path / "in" / "*.parquet"), "--config", TINY, *QUICK,
+                 "--sample", "16", "--actors", "3", "--json"]) == 0
+    d = json.loads(capsys.readouterr().out)
+    assert d["input"] == {"shards": 2, "images": 80, "counted_by": "Parquet footers"}
+    assert d["sample"]["images"] == 16 and d["sample"]["startup_s"] > 0
+    stages = d["stages"]
+    assert any("DecodeImages" in op for op in stages) and stages["MapBatches(CaptionImages)"]["model"] is True
+    assert d["bottleneck"] == min(stages, key=lambda op: stages[op]["capacity_img_s"])
+    p = d["projected"]
+    rates = {op: st["img_s_per_worker"] * (3 if st["model"] else st["workers"]) for op, st in stages.items()}
+    assert p["actors"] == 3 and p["img_s"] == pytest.approx(min(rates.values())) and p["bottleneck"] == min(rates, key=rates.get)
+    assert p["wall_s"] == pytest.approx(d["sample"]["startup_s"] + 80 / p["img_s"])
+    assert d["as_sampled"]["wall_s"] > d["sample"]["startup_s"]
+    assert main(["estimate", "caption", "--input", str(tmp_path / "in" / "*.parquet"), "--sample", "0"]) == 2
+    assert "--sample must be at least 1" in capsys.readouterr().err

@@ -176,3 +176,12 @@ def test_a_large_row_group_streams_page_by_page(monkeypatch, tmp_path):
     assert read[0] < len(data) // 4, f"read {read[0]} of {len(data)} bytes before the first block"
     rest = pa.concat_tables(list(blocks)).to_pylist()
     assert [r["image"] for r in rest[:-1]] == images[3:] and read[0] >= len(data) - (64 << 10)
+
+
+def test_a_limited_shard_ends_after_its_first_samples(tmp_path):
+    """`capfilt estimate` reads the first samples of a shard: they, then the shard's end at their count."""
+    keys = write_parquet(tmp_path / "p.parquet", 10, size=32)
+    got = rows(Shard(str(tmp_path / "p.parquet"), "parquet", limit=4))
+    assert [r["key"] for r in got] == keys[:4]
+    full = rows(Shard(str(tmp_path / "p.parquet"), "parquet", limit=50))  # a limit past the end: the whole shard
+    assert [r["key"] for r in full] == keys
