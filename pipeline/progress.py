@@ -1,11 +1,16 @@
-"""Progress: a live line (images done, img/s, ETA) on a terminal, plain log lines otherwise."""
+"""Progress: a live line (images done, img/s, ETA, the busiest stage) on a terminal, plain log lines otherwise."""
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 import time
 from typing import TextIO
+
+import pyarrow as pa
+
+from pipeline.schema import BUSY
 
 log = logging.getLogger("capfilt")
 
@@ -21,6 +26,17 @@ def fmt_rate(x: float) -> str:
     return f"{x:.1f}" if x >= 1 else f"{x:.3g}"
 
 
+def stage_seconds(table: pa.Table) -> dict[str, float]:
+    """The stage seconds a block carries (schema.BUSY), summed over its rows: {} where it has none."""
+    out: dict[str, float] = {}
+    if BUSY in table.column_names:
+        for v in table[BUSY].to_pylist():
+            if v:
+                for k, x in json.loads(v).items():
+                    out[k] = out.get(k, 0.0) + float(x)
+    return out
+
+
 class Progress:
     """`update()` after each block; the ETA extrapolates rows per shard from the shards done so far."""
 
@@ -33,6 +49,7 @@ class Progress:
         self.last = 0.0
         self.rows = 0
         self.shards_done = 0
+        self.busy: dict[str, float] = {}  # stage → seconds its workers spent on the rows that arrived
 
     def rate(self) -> float:
         elapsed = time.monotonic() - self.start
@@ -44,13 +61,23 @@ class Progress:
         total = self.rows / self.shards_done * self.shards_total
         return max(0.0, (total - self.rows) / self.rate())
 
+    def busiest(self) -> str:
+        """The stage that took the largest share of the stages' time so far (summed over its workers)."""
+        total = sum(self.busy.values())
+        if not total:
+            return ""
+        name = max(self.busy, key=lambda k: self.busy[k])
+        return f" | busiest {name} {self.busy[name] / total:.0%}"
+
     def line(self) -> str:
         return (f"{self.rows} images | {self.shards_done}/{self.shards_total} shards | "
-                f"{fmt_rate(self.rate())} img/s | ETA {_fmt_eta(self.eta())}")
+                f"{fmt_rate(self.rate())} img/s | ETA {_fmt_eta(self.eta())}{self.busiest()}")
 
-    def update(self, rows: int, shards_done: int) -> None:
+    def update(self, rows: int, shards_done: int, busy: dict[str, float] | None = None) -> None:
         self.rows += rows
         self.shards_done = shards_done
+        for k, v in (busy or {}).items():
+            self.busy[k] = self.busy.get(k, 0.0) + v
         now = time.monotonic()
         if self.mode == "bar" and now - self.last >= 0.2:
             self.stream.write("\r\033[K" + self.line())

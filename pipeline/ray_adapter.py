@@ -6,13 +6,16 @@ keeping every call here means a Ray upgrade touches one file.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import time
 import warnings
 from collections.abc import Iterator
 from functools import partial
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import ray
 from ray.data import ActorPoolStrategy, DataContext, TaskPoolStrategy
@@ -25,6 +28,8 @@ from pipeline.config import Config, InputConfig
 from pipeline.io.readers import READ_SCHEMA, read_shard
 from pipeline.io.shards import Shard
 from pipeline.job import Job, StageSpec, read_fused
+from pipeline.progress import stage_seconds
+from pipeline.schema import BUSY
 
 log = logging.getLogger("capfilt")
 
@@ -105,9 +110,20 @@ class _OnArrow:
         self.stage = self.stage_cls(*args, **kwargs)
 
     def __call__(self, table: pa.Table) -> pa.Table:
+        busy = stage_seconds(table)
+        if BUSY in table.column_names:
+            table = table.drop_columns([BUSY])
+        start = time.perf_counter()
         out = self.stage(to_numpy(table))
+        name = self.stage_cls.__name__
+        busy[name] = busy.get(name, 0.0) + time.perf_counter() - start
         if self.keep is not None:
-            out = {k: out[k] for k in self.keep}
+            out = {k: out[k] for k in self.keep if k != BUSY}
+        n = len(next(iter(out.values()))) if out else 0
+        if n:  # the block's stage seconds ride on its first row (see schema.BUSY)
+            col = np.full(n, None, dtype=object)
+            col[0] = json.dumps(busy)
+            out[BUSY] = col
         return to_arrow(out, tensor=ArrowTensorArray.from_numpy)
 
 
@@ -161,7 +177,7 @@ class Execution:
         for i, spec in enumerate(job.stages):
             # The last stage keeps only the output columns: a separate select_columns op would hold
             # blocks back until the end (seen with Ray 2.60), delaying commits and progress.
-            ds = _apply(ds, spec, job.columns() if i == len(job.stages) - 1 else None)
+            ds = _apply(ds, spec, [*job.columns(), BUSY] if i == len(job.stages) - 1 else None)
         self.ds = ds
 
     def blocks(self) -> Iterator[pa.Table]:

@@ -22,7 +22,7 @@ from pipeline.io.shards import Shard, list_shards
 from pipeline.io.storage import get_fs, join
 from pipeline.io.writer import ShardCommitter, check_writable, committed_shards, shard_ids
 from pipeline.job import Finished, Job
-from pipeline.progress import Progress
+from pipeline.progress import Progress, stage_seconds
 from pipeline.report import Summary, write_report
 from pipeline.schema import DECODE_TIMEOUT, KEY, MODEL_ERROR, MODEL_OOM, STATUS
 
@@ -253,7 +253,7 @@ def run_job(job: Job, inputs: list[str], output: str, cfg: Config, retry: bool =
                 rows = committer.add(block)
                 if first_block_at is None:
                     first_block_at, first_rows = time.monotonic(), rows
-                progress.update(rows, len(committer.committed))
+                progress.update(rows, len(committer.committed), stage_seconds(block))
                 if stop.done(len(committer.pending)):
                     stopped = stop.signal
                     break

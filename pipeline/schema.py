@@ -50,6 +50,10 @@ TEXT_EMBEDDING = "text_embedding"
 PROMPT_EMBEDDING = "prompt_embedding"
 EMBEDDINGS = (IMAGE_EMBEDDING, TEXT_EMBEDDING, PROMPT_EMBEDDING)
 
+# Seconds each stage spent on the rows of a block so far, as JSON ({"CaptionImages": 1.2, ...}) on one row
+# of the block (null on the others): how the driver's progress line knows the busiest stage. Never written.
+BUSY = "_busy"
+
 # Provenance: the run that wrote a row (dictionary-encoded: one string per file); `OUT/runs/<run_id>.json`
 # is that run's report (config, model revisions, versions, counts).
 RUN_ID = "run_id"
@@ -92,7 +96,7 @@ CAPTIONS_SCHEMA = pa.schema(
 # is all null into float NaN and a nullable int into float; our stage adapter converts with these.
 COLUMN_TYPES: dict[str, pa.DataType] = {
     KEY: pa.string(), SOURCE: pa.string(), STATUS: pa.string(), ERROR: pa.string(), TEXT: pa.string(),
-    META: pa.string(), IMAGE: pa.binary(), CAPTION: pa.string(), CAPTIONS: pa.list_(pa.string()),
+    META: pa.string(), IMAGE: pa.binary(), BUSY: pa.string(), CAPTION: pa.string(), CAPTIONS: pa.list_(pa.string()),
     WIDTH: pa.int32(), HEIGHT: pa.int32(),
     TEXT_SCORE: pa.float32(), CAPTION_SCORES: pa.list_(pa.float32()), KEEP_TEXT: pa.bool_(), KEEP: pa.bool_(),
     **{c: pa.float32() for c, _ in SCORE_COLUMNS.values()},
