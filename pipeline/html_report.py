@@ -91,9 +91,10 @@ def pick(rows: pa.Table, per: int = 4, seed: int = 0) -> list[tuple[str, dict[st
         out += [("worst", scored.slice(i, 1).to_pylist()[0]) for i in order[::-1][:per] if i not in order[:per]]
     if ok.num_rows:
         shown = {r[KEY] + r[SOURCE] for _, r in out}
-        for i in rng.permutation(ok.num_rows)[: per * 2]:
+        n_random = per if out else per * 2  # a job without scores: the random sample is the gallery
+        for i in rng.permutation(ok.num_rows)[: n_random * 2]:
             r = ok.slice(int(i), 1).to_pylist()[0]
-            if r[KEY] + r[SOURCE] not in shown and sum(w == "random" for w, _ in out) < per:
+            if r[KEY] + r[SOURCE] not in shown and sum(w == "random" for w, _ in out) < n_random:
                 out.append(("random", r))
     for status in sorted(set(rows[STATUS].to_pylist()) - {OK}):
         bad = rows.filter(pc.equal(rows[STATUS], status))

@@ -60,12 +60,16 @@ def inspect_output(output: str, options: dict[str, Any] | None = None, keep: flo
     if run is None and not markers:
         raise InspectError(f"inspect: {output!r} holds no run.json and no committed shards: not a capfilt output")
     counts: Counter[str] = Counter()
+    flags: Counter[str] = Counter()
     for m in markers.values():
         counts.update(m.get("counts", {}))
+        flags.update(m.get("caption_flags", {}))
     rows = sum(counts.values())
     out: dict[str, Any] = {"output": output, "job": (run or {}).get("job"), "shards_committed": len(markers),
                            "rows": rows, "counts": dict(sorted(counts.items())),
                            "ok_fraction": counts.get(OK, 0) / rows if rows else None}
+    if any("caption_flags" in m for m in markers.values()):
+        out["caption_flags"] = dict(sorted(flags.items()))  # candidates with each flag (models/flags.py)
     names = sorted(m["name"] for m in markers.values())
     sketches: dict[str, list[dict[str, Any]]] = {}
     columns: dict[str, list[str]] = {}
@@ -169,6 +173,9 @@ def render(d: dict[str, Any]) -> str:
              f"committed shards"]
     lines.append("  status: " + ", ".join(f"{k} {v} ({v / d['rows']:.1%})" for k, v in d["counts"].items())
                  if d["rows"] else "  status: no rows")
+    if "caption_flags" in d:
+        lines.append("  caption flags (candidates): " + (", ".join(f"{k} {v}" for k, v in d["caption_flags"].items())
+                                                         or "none"))
     if "keep" in d:
         k = d["keep"]
         lines.append(f"  kept: {k['rows']} of {k['of_ok_rows']} ok rows ({k['fraction']:.1%}); "

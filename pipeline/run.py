@@ -283,6 +283,12 @@ def run_job(job: Job, inputs: list[str], output: str, cfg: Config, retry: bool =
         totals.update(marker.get("counts", {}))
     extra["totals"] = {"shards_committed": len(markers), "shards_failed": len(committer.failed),
                        "rows": sum(totals.values()), "counts": dict(sorted(totals.items()))}
+    if any("caption_flags" in m for m in markers.values()):  # candidates by caption flag: this run, and all
+        flagged: Counter[str] = Counter()
+        for marker in markers.values():
+            flagged.update(marker.get("caption_flags", {}))
+        extra["caption_flags"] = dict(sorted(committer.flags.items()))
+        extra["totals"]["caption_flags"] = dict(sorted(flagged.items()))
     if retry:
         extra["retry"] = {"rows": sum(committer.counts.values()), "shards": len(committer.committed)}
     skipped = len(p.shards) - len(p.todo) if not retry else 0

@@ -32,6 +32,7 @@ GPU_DECODE = "gpu_decode"
 # Columns made by the model stages.
 CAPTION = "caption"
 CAPTIONS = "captions"
+CAPTION_FLAGS = "caption_flags"  # per candidate: what went wrong (models/flags.py: truncated, repetition, ...)
 
 # Columns of the clean (CapFilt) job.
 TEXT_SCORE = "text_score"  # the alt-text's score by `clean.rank_by`
@@ -86,6 +87,7 @@ CAPTIONS_SCHEMA = pa.schema(
         pa.field(TEXT, pa.string()),
         pa.field(CAPTION, pa.string()),
         pa.field(CAPTIONS, pa.list_(pa.string())),
+        pa.field(CAPTION_FLAGS, pa.list_(pa.list_(pa.string()))),
         pa.field(WIDTH, pa.int32()),
         pa.field(HEIGHT, pa.int32()),
         pa.field(META, pa.string()),
@@ -97,6 +99,7 @@ CAPTIONS_SCHEMA = pa.schema(
 COLUMN_TYPES: dict[str, pa.DataType] = {
     KEY: pa.string(), SOURCE: pa.string(), STATUS: pa.string(), ERROR: pa.string(), TEXT: pa.string(),
     META: pa.string(), IMAGE: pa.binary(), BUSY: pa.string(), CAPTION: pa.string(), CAPTIONS: pa.list_(pa.string()),
+    CAPTION_FLAGS: pa.list_(pa.list_(pa.string())),
     WIDTH: pa.int32(), HEIGHT: pa.int32(),
     TEXT_SCORE: pa.float32(), CAPTION_SCORES: pa.list_(pa.float32()), KEEP_TEXT: pa.bool_(), KEEP: pa.bool_(),
     **{c: pa.float32() for c, _ in SCORE_COLUMNS.values()},
@@ -118,6 +121,7 @@ def clean_schema(scorers: tuple[str, ...]) -> pa.Schema:
     kinds = [k for k in ("itm", "itc", "clip") if k in scorers or (k == "itc" and "itm" in scorers)]
     fields = [*_BASE,
               pa.field(CAPTION, pa.string()), pa.field(CAPTIONS, pa.list_(pa.string())),
+              pa.field(CAPTION_FLAGS, pa.list_(pa.list_(pa.string()))),
               pa.field(CAPTION_SCORES, pa.list_(pa.float32())), pa.field(TEXT_SCORE, pa.float32()),
               pa.field(KEEP_TEXT, pa.bool_()), pa.field(KEEP, pa.bool_())]
     for k in kinds:

@@ -27,7 +27,7 @@ import pyarrow.parquet as pq
 
 from pipeline.io.shards import Shard
 from pipeline.io.storage import get_fs, join
-from pipeline.schema import KEEP, KEY, META, READ_ERROR, RUN_ID, RUN_ID_TYPE, SHARD_END, SOURCE, STATUS, TEXT_SCORE
+from pipeline.schema import CAPTION_FLAGS, KEEP, KEY, META, READ_ERROR, RUN_ID, RUN_ID_TYPE, SHARD_END, SOURCE, STATUS, TEXT_SCORE
 from pipeline.sketch import SKETCHED, table_sketches, with_sketches
 
 log = logging.getLogger(__name__)
@@ -164,6 +164,7 @@ class _Pending:
     parts: int = 0  # parts spilled to OUT/_staging/<name>/ (a shard larger than output.rows_per_part)
     buffered: int = 0  # rows held here, not spilled
     counts: Counter[str] = field(default_factory=Counter)  # statuses of the spilled rows
+    flags: Counter[str] = field(default_factory=Counter)  # caption flags of the spilled rows
 
 
 class ShardCommitter:
@@ -188,6 +189,7 @@ class ShardCommitter:
         self.options, self.digest, self.compression = options, digest, compression
         self.pending: dict[str, _Pending] = defaultdict(_Pending)
         self.counts: Counter[str] = Counter()
+        self.flags: Counter[str] = Counter()  # caption flags of the candidates this run committed
         self.committed: list[str] = []
         self.failed: dict[str, str] = {}  # shard URI → why (transient errors past the read retries)
         # A hook that holds the first complete shards back until it has decided from them, then decides
@@ -244,6 +246,7 @@ class ShardCommitter:
         for table_name, schema in self.tables.items():
             self._write_sorted(self._staged(name, table_name, p.parts), rows, schema, final=False)
         p.counts.update(rows[STATUS].to_pylist())
+        p.flags.update(flag_counts(rows))
         p.parts, p.tables, p.buffered = p.parts + 1, [], 0
 
     def _unstage(self, name: str) -> None:
@@ -330,6 +333,7 @@ class ShardCommitter:
         rows = pa.concat_tables(p.tables, promote_options="permissive") if p.tables else None
         counts: Counter[str] = p.counts + (Counter(rows[STATUS].to_pylist()) if rows is not None else Counter())
         shard_counts = counts  # the marker's: every row of the shard (with a retry's merged in)
+        flags = p.flags + (flag_counts(rows) if rows is not None else Counter())
         for table_name, schema in self.tables.items():
             uri = join(self.output, table_name, f"{name}.parquet")
             if p.parts:
@@ -342,6 +346,8 @@ class ShardCommitter:
                 table = table.replace_schema_metadata(self._file_schema(table.schema, table).metadata)
                 if STATUS in table.column_names:
                     shard_counts = Counter(table[STATUS].to_pylist())
+                if CAPTION_FLAGS in table.column_names:
+                    flags = flag_counts(table)
                 buf = io.BytesIO()
                 pq.write_table(table, buf, compression=self.compression)
                 write_atomic(uri, buf.getvalue(), self.options)
@@ -349,8 +355,11 @@ class ShardCommitter:
                 self._write_sorted(uri, rows, schema)
         if p.input_rows is not None and not counts.get(READ_ERROR) and p.rows != p.input_rows:
             raise RuntimeError(f"shard {source}: {p.rows} rows for the {p.input_rows} its footer lists")
-        if self._mark(source, name, shard_counts, p.input_rows, retried=p.rows if self.merge else None):
+        has_flags = any(CAPTION_FLAGS in schema.names for schema in self.tables.values())
+        if self._mark(source, name, shard_counts, p.input_rows, retried=p.rows if self.merge else None,
+                      flags=flags if has_flags else None):
             self.counts.update(counts)
+            self.flags.update(flags)
         else:  # another driver's marker won the race (this run wrote the same rows to the same file)
             self._committed_meanwhile(source, name)
         if p.parts:
@@ -415,13 +424,15 @@ class ShardCommitter:
         return pa.concat_tables([old.filter(keep), new]).sort_by(KEY)
 
     def _mark(self, source: str, name: str, counts: Counter[str], input_rows: int | None = None,
-              retried: int | None = None) -> bool:
+              retried: int | None = None, flags: Counter[str] | None = None) -> bool:
         """Writes the shard's marker: write-once, so that of two drivers on one output only one commits a
         shard (a retry rewrites its own). False: another driver's marker was there."""
         marker: dict[str, Any] = {"source": source, "name": name, "rows": sum(counts.values()), "counts": dict(counts),
                                   "config_digest": self.digest}
         if self.run_id:
             marker["run_id"] = self.run_id
+        if flags is not None:  # candidates with each caption flag (models/flags.py)
+            marker["caption_flags"] = dict(sorted(flags.items()))
         if input_rows is not None:
             marker["input_rows"] = input_rows
         if retried is not None:
@@ -440,6 +451,16 @@ class ShardCommitter:
 
     def incomplete(self) -> list[str]:
         return sorted(self.pending)
+
+
+def flag_counts(rows: pa.Table) -> Counter[str]:
+    """How many candidates carry each caption flag (a table without the column: none)."""
+    out: Counter[str] = Counter()
+    if CAPTION_FLAGS in rows.column_names:
+        for per_row in rows[CAPTION_FLAGS].to_pylist():
+            for flags in per_row or []:
+                out.update(flags or [])
+    return out
 
 
 def committed_shards(output: str, options: dict[str, Any]) -> dict[str, dict[str, Any]]:

@@ -16,6 +16,7 @@ from typing import Any
 
 from pipeline.config import CaptionConfig
 from pipeline.models import blip_attention
+from pipeline.models.flags import candidate_flags
 from pipeline.models.generation import beam_cache, generate_kwargs
 from pipeline.models.loading import load_pretrained, pretrained_kwargs, setup_torch
 from pipeline.models.pixels import Images, model_pixel_values, to_host
@@ -36,6 +37,15 @@ class HFCaptioner:
         # BLIP: SDPA in the vision tower, one cross-attention K/V per image for all its beams/samples
         # (blip_attention.py says why)
         self.shared_cross = blip_attention.install(model) if family == "blip" else None
+        # What ends a caption and what pads it, as generate() sees them (BLIP's generate passes its text
+        # config's [SEP] as EOS); the tokenizer's special ids are never words.
+        gen = model.generation_config
+        eos = gen.eos_token_id if isinstance(gen.eos_token_id, list) else [gen.eos_token_id]
+        if family == "blip":
+            eos = [model.config.text_config.sep_token_id]
+        self.eos = {int(e) for e in eos if e is not None}
+        self.pad = model.config.text_config.pad_token_id if family == "blip" else gen.pad_token_id
+        self.special = set(getattr(tokenizer, "all_special_ids", []) or [])
 
     def inputs(self, images: Images) -> dict[str, Any]:
         prompt = self.cfg.prompt
@@ -56,6 +66,10 @@ class HFCaptioner:
         return out
 
     def caption(self, pixels: Images) -> list[list[str]]:
+        return self.caption_with_flags(pixels)[0]
+
+    def caption_with_flags(self, pixels: Images) -> tuple[list[list[str]], list[list[list[str]]]]:
+        """(candidates per image, best first; each candidate's flags: models/flags.py)."""
         import torch
 
         images = pixels
@@ -73,8 +87,18 @@ class HFCaptioner:
             out = out[:, inputs["input_ids"].shape[1] :]  # the LM echoes its input: keep what it wrote
         decoder = self.tokenizer if self.family == "vision-encoder-decoder" else self.processor
         texts = [t.strip() for t in decoder.batch_decode(out, skip_special_tokens=True)]
+        fed = inputs.get("decoder_input_ids" if self.family == "vision-encoder-decoder" else "input_ids")
+        if self.family == "blip":  # BLIP generates after [DEC] and the prompt without its [CLS]/[SEP]
+            lead = fed.shape[1] - 1 if fed is not None else 1
+        elif self.family == "vision-encoder-decoder":
+            lead = fed.shape[1] if fed is not None else 1
+        else:  # BLIP-2: new tokens only (decoder-only: cut above) after special start/image tokens
+            lead = 0
+        flags = [candidate_flags(ids, text, self.eos, self.pad, self.special, self.cfg.min_new_tokens, self.cfg.prompt,
+                                 self.family, lead) for ids, text in zip(out.tolist(), texts, strict=True)]
         n = len(texts) // len(images)
-        return [texts[i * n : (i + 1) * n] for i in range(len(images))]
+        return ([texts[i * n : (i + 1) * n] for i in range(len(images))],
+                [flags[i * n : (i + 1) * n] for i in range(len(images))])
 
 
 MODEL_CLASSES = {

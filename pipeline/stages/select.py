@@ -16,6 +16,7 @@ import numpy as np
 from pipeline.config import CleanConfig
 from pipeline.schema import (
     CAPTION,
+    CAPTION_FLAGS,
     CAPTION_SCORES,
     CAPTIONS,
     KEEP,
@@ -47,6 +48,7 @@ class SelectCaption:
         text_col, caps_col = SCORE_COLUMNS[self.cfg.rank_by]
         out = {c: np.full(n, None, dtype=object) for c in (CAPTION, TEXT_SCORE, CAPTION_SCORES, KEEP_TEXT, KEEP)}
         captions = batch[CAPTIONS].copy()
+        flags = batch[CAPTION_FLAGS].copy() if CAPTION_FLAGS in batch else None
         raw = {caps: batch[caps].copy() for _, caps in SCORE_COLUMNS.values() if caps in batch}
         for i in np.flatnonzero(batch[STATUS] == OK):
             cands = list(captions[i] or [])
@@ -57,6 +59,8 @@ class SelectCaption:
                 order = sorted(range(len(cands)), key=lambda j: -cand_scores[j])[: self.cfg.top_k]
                 cands, cand_scores = [cands[j] for j in order], [cand_scores[j] for j in order]
                 captions[i] = cands
+                if flags is not None and flags[i] is not None:  # each candidate's flags follow it
+                    flags[i] = [flags[i][j] for j in order]
                 for col in raw:  # every scorer's raw scores follow their candidates
                     if raw[col][i] is not None:
                         raw[col][i] = [raw[col][i][j] for j in order]
@@ -79,4 +83,6 @@ class SelectCaption:
         batch.update(out)
         batch.update(raw)
         batch[CAPTIONS] = captions
+        if flags is not None:
+            batch[CAPTION_FLAGS] = flags
         return batch

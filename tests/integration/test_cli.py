@@ -46,6 +46,16 @@ def test_s3_webdataset_end_to_end(ray_local, s3, tmp_path, capsys):
     assert "15 rows (ok=15)" in capsys.readouterr().out
     got = check_inspect("capfilt-test/out", capsys, fs=s3)
     assert got["job"] == "caption" and got["ok_fraction"] == 1.0 and "scores" not in got
+    # caption flags: one list per candidate; run.json's counts are the Parquet's
+    from collections import Counter
+
+    from pipeline.models.flags import FLAGS
+
+    flags = table["caption_flags"].to_pylist()
+    assert all(len(f) == len(c) for f, c in zip(flags, table["captions"].to_pylist(), strict=True))
+    counted = Counter(flag for per_row in flags for candidate in per_row for flag in candidate)
+    assert set(counted) <= set(FLAGS) and counted["truncated"] > 0  # a random tiny model rarely says [SEP]
+    assert run["caption_flags"] == dict(sorted(counted.items())) == run["totals"]["caption_flags"]
 
 
 def test_parquet_input(ray_local, tmp_path):
