@@ -86,12 +86,15 @@ def write_atomic(uri: str, data: bytes | Callable[[Any], None], options: dict[st
     """Never leaves a partial object at `uri`: local files are renamed into place; an S3 object appears
     whole when its PUT (or multipart upload) completes. `data`: bytes, or a function that writes to a file."""
     fs, path = get_fs(uri, options)
+    protocols = fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)
 
     def put(target: str) -> None:
         if isinstance(data, bytes):
             fs.pipe_file(target, data)
             return
-        f = fs.open(target, "wb")
+        # S3 multipart parts must be ≥ 5 MiB, whatever block size the user set for reads (s3fs uses one for both)
+        kw = {"block_size": max(int(getattr(fs, "blocksize", 0) or 0), 5 * 2**20)} if "s3" in protocols else {}
+        f = fs.open(target, "wb", **kw)
         try:
             data(f)
         except BaseException:
@@ -105,7 +108,7 @@ def write_atomic(uri: str, data: bytes | Callable[[Any], None], options: dict[st
             raise
         f.close()
 
-    if "file" in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)):
+    if "file" in protocols:
         fs.makedirs(posixpath.dirname(path), exist_ok=True)
         # A leading dot: readers of the folder (pyarrow, pandas, duckdb/polars globs) skip it.
         tmp = posixpath.join(posixpath.dirname(path), f".{posixpath.basename(path)}.tmp-{uuid.uuid4().hex[:8]}")

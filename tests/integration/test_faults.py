@@ -36,7 +36,7 @@ def test_s3_slowdown_every_third_request_gives_identical_output(ray_local, s3, s
     clean = pq.read_table("capfilt-flaky/clean/captions", filesystem=s3).sort_by("key")
     flaky = pq.read_table("capfilt-flaky/flaky/captions", filesystem=s3).sort_by("key")
     assert clean.num_rows == 12
-    assert clean.equals(flaky)
+    assert clean.drop_columns(["run_id"]).equals(flaky.drop_columns(["run_id"]))  # run ids: one per run
 
 
 def test_expired_credentials_mid_shard_commit_nothing_and_a_rerun_completes(ray_local, s3, s3_server, tmp_path, capsys):
