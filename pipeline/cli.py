@@ -63,6 +63,13 @@ def parser(specs: dict[str, JobSpec]) -> argparse.ArgumentParser:
     e.add_argument("--json", action="store_true", help="print everything as JSON")
     e.add_argument("--address", help="Ray cluster to attach to (default: RAY_ADDRESS, else a local Ray)")
     e.add_argument("--verbose", "-v", action="store_true")
+    c = sub.add_parser("convert", help=CONVERT_HELP, description=CONVERT_HELP)
+    c.add_argument("kind", choices=["alpha-clip"], help="what to convert: alpha-clip (a released .pth)")
+    c.add_argument("checkpoint", metavar="CKPT", help="the checkpoint file")
+    c.add_argument("out_dir", metavar="OUT_DIR", help="the transformers directory to write")
+    c.add_argument("--base", required=True, help="the CLIP it was fine-tuned from (HF id, directory or tiny:clip), "
+                   "e.g. openai/clip-vit-large-patch14-336: text tower, tokenizer and image processor")
+    c.add_argument("--verbose", "-v", action="store_true")
     i = sub.add_parser("inspect", help=INSPECT_HELP, description=INSPECT_HELP)
     i.add_argument("output", metavar="OUT", help="the output folder of a run (local or s3://)")
     i.add_argument("--keep", type=float, metavar="FRACTION",
@@ -76,6 +83,9 @@ def parser(specs: dict[str, JobSpec]) -> argparse.ArgumentParser:
     i.add_argument("--verbose", "-v", action="store_true")
     return p
 
+
+CONVERT_HELP = ("convert a released Alpha-CLIP checkpoint (OpenAI's key names, conv1_alpha) into a transformers CLIP "
+                "directory with a 4-channel patch embedding (research-only weights: see their licence)")
 
 ESTIMATE_HELP = ("run a job's config on a sample of its input (--sample N images) and project the whole run: "
                  "wall time, img/s per stage, the bottleneck, GPU-hours for --actors A")
@@ -111,6 +121,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser(specs).parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    if args.job == "convert":
+        from pipeline.models.alpha_clip import convert
+
+        try:
+            out = convert(args.checkpoint, args.out_dir, args.base)
+        except (ConfigError, FileNotFoundError, ValueError) as e:
+            print(f"capfilt: convert: {e}", file=sys.stderr)
+            return 2
+        print(f"capfilt convert: Alpha-CLIP → {out} (load it as any CLIP; pixel_values get a 4th, alpha channel)")
+        return 0
     overrides = list(args.overrides)
     if args.job == "inspect":
         return _inspect(args, overrides)

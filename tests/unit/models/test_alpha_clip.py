@@ -1,0 +1,114 @@
+"""Alpha-CLIP: a checkpoint in OpenAI's layout, converted by capfilt, equals OpenAI's two-convolution forward."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from pipeline.models.alpha_clip import alpha_channel, convert, with_alpha
+from pipeline.models.random_weights import ensure_tiny
+
+WIDTH, PATCH, GRID, LAYERS, HEADS, MLP, EMBED = 32, 16, 3, 2, 2, 64, 24  # tiny:clip's vision tower
+
+
+def openai_checkpoint(seed: int = 0) -> dict[str, torch.Tensor]:
+    """Random weights under the released checkpoints' key names and shapes (tiny width)."""
+    g = torch.Generator().manual_seed(seed)
+
+    def r(*shape, scale=0.2):
+        return torch.randn(*shape, generator=g) * scale
+
+    sd = {"conv1.weight": r(WIDTH, 3, PATCH, PATCH, scale=0.02), "conv1_alpha.weight": r(WIDTH, 1, PATCH, PATCH),
+          "class_embedding": r(WIDTH), "positional_embedding": r(GRID * GRID + 1, WIDTH),
+          "ln_pre.weight": 1 + r(WIDTH), "ln_pre.bias": r(WIDTH), "ln_post.weight": 1 + r(WIDTH),
+          "ln_post.bias": r(WIDTH), "proj": r(WIDTH, EMBED)}
+    for i in range(LAYERS):
+        p = f"transformer.resblocks.{i}."
+        sd |= {p + "attn.in_proj_weight": r(3 * WIDTH, WIDTH), p + "attn.in_proj_bias": r(3 * WIDTH),
+               p + "attn.out_proj.weight": r(WIDTH, WIDTH), p + "attn.out_proj.bias": r(WIDTH),
+               p + "ln_1.weight": 1 + r(WIDTH), p + "ln_1.bias": r(WIDTH), p + "ln_2.weight": 1 + r(WIDTH),
+               p + "ln_2.bias": r(WIDTH), p + "mlp.c_fc.weight": r(MLP, WIDTH), p + "mlp.c_fc.bias": r(MLP),
+               p + "mlp.c_proj.weight": r(WIDTH, MLP), p + "mlp.c_proj.bias": r(WIDTH)}
+    return {f"visual.{k}": v for k, v in sd.items()}  # as inside a whole CLIP's state dict
+
+
+def openai_forward(sd: dict[str, torch.Tensor], rgb: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
+    """Alpha-CLIP's visual forward as its authors wrote it: conv1(rgb) + conv1_alpha(alpha), then OpenAI's
+    ViT (QuickGELU, pre-LN residual blocks, class token through ln_post and proj)."""
+    w = {k.removeprefix("visual."): v for k, v in sd.items()}
+    n = rgb.shape[0]
+    x = F.conv2d(rgb, w["conv1.weight"], stride=PATCH) + F.conv2d(alpha, w["conv1_alpha.weight"], stride=PATCH)
+    x = x.reshape(n, WIDTH, -1).permute(0, 2, 1)
+    x = torch.cat([w["class_embedding"].expand(n, 1, WIDTH), x], dim=1) + w["positional_embedding"]
+    x = F.layer_norm(x, (WIDTH,), w["ln_pre.weight"], w["ln_pre.bias"])
+    for i in range(LAYERS):
+        p = f"transformer.resblocks.{i}."
+        y = F.layer_norm(x, (WIDTH,), w[p + "ln_1.weight"], w[p + "ln_1.bias"])
+        q, k, v = (y @ w[p + "attn.in_proj_weight"].T + w[p + "attn.in_proj_bias"]).chunk(3, dim=-1)
+        split = lambda t: t.reshape(n, -1, HEADS, WIDTH // HEADS).transpose(1, 2)  # noqa: E731
+        att = torch.softmax(split(q) @ split(k).transpose(-1, -2) / math.sqrt(WIDTH // HEADS), dim=-1) @ split(v)
+        x = x + att.transpose(1, 2).reshape(n, -1, WIDTH) @ w[p + "attn.out_proj.weight"].T + w[p + "attn.out_proj.bias"]
+        y = F.layer_norm(x, (WIDTH,), w[p + "ln_2.weight"], w[p + "ln_2.bias"])
+        h = y @ w[p + "mlp.c_fc.weight"].T + w[p + "mlp.c_fc.bias"]
+        x = x + (h * torch.sigmoid(1.702 * h)) @ w[p + "mlp.c_proj.weight"].T + w[p + "mlp.c_proj.bias"]
+    return F.layer_norm(x[:, 0], (WIDTH,), w["ln_post.weight"], w["ln_post.bias"]) @ w["proj"]
+
+
+@pytest.fixture(scope="module")
+def converted(tmp_path_factory):
+    from transformers import CLIPModel
+
+    tmp = tmp_path_factory.mktemp("alpha")
+    sd = openai_checkpoint()
+    torch.save(sd, tmp / "alpha_clip_tiny.pth")
+    out = convert(str(tmp / "alpha_clip_tiny.pth"), str(tmp / "hf"), str(ensure_tiny("clip")))
+    return sd, CLIPModel.from_pretrained(out).eval(), out
+
+
+@pytest.mark.parametrize("region", [False, True])
+def test_converted_model_equals_the_two_convolution_forward(converted, region):
+    sd, model, _ = converted
+    g = torch.Generator().manual_seed(1)
+    rgb = torch.randn(3, 3, GRID * PATCH, GRID * PATCH, generator=g)
+    mask = None
+    if region:  # a box on each image
+        mask = torch.zeros(3, GRID * PATCH, GRID * PATCH)
+        mask[0, :20, :20], mask[1, 10:40, 5:30], mask[2, 30:, 30:] = 1, 1, 1
+    with torch.no_grad():
+        ours = model.get_image_features(pixel_values=with_alpha(rgb, mask)).pooler_output
+        alpha = alpha_channel(mask if region else torch.ones(3, GRID * PATCH, GRID * PATCH))
+        theirs = openai_forward(sd, rgb, alpha)
+    assert model.config.vision_config.num_channels == 4
+    assert (ours - theirs).abs().max().item() <= 1e-5
+
+
+def test_the_region_changes_the_embedding_and_the_directory_is_a_whole_clip(converted):
+    from transformers import AutoImageProcessor, AutoTokenizer
+
+    _, model, out = converted
+    rgb = torch.randn(1, 3, GRID * PATCH, GRID * PATCH)
+    left, right = torch.zeros(1, GRID * PATCH, GRID * PATCH), torch.zeros(1, GRID * PATCH, GRID * PATCH)
+    left[..., :24], right[..., 24:] = 1, 1
+    with torch.no_grad():
+        a = model.get_image_features(pixel_values=with_alpha(rgb, left)).pooler_output
+        b = model.get_image_features(pixel_values=with_alpha(rgb, right)).pooler_output
+    assert (a - b).abs().max() > 1e-3
+    assert AutoTokenizer.from_pretrained(out) is not None and AutoImageProcessor.from_pretrained(out) is not None
+
+
+def test_a_checkpoint_without_an_alpha_convolution_is_refused(tmp_path):
+    sd = {k: v for k, v in openai_checkpoint().items() if "conv1_alpha" not in k}
+    torch.save(sd, tmp_path / "plain.pth")
+    with pytest.raises(ValueError, match="not an Alpha-CLIP visual tower"):
+        convert(str(tmp_path / "plain.pth"), str(tmp_path / "out"), str(ensure_tiny("clip")))
+
+
+def test_the_convert_command(tmp_path, capsys):
+    from pipeline.cli import main
+
+    torch.save(openai_checkpoint(2), tmp_path / "a.pth")
+    assert main(["convert", "alpha-clip", str(tmp_path / "a.pth"), str(tmp_path / "hf"), "--base", "tiny:clip"]) == 0
+    assert "Alpha-CLIP →" in capsys.readouterr().out and (tmp_path / "hf" / "config.json").exists()
+    assert main(["convert", "alpha-clip", str(tmp_path / "missing.pth"), str(tmp_path / "x"), "--base", "tiny:clip"]) == 2
+    assert capsys.readouterr().err.startswith("capfilt: convert: ")
