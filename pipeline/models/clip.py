@@ -18,6 +18,9 @@ class ClipEmbedder:
         self.cfg, self.device, self.dtype = cfg, device, dtype
         self.model_id = cfg.model
         self.max_length = int(model.config.text_config.max_position_embeddings)
+        # Alpha-CLIP (capfilt convert alpha-clip): a 4th input channel says where to look; the whole image
+        # is an all-ones mask (models/alpha_clip.py)
+        self.alpha = int(getattr(model.config.vision_config, "num_channels", 3)) == 4
 
     def image_features(self, pixels: Images) -> Any:
         """uint8 images at the processor's size → (n, d) float32 tensor on the device, L2-normalised.
@@ -28,6 +31,10 @@ class ClipEmbedder:
         if len(pixels) == 0:
             return torch.zeros((0, self.dim), device=self.device)
         pv = model_pixel_values(self.image_processor, pixels, self.device, self.dtype)
+        if self.alpha:
+            from pipeline.models.alpha_clip import with_alpha
+
+            pv = with_alpha(pv)
         with torch.inference_mode():
             out = self.model.get_image_features(pixel_values=pv).pooler_output
             return normalize(out.float(), dim=-1)

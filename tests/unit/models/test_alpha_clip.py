@@ -112,3 +112,27 @@ def test_the_convert_command(tmp_path, capsys):
     assert "Alpha-CLIP →" in capsys.readouterr().out and (tmp_path / "hf" / "config.json").exists()
     assert main(["convert", "alpha-clip", str(tmp_path / "missing.pth"), str(tmp_path / "x"), "--base", "tiny:clip"]) == 2
     assert capsys.readouterr().err.startswith("capfilt: convert: ")
+
+
+def test_the_clip_stage_runs_a_converted_alpha_clip_on_the_whole_image(converted, photos):
+    """`clip.model: <converted dir>`: capfilt's CLIP embedder feeds the 4th channel (all ones: the whole
+    image) and gives the two-convolution forward's embedding, L2-normalised."""
+    import numpy as np
+
+    from pipeline.config import load_config
+    from pipeline.decode.image import decode
+    from pipeline.models.clip import load_clip
+    from pipeline.models.loading import image_target
+
+    sd, _, out = converted
+    cfg = load_config(None, [f"clip.model={out}", "clip.device=cpu", "clip.dtype=float32"])
+    clip = load_clip(cfg.clip)
+    t = image_target(cfg.clip, "clip")
+    from tests.fixtures.samples import jpeg
+
+    pixels = np.stack([decode(jpeg(p), (t,), 10**8, ("JPEG",), draft=False)[0]["clip"] for p in photos[:2]])
+    ours = clip.embed_images(pixels)
+    pv = clip.image_processor(images=list(pixels), return_tensors="pt")["pixel_values"]
+    theirs = openai_forward(sd, pv, alpha_channel(torch.ones(2, *pv.shape[2:])))
+    theirs = torch.nn.functional.normalize(theirs, dim=-1).numpy()
+    assert clip.alpha and np.abs(ours - theirs).max() <= 1e-5
