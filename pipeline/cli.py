@@ -12,7 +12,7 @@ from typing import Any
 from pipeline.config import ConfigError, load_config
 from pipeline.job import JobSpec
 from pipeline.progress import fmt_rate
-from pipeline.report import Summary
+from pipeline.report import Summary, run_defaults
 
 JOB_MODULES = ("jobs.caption", "jobs.clean", "jobs.embed", "jobs.prompts")
 
@@ -109,10 +109,8 @@ def _retry_args(args: argparse.Namespace, specs: dict[str, JobSpec]) -> tuple[Jo
         run = json.loads(fs.cat_file(path))
     except FileNotFoundError:
         raise ConfigError(f"retry: {args.output!r} holds no run.json: not the output of a capfilt run") from None
-    base = dict(run["config"])
-    base.pop("storage", None)  # redacted in run.json: storage options come from --config / --set
-    base.pop("run", None)  # wiring of that machine
-    return specs[run["job"]], base, list(run["inputs"]), run["job"]
+    # storage options come from --config / --set (run.json redacts them)
+    return specs[run["job"]], run_defaults(run), list(run["inputs"]), run["job"]
 
 
 

@@ -30,6 +30,7 @@ from pipeline.io.readers import read_shard
 from pipeline.io.shards import list_shards
 from pipeline.io.storage import get_fs, join
 from pipeline.io.writer import committed_shards
+from pipeline.report import run_defaults
 from pipeline.schema import (
     CAPTION,
     CAPTION_SCORES,
@@ -56,9 +57,7 @@ GALLERY_COLUMNS = (KEY, SOURCE, STATUS, ERROR, TEXT, CAPTION, CAPTIONS, TEXT_SCO
 def run_config(run: dict[str, Any], options: dict[str, Any]) -> Config:
     """The run's config as run.json keeps it (storage from the caller: it is redacted there), models on
     whatever device this machine has."""
-    base = dict(run.get("config") or {})
-    base.pop("storage", None)
-    base.pop("run", None)
+    base = run_defaults(run)
     cfg = load_config(None, [f"{s}.device=auto" for s in ("caption", "itm", "clip") if s in base], defaults=base)
     return replace(cfg, storage=options)
 

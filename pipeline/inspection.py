@@ -75,12 +75,12 @@ def inspect_output(output: str, options: dict[str, Any] | None = None, keep: flo
     columns: dict[str, list[str]] = {}
     keep_counts: Counter[str] = Counter()
     for table in TABLES:
-        files = [join(root, table, f"{n}.parquet") for n in names]
-        files = [f for f in files if fs.exists(f)]
-        if not files:
-            continue
-        for f in files:
-            with fs.open(f, "rb") as fh:
+        for n in names:
+            try:
+                fh = fs.open(join(root, table, f"{n}.parquet"), "rb")
+            except FileNotFoundError:  # a job without this table
+                continue
+            with fh:
                 pf = pq.ParquetFile(fh)
                 schema = pf.schema_arrow
                 columns.setdefault(table, schema.names)

@@ -47,6 +47,15 @@ def versions() -> dict[str, str]:
     return out
 
 
+def run_defaults(run: dict[str, Any]) -> dict[str, Any]:
+    """A run's config as run.json keeps it, as defaults for load_config: without `storage` (redacted there:
+    the caller passes its own) and `run` (the wiring of that machine)."""
+    base = dict(run.get("config") or {})
+    base.pop("storage", None)
+    base.pop("run", None)
+    return base
+
+
 def write_report(job: Job, inputs: list[str], cfg: Config, digest: str, summary: Summary) -> None:
     """`OUT/run.json`: config (credentials redacted), models and their revisions, versions, counts, times."""
     report = {

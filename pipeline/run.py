@@ -200,14 +200,18 @@ def retry_plan(job: Job, inputs: list[str], output: str, cfg: Config) -> Plan:
     return Plan(p.shards, todo, p.digest, {uri: m["name"] for uri, m in p.done.items()}, p.done)
 
 
-def sample_plan(job: Job, inputs: list[str], output: str, cfg: Config, images: int) -> Plan:
+def sample_shards(shards: list[Shard], images: int) -> list[Shard]:
     """`capfilt estimate`: about `images` samples, the first ones of up to 16 shards spread over the input
     (shards differ: the first shard alone says little of the rest)."""
-    shards = list_shards(inputs, cfg.input.format, cfg.storage, cfg.input.image_extensions, cfg.input.files_per_shard)
-    check_writable(output, cfg.storage)
     k = min(len(shards), max(1, -(-images // 32)), 16)
     picked = sorted({round(i * (len(shards) - 1) / max(k - 1, 1)) for i in range(k)})
-    todo = [replace(shards[i], limit=-(-images // len(picked))) for i in picked]
+    return [replace(shards[i], limit=-(-images // len(picked))) for i in picked]
+
+
+def sample_plan(job: Job, inputs: list[str], output: str, cfg: Config, images: int) -> Plan:
+    shards = list_shards(inputs, cfg.input.format, cfg.storage, cfg.input.image_extensions, cfg.input.files_per_shard)
+    check_writable(output, cfg.storage)
+    todo = sample_shards(shards, images)
     return Plan(todo, todo, cfg.digest(job.sections), shard_ids(todo), {})
 
 

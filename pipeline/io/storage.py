@@ -42,6 +42,11 @@ def unstrip(fs: fsspec.AbstractFileSystem, path: str) -> str:
     return fs.unstrip_protocol(path) if _protocol(fs) != "file" else path
 
 
-def _protocol(fs: fsspec.AbstractFileSystem) -> str:
+def protocols(fs: fsspec.AbstractFileSystem) -> tuple[str, ...]:
+    """Every name a filesystem answers to (`("s3", "s3a")`, `("file", "local")`)."""
     p = fs.protocol
-    return p[0] if isinstance(p, tuple) else p
+    return tuple(p) if isinstance(p, (tuple, list)) else (p,)
+
+
+def _protocol(fs: fsspec.AbstractFileSystem) -> str:
+    return protocols(fs)[0]

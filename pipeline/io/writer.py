@@ -26,7 +26,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipeline.io.shards import Shard
-from pipeline.io.storage import get_fs, join
+from pipeline.io.storage import get_fs, join, protocols
 from pipeline.schema import CAPTION_FLAGS, KEEP, KEY, META, READ_ERROR, RUN_ID, RUN_ID_TYPE, SHARD_END, SOURCE, STATUS, TEXT_SCORE
 from pipeline.sketch import SKETCHED, table_sketches, with_sketches
 
@@ -86,14 +86,14 @@ def write_atomic(uri: str, data: bytes | Callable[[Any], None], options: dict[st
     """Never leaves a partial object at `uri`: local files are renamed into place; an S3 object appears
     whole when its PUT (or multipart upload) completes. `data`: bytes, or a function that writes to a file."""
     fs, path = get_fs(uri, options)
-    protocols = fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)
+    names = protocols(fs)
 
     def put(target: str) -> None:
         if isinstance(data, bytes):
             fs.pipe_file(target, data)
             return
         # S3 multipart parts must be ≥ 5 MiB, whatever block size the user set for reads (s3fs uses one for both)
-        kw = {"block_size": max(int(getattr(fs, "blocksize", 0) or 0), 5 * 2**20)} if "s3" in protocols else {}
+        kw = {"block_size": max(int(getattr(fs, "blocksize", 0) or 0), 5 * 2**20)} if "s3" in names else {}
         f = fs.open(target, "wb", **kw)
         try:
             data(f)
@@ -108,7 +108,7 @@ def write_atomic(uri: str, data: bytes | Callable[[Any], None], options: dict[st
             raise
         f.close()
 
-    if "file" in protocols:
+    if "file" in names:
         fs.makedirs(posixpath.dirname(path), exist_ok=True)
         # A leading dot: readers of the folder (pyarrow, pandas, duckdb/polars globs) skip it.
         tmp = posixpath.join(posixpath.dirname(path), f".{posixpath.basename(path)}.tmp-{uuid.uuid4().hex[:8]}")
@@ -128,8 +128,8 @@ def create_once(uri: str, data: bytes, options: dict[str, Any] | None = None) ->
     `If-None-Match: *` (s3fs's mode="create"). A store that refuses conditional writes gets a plain PUT
     (with a warning): the check before the data was written still stands."""
     fs, path = get_fs(uri, options)
-    protocols = fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)
-    if "file" in protocols:
+    names = protocols(fs)
+    if "file" in names:
         fs.makedirs(posixpath.dirname(path), exist_ok=True)
         tmp = posixpath.join(posixpath.dirname(path), f".{posixpath.basename(path)}.tmp-{uuid.uuid4().hex[:8]}")
         fs.pipe_file(tmp, data)
@@ -146,7 +146,7 @@ def create_once(uri: str, data: bytes, options: dict[str, Any] | None = None) ->
             if fs.exists(tmp):
                 fs.rm(tmp)
         return True
-    if "s3" in protocols:
+    if "s3" in names:
         try:
             fs.pipe_file(path, data, mode="create")
             return True
