@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from pipeline.schema import COLUMN_TYPES, EMBEDDINGS
+from pipeline.schema import COLUMN_TYPES, EMBEDDINGS, PIXELS
 
 
 def to_numpy(table: pa.Table) -> dict[str, np.ndarray]:
@@ -67,6 +67,8 @@ def _column(name: str, values: np.ndarray, tensor: Callable[[np.ndarray], pa.Arr
         if tensor is None:
             raise TypeError(f"column {name!r}: an n-d array needs a tensor type (the Ray adapter gives Ray's)")
         return tensor(values)
+    if name.startswith(PIXELS) and values.dtype == object and tensor is not None:
+        return tensor(values)  # images of their own sizes each (a dynamic decode target): a ragged tensor
     if name in EMBEDDINGS:
         return _embedding(values)
     typ = COLUMN_TYPES.get(name)

@@ -140,14 +140,17 @@ def decode_stage(cfg: Config, targets: dict[str, Target]) -> tuple[StageSpec, di
     Returns the stage and section → pixel column."""
     from pipeline.stages.decode import DecodeImages
 
-    unique: dict[tuple[Any, ...], Target] = {}
+    unique: dict[Target, Target] = {}
     columns: dict[str, str] = {}
     for role, t in targets.items():
-        spec = (t.height, t.width, t.mode, t.shortest_edge, t.resample)
+        spec = replace(t, name="")
         if spec not in unique:
             unique[spec] = replace(t, name=pixel_column(role))
         columns[role] = unique[spec].name
     d = cfg.decode
+    if d.device == "cuda" and (dynamic := [role for role, t in targets.items() if t.dynamic]):
+        raise ConfigError(f"config: decode.device: 'cuda' decodes to one size per model, but {dynamic[0]}.model "
+                          f"({getattr(cfg, dynamic[0]).model}) sizes each image by its aspect ratio; use 'cpu'")
     if d.device == "cuda":
         import importlib.util
 

@@ -17,7 +17,7 @@ import numpy as np
 from PIL import Image, ImageFile, UnidentifiedImageError
 
 from pipeline.config import DecodeConfig
-from pipeline.decode.geometry import ORIENTATION_SWAPS, ORIENTATION_TRANSPOSE, Target, plan
+from pipeline.decode.geometry import ORIENTATION_SWAPS, ORIENTATION_TRANSPOSE, Target, draft_need, plan
 from pipeline.schema import DECODE_ERROR, OK, TOO_LARGE, UNSUPPORTED_FORMAT
 
 ImageFile.LOAD_TRUNCATED_IMAGES = False
@@ -80,7 +80,7 @@ def _orientation(im: Image.Image) -> int:
         return 1
 
 
-def _turbo(data: bytes, im: Image.Image, targets: tuple[Target, ...], orientation: int) -> Image.Image | None:
+def _turbo(data: bytes, im: Image.Image, targets: tuple[Target, ...], orientation: int, need: int) -> Image.Image | None:
     """JPEG decoded by libjpeg-turbo straight to the smallest DCT scale (n/8) that still covers every
     target: most of a web JPEG's pixels are never materialised. None when not applicable."""
     try:
@@ -89,7 +89,6 @@ def _turbo(data: bytes, im: Image.Image, targets: tuple[Target, ...], orientatio
         return None
     if im.mode not in ("RGB", "L"):  # CMYK/YCCK: PIL knows Adobe's inverted CMYK, libjpeg-turbo does not
         return None
-    need = max(max(t.height, t.width, t.shortest_edge) for t in targets)
     try:
         arr = simplejpeg.decode_jpeg(data, colorspace="RGB", min_height=need, min_width=need, strict=True)
     except ValueError as e:  # truncated or corrupt: strict mode says so instead of filling in grey
@@ -145,12 +144,12 @@ def decode(
     cos 0.99 of the processor path, about 3× the speed); otherwise PIL and the processor's own filter,
     bit-identical to the processor path (with `draft`, JPEGs ≥2× the target decode DCT-scaled first)."""
     im, orientation, width, height = inspect(data, max_pixels, formats)
-    if fast and im.format == "JPEG" and targets and (turbo := _turbo(data, im, targets, orientation)) is not None:
-        return {t.name: resize_to(turbo, t, Image.Resampling.BOX) for t in targets}, width, height
     try:
+        need = draft_need(targets, width, height) if targets else 0
+        if fast and im.format == "JPEG" and targets and (turbo := _turbo(data, im, targets, orientation, need)) is not None:
+            return {t.name: resize_to(turbo, t, Image.Resampling.BOX) for t in targets}, width, height
         if draft and im.format == "JPEG" and targets:
             # DCT-domain downscale: decode at 1/2, 1/4 or 1/8 when the result still covers every target.
-            need = max(max(t.height, t.width, t.shortest_edge) for t in targets)
             im.draft("RGB", (need, need))
         im.load()  # truncated data raises here
         im = to_rgb(orient(im, orientation))

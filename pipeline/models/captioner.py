@@ -31,7 +31,8 @@ def model_type(path: str, cfg: CaptionConfig) -> str:
     return str(conf.model_type)
 
 
-FAMILIES = ("blip", "blip-2", "vision-encoder-decoder")
+# The families of models/hf_captioner.py, then the vision-language models of models/vlm.py.
+FAMILIES = ("blip", "blip-2", "vision-encoder-decoder", "llava", "florence2", "qwen2_vl", "smolvlm")
 
 
 def _family(path: str, cfg: CaptionConfig) -> str:
@@ -55,7 +56,10 @@ def caption_target(cfg: CaptionConfig, storage_options: dict[str, Any] | None = 
 
 
 def load_captioner(cfg: CaptionConfig, storage_options: dict[str, Any] | None = None) -> Captioner:
-    from pipeline.models import hf_captioner
+    from pipeline.models import hf_captioner, vlm
 
     path = resolve_model(cfg.model, storage_options)
-    return hf_captioner.load(_family(path, cfg), path, cfg)
+    family = _family(path, cfg)
+    if family in vlm.FAMILIES:
+        return vlm.load(family, path, cfg)
+    return hf_captioner.load(family, path, cfg)

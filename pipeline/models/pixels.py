@@ -25,7 +25,7 @@ def _size(ip: Any) -> tuple[int, int] | None:
         t = processor_size_target(ip, "")
     except (ValueError, AttributeError):
         return None
-    return t.height, t.width
+    return None if t.dynamic else (t.height, t.width)
 
 
 def pixel_values(ip: Any, pixels: Any, device: str, dtype: Any) -> Any | None:

@@ -170,6 +170,150 @@ def build_vit_gpt2(out: Path, image_size: int = 64) -> None:
     ViTImageProcessorPil(size={"height": image_size, "width": image_size}).save_pretrained(out)
 
 
+# ---------------------------------------------------------------- vision-language models (models/vlm.py)
+# Each real class with a tiny config, its real processor class, and a chat template in the format of the
+# released model's (LLaVA-1.5's "USER: <image>\n... ASSISTANT:", Qwen's ChatML, SmolVLM's "User:<image>...").
+# The bert-base-uncased vocabulary stands in for each model's own, with the model's special tokens added.
+
+_LLAVA_TEMPLATE = ("{% for message in messages %}{% if message['role'] == 'user' %}USER: {% for c in message['content'] %}"
+                   "{% if c['type'] == 'image' %}<image>\n{% elif c['type'] == 'text' %}{{ c['text'] }}{% endif %}{% endfor %} "
+                   "{% endif %}{% endfor %}{% if add_generation_prompt %}ASSISTANT:{% endif %}")
+_CHATML_TEMPLATE = ("{% for message in messages %}<|im_start|>{{ message['role'] }}\n{% for c in message['content'] %}"
+                    "{% if c['type'] == 'image' %}<|vision_start|><|image_pad|><|vision_end|>{% elif c['type'] == 'text' %}"
+                    "{{ c['text'] }}{% endif %}{% endfor %}<|im_end|>\n{% endfor %}"
+                    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+_SMOLVLM_TEMPLATE = ("<|im_start|>{% for message in messages %}{{ message['role'] | capitalize }}"
+                     "{% if message['content'][0]['type'] == 'image' %}{{ ':' }}{% else %}{{ ': ' }}{% endif %}"
+                     "{% for c in message['content'] %}{% if c['type'] == 'image' %}{{ '<image>' }}{% elif c['type'] == 'text' %}"
+                     "{{ c['text'] }}{% endif %}{% endfor %}<end_of_utterance>\n{% endfor %}"
+                     "{% if add_generation_prompt %}{{ 'Assistant:' }}{% endif %}")
+_TINY_LM: dict[str, Any] = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                                num_key_value_heads=2)
+
+
+def _vlm_tokenizer(tokens: list[str], **kw: Any):  # type: ignore[no-untyped-def]
+    """bert-base-uncased with a VLM's special tokens; no token_type_ids (the VLMs take none)."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(minilm_dir(), **kw)
+    if tokens:
+        tok.add_special_tokens({"additional_special_tokens": tokens})
+    names = ["input_ids", "attention_mask"]
+    tok.model_input_names = names
+    tok.init_kwargs["model_input_names"] = names
+    return tok
+
+
+def _save_vlm(model: Any, processor: Any, out: Path, eos: int, pad: int) -> None:
+    _spread_weights(model)
+    model.generation_config.eos_token_id, model.generation_config.pad_token_id = eos, pad
+    model.save_pretrained(out)
+    processor.save_pretrained(out)
+
+
+def build_llava(out: Path, image_size: int = 32, vision_channels: int = 3) -> None:
+    """LlavaForConditionalGeneration: a CLIP vision tower (`vision_channels=4`: an Alpha-CLIP one), a
+    Llama language model, LLaVA's processor with CLIP's image processor."""
+    import torch
+    from transformers import (
+        CLIPImageProcessorPil,
+        CLIPVisionConfig,
+        LlavaConfig,
+        LlavaForConditionalGeneration,
+        LlavaProcessor,
+    )
+
+    torch.manual_seed(0)
+    tok = _vlm_tokenizer(["<image>"])
+    vision = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                              image_size=image_size, patch_size=8, num_channels=vision_channels)
+    text = dict(model_type="llama", vocab_size=len(tok), max_position_embeddings=256, bos_token_id=tok.cls_token_id,
+                eos_token_id=tok.sep_token_id, pad_token_id=tok.pad_token_id, **_TINY_LM)
+    config = LlavaConfig(vision_config=vision, text_config=text, image_token_index=tok.convert_tokens_to_ids("<image>"),
+                         vision_feature_layer=-2, vision_feature_select_strategy="default")
+    ip = CLIPImageProcessorPil(size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size})
+    processor = LlavaProcessor(image_processor=ip, tokenizer=tok, patch_size=8, vision_feature_select_strategy="default",
+                               chat_template=_LLAVA_TEMPLATE, image_token="<image>", num_additional_image_tokens=1)
+    _save_vlm(LlavaForConditionalGeneration(config).eval(), processor, out, tok.sep_token_id, tok.pad_token_id)
+
+
+def build_qwen2_vl(out: Path) -> None:
+    """Qwen2VLForConditionalGeneration (M-RoPE, dynamic resolution: 56×56 to 112×112 pixels here) with
+    Qwen2-VL's processor and ChatML template; generation ends at <|im_end|>."""
+    import torch
+    from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration, Qwen2VLImageProcessorPil
+
+    from pipeline.models.processors import images_only
+
+    torch.manual_seed(0)
+    names = ["<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"]
+    tok = _vlm_tokenizer(names)
+    ids = {t: tok.convert_tokens_to_ids(t) for t in names}
+    text = dict(vocab_size=len(tok), max_position_embeddings=512, bos_token_id=tok.cls_token_id, eos_token_id=ids["<|im_end|>"],
+                pad_token_id=tok.pad_token_id, rope_parameters={"rope_type": "default", "rope_theta": 10000.0,
+                                                                "mrope_section": [2, 2, 4]}, **_TINY_LM)
+    vision = dict(depth=2, embed_dim=32, hidden_size=32, num_heads=2, patch_size=14, spatial_merge_size=2, temporal_patch_size=2)
+    config = Qwen2VLConfig(text_config=text, vision_config=vision, image_token_id=ids["<|image_pad|>"],
+                           video_token_id=ids["<|video_pad|>"], vision_start_token_id=ids["<|vision_start|>"],
+                           vision_end_token_id=ids["<|vision_end|>"])
+    from transformers import Qwen2VLProcessor
+
+    ip = Qwen2VLImageProcessorPil(min_pixels=56 * 56, max_pixels=112 * 112)
+    processor = images_only(Qwen2VLProcessor)(image_processor=ip, tokenizer=tok, video_processor=None,
+                                              chat_template=_CHATML_TEMPLATE)
+    _save_vlm(Qwen2VLForConditionalGeneration(config).eval(), processor, out, ids["<|im_end|>"], tok.pad_token_id)
+
+
+def build_smolvlm(out: Path, tile: int = 32) -> None:
+    """SmolVLMForConditionalGeneration (SigLIP-style tower, pixel shuffle, Llama LM) with SmolVLM's
+    processor: images up to 2×2 tiles of `tile` px plus the whole image; generation ends at <end_of_utterance>."""
+    import torch
+    from transformers import SmolVLMConfig, SmolVLMForConditionalGeneration, SmolVLMImageProcessorPil, SmolVLMProcessor
+
+    from pipeline.models.processors import images_only
+
+    torch.manual_seed(0)
+    names = ["<fake_token_around_image>", "<image>", "<global-img>", "<end_of_utterance>"]
+    tok = _vlm_tokenizer(names)
+    eos = tok.convert_tokens_to_ids("<end_of_utterance>")
+    patch, scale = 8, 2
+    text = dict(model_type="llama", vocab_size=len(tok), max_position_embeddings=1024, bos_token_id=tok.cls_token_id,
+                eos_token_id=eos, pad_token_id=tok.pad_token_id, **_TINY_LM)
+    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=tile,
+                  patch_size=patch)
+    config = SmolVLMConfig(text_config=text, vision_config=vision, image_token_id=tok.convert_tokens_to_ids("<image>"),
+                           scale_factor=scale, pad_token_id=tok.pad_token_id)  # type: ignore[call-arg]
+    ip = SmolVLMImageProcessorPil(size={"longest_edge": 2 * tile}, max_image_size={"longest_edge": tile}, do_image_splitting=True)
+    processor = images_only(SmolVLMProcessor)(image_processor=ip, tokenizer=tok, video_processor=None,
+                                              image_seq_len=(tile // patch) ** 2 // scale**2, chat_template=_SMOLVLM_TEMPLATE)
+    _save_vlm(SmolVLMForConditionalGeneration(config).eval(), processor, out, eos, tok.pad_token_id)
+
+
+def build_florence2(out: Path, image_size: int = 64) -> None:
+    """Florence2ForConditionalGeneration (DaViT vision tower, BART encoder-decoder) with Florence-2's
+    processor: task tokens (`<MORE_DETAILED_CAPTION>`, `<REGION_TO_DESCRIPTION>` + a box) and the 1,000
+    location tokens <loc_0>..<loc_999>."""
+    import torch
+    from transformers import CLIPImageProcessorPil, Florence2Config, Florence2ForConditionalGeneration, Florence2Processor
+
+    torch.manual_seed(0)
+    tok = _vlm_tokenizer([], extra_special_tokens={"image_token": "<image>"}, bos_token="[CLS]", eos_token="[SEP]")
+    tok.add_tokens([f"<loc_{i}>" for i in range(1000)], special_tokens=False)
+    # Two DaViT stages (strides 4 and 2): an image_size/8 grid of patch tokens, plus one pooled token.
+    vision = dict(depths=(1, 1), patch_size=(7, 3), patch_stride=(4, 2), patch_padding=(3, 1), patch_prenorm=(False, True),
+                  embed_dim=(16, 32), num_heads=(1, 2), num_groups=(1, 2), window_size=4, projection_dim=32,
+                  max_position_embeddings=16, max_temporal_embeddings=4)
+    text = dict(model_type="bart", vocab_size=len(tok), d_model=32, encoder_layers=2, decoder_layers=2,
+                encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=64, decoder_ffn_dim=64,
+                max_position_embeddings=512, bos_token_id=tok.cls_token_id, eos_token_id=tok.sep_token_id,
+                pad_token_id=tok.pad_token_id, decoder_start_token_id=tok.sep_token_id, forced_bos_token_id=None)
+    config = Florence2Config(vision_config=vision, text_config=text, image_token_id=tok.image_token_id)
+    ip = CLIPImageProcessorPil(size={"height": image_size, "width": image_size}, do_center_crop=False, crop_size=None)
+    ip.image_seq_length = (image_size // 8) ** 2 + 1  # type: ignore[attr-defined]  # saved with it; the processor reads it
+    processor = Florence2Processor(image_processor=ip, tokenizer=tok)
+    _save_vlm(Florence2ForConditionalGeneration(config).eval(), processor, out, tok.sep_token_id, tok.pad_token_id)
+
+
 def _spread_weights(model, std: float = 0.2) -> None:  # type: ignore[no-untyped-def]
     """Re-draws every weight matrix with a wider spread (seeded). At the default 0.02 a tiny random
     model ignores its image and writes the same caption for every input, which would let a pixel bug
@@ -191,6 +335,10 @@ BUILDERS: dict[str, Callable[[Path], None]] = {
     "vit-gpt2": build_vit_gpt2,
     "blip-itm": build_blip_itm,
     "clip": build_clip,
+    "llava": build_llava,
+    "florence2": build_florence2,
+    "qwen2-vl": build_qwen2_vl,
+    "smolvlm": build_smolvlm,
     # tiny towers, ViT-L/14's 768-d embeddings: rows as wide as a real CLIP's (the driver-memory bench)
     "clip-wide": lambda out: build_clip(out, projection_dim=768),
 }

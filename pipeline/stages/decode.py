@@ -11,6 +11,16 @@ from pipeline.decode.isolated import IsolatedDecoder
 from pipeline.schema import ERROR, GPU_DECODE, HEIGHT, IMAGE, OK, STATUS, WIDTH
 
 
+def _column(t: Target, n: int) -> np.ndarray:
+    """A target's pixel column: (n, H, W, 3) uint8; for a dynamic target (each image its own size) an
+    object column of HxWx3 arrays, which Ray Data carries as a variable-shaped tensor column."""
+    if not t.dynamic:
+        return np.zeros((n, t.height, t.width, 3), dtype=np.uint8)
+    col = np.empty(n, dtype=object)
+    col[:] = [np.zeros((1, 1, 3), dtype=np.uint8) for _ in range(n)]  # failed rows: never read
+    return col
+
+
 class DecodeImages:
     """Adds one pixel column per target, `width`/`height`; drops the bytes. Failed rows get a status.
     With `decode.device: cuda`: keeps the bytes of ok rows and adds GPU_DECODE instead of pixels."""
@@ -23,7 +33,7 @@ class DecodeImages:
         status = batch[STATUS].astype(object)
         error = batch[ERROR].astype(object)
         on_gpu = self.cfg.device == "cuda"
-        pixels = {} if on_gpu else {t.name: np.zeros((n, t.height, t.width, 3), dtype=np.uint8) for t in self.targets}
+        pixels = {} if on_gpu else {t.name: _column(t, n) for t in self.targets}
         mark = np.zeros(n, dtype=np.int8)
         width = np.full(n, None, dtype=object)
         height = np.full(n, None, dtype=object)
