@@ -34,13 +34,14 @@ def steps(cfg: Config) -> list[Step]:
 
 
 def tables(cfg: Config) -> dict[str, Any]:
-    out = {"captions": clean_schema(cfg.clean.scorers)}
-    if cfg.clean.embed:
-        from pipeline.models.clip import clip_dim
+    from pipeline.models.clip import clip_dim, is_alpha_clip
 
+    alpha = "clip" in cfg.clean.scorers and is_alpha_clip(cfg.clip, cfg.storage)
+    out = {"captions": clean_schema(cfg.clean.scorers, regions=alpha)}
+    if cfg.clean.embed:
         d = clip_dim(cfg.clip, cfg.storage)
         out["embeddings"] = embeddings_schema({IMAGE_EMBEDDING: d, **({TEXT_EMBEDDING: d} if cfg.embed.text else {})},
-                                              cfg.embed.dtype)
+                                              cfg.embed.dtype, regions=is_alpha_clip(cfg.clip, cfg.storage))
     return out
 
 

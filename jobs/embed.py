@@ -16,11 +16,12 @@ from pipeline.stages.embed import EmbedImages
 
 
 def tables(cfg: Config) -> dict[str, Any]:
-    from pipeline.models.clip import clip_dim
+    from pipeline.models.clip import clip_dim, is_alpha_clip
 
     d = clip_dim(cfg.clip, cfg.storage)
     dims = {IMAGE_EMBEDDING: d, **({TEXT_EMBEDDING: d} if cfg.embed.text else {})}
-    return {"embeddings": embeddings_schema(dims, cfg.embed.dtype, with_status=True)}
+    return {"embeddings": embeddings_schema(dims, cfg.embed.dtype, with_status=True,
+                                            regions=is_alpha_clip(cfg.clip, cfg.storage))}
 
 
 JOB = JobSpec(

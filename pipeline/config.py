@@ -38,6 +38,12 @@ class InputConfig:
     # A folder is read as shards of this many samples (image + same-name .txt), each committed on its own
     # (0: a whole folder is one shard).
     files_per_shard: int = 1000
+    # Regions (decode/regions.py): boxes in a KEY.json field / Parquet column, in pixels of the shown image
+    # or normalized to [0, 1]; a mask as a tar member (KEY.mask.png) or a Parquet bytes column.
+    regions_field: str = "regions"
+    region_units: Literal["pixels", "normalized"] = "pixels"
+    mask_member: str = "mask.png"
+    mask_column: str = "mask"
     read_retries: int = 5
     retry_backoff_s: float = 1.0
     # CPUs per read task; null = decode.num_cpus, so that Ray fuses each read with its decode in one

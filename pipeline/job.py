@@ -159,7 +159,7 @@ def decode_stage(cfg: Config, targets: dict[str, Target]) -> tuple[StageSpec, di
                               "not installed here; install the torchvision that matches your torch, or use 'cpu'")
     # Fused with the read, decode takes each read block whole: Ray fuses a read with a map only when
     # the map asks for no batch size of its own.
-    stage = StageSpec(DecodeImages, (d, tuple(unique.values())), batch_size=None if read_fused(cfg) else d.batch_size,
+    stage = StageSpec(DecodeImages, (d, tuple(unique.values()), cfg.input), batch_size=None if read_fused(cfg) else d.batch_size,
                       num_cpus=d.num_cpus, concurrency=d.concurrency)
     return stage, columns
 

@@ -12,6 +12,7 @@ TEXT = "text"
 META = "meta"  # JSON string (img2dataset's KEY.json, or other columns of a Parquet row)
 STATUS = "status"
 ERROR = "error"
+MASK = "mask"  # a region mask's encoded bytes (decode/regions.py); never written
 
 # Columns made by the decode stage.
 PIXELS = "pixels"  # prefix of the pixel columns: uint8 HxWx3 at a model's input size; never written
@@ -25,6 +26,14 @@ def pixel_column(section: str) -> str:
 
 WIDTH = "width"
 HEIGHT = "height"
+# The sample's regions (decode/regions.py) as boxes [x0, y0, x1, y1] in pixels of the shown image: its
+# boxes, then its mask's box; null where it has none. Per-region outputs are lists aligned with it.
+REGIONS = "regions"
+REGION_CAPTIONS = "region_captions"  # a caption per region (Florence-2's region prompts)
+REGION_EMBEDDINGS = "region_embeddings"  # Alpha-CLIP: an image embedding per region
+# Alpha-CLIP: the alt-text's score against each region, and each candidate's ([region][candidate])
+REGION_TEXT_SCORES = "clip_region_text_scores"
+REGION_CAPTION_SCORES = "clip_region_caption_scores"
 # decode.device=cuda: instead of pixels, per row 1–8 = a JPEG for the GPU with this EXIF orientation,
 # 0 = another format (decoded on the CPU by the model's actor); never written.
 GPU_DECODE = "gpu_decode"
@@ -74,6 +83,7 @@ TOO_LARGE = "too_large"
 UNSUPPORTED_FORMAT = "unsupported_format"
 DUPLICATE_KEY = "duplicate_key"  # a key seen before in the same shard: kept as `KEY#dupN`
 DECODE_CRASH = "decode_crash"  # the decoder process died on this image (twice)
+BAD_REGION = "bad_region"  # a region that cannot be used: outside the image, empty, a mask of another size
 DECODE_TIMEOUT = "decode_timeout"  # decoding took longer than decode.timeout_s
 MODEL_ERROR = "model_error"  # a model stage raised on this row (after a retry of its batch)
 MODEL_OOM = "model_oom"  # this row alone does not fit in the GPU's memory
@@ -90,6 +100,7 @@ CAPTIONS_SCHEMA = pa.schema(
         pa.field(CAPTION_FLAGS, pa.list_(pa.list_(pa.string()))),
         pa.field(WIDTH, pa.int32()),
         pa.field(HEIGHT, pa.int32()),
+        pa.field(REGIONS, pa.list_(pa.list_(pa.float32()))),
         pa.field(META, pa.string()),
     ]
 )
@@ -100,7 +111,9 @@ COLUMN_TYPES: dict[str, pa.DataType] = {
     KEY: pa.string(), SOURCE: pa.string(), STATUS: pa.string(), ERROR: pa.string(), TEXT: pa.string(),
     META: pa.string(), IMAGE: pa.binary(), BUSY: pa.string(), CAPTION: pa.string(), CAPTIONS: pa.list_(pa.string()),
     CAPTION_FLAGS: pa.list_(pa.list_(pa.string())),
-    WIDTH: pa.int32(), HEIGHT: pa.int32(),
+    WIDTH: pa.int32(), HEIGHT: pa.int32(), MASK: pa.binary(), REGIONS: pa.list_(pa.list_(pa.float32())),
+    REGION_CAPTIONS: pa.list_(pa.string()), REGION_TEXT_SCORES: pa.list_(pa.float32()),
+    REGION_CAPTION_SCORES: pa.list_(pa.list_(pa.float32())), REGION_EMBEDDINGS: pa.list_(pa.list_(pa.float32())),
     TEXT_SCORE: pa.float32(), CAPTION_SCORES: pa.list_(pa.float32()), KEEP_TEXT: pa.bool_(), KEEP: pa.bool_(),
     **{c: pa.float32() for c, _ in SCORE_COLUMNS.values()},
     **{c: pa.list_(pa.float32()) for _, c in SCORE_COLUMNS.values()},
@@ -115,7 +128,7 @@ _BASE = [
 ]
 
 
-def clean_schema(scorers: tuple[str, ...]) -> pa.Schema:
+def clean_schema(scorers: tuple[str, ...], regions: bool = False) -> pa.Schema:
     """captions/ of `capfilt clean`: the caption columns, the chosen scorer's scores, keep flags, and
     every scorer's raw scores (`itm` brings `itc` with it: one BLIP forward gives both)."""
     kinds = [k for k in ("itm", "itc", "clip") if k in scorers or (k == "itc" and "itm" in scorers)]
@@ -126,17 +139,25 @@ def clean_schema(scorers: tuple[str, ...]) -> pa.Schema:
               pa.field(KEEP_TEXT, pa.bool_()), pa.field(KEEP, pa.bool_())]
     for k in kinds:
         fields += [pa.field(SCORE_COLUMNS[k][0], pa.float32()), pa.field(SCORE_COLUMNS[k][1], pa.list_(pa.float32()))]
-    fields += [pa.field(WIDTH, pa.int32()), pa.field(HEIGHT, pa.int32()), pa.field(META, pa.string())]
+    if regions:  # an Alpha-CLIP scorer: the alt-text and the candidates against each region
+        fields += [pa.field(REGION_TEXT_SCORES, pa.list_(pa.float32())),
+                   pa.field(REGION_CAPTION_SCORES, pa.list_(pa.list_(pa.float32())))]
+    fields += [pa.field(WIDTH, pa.int32()), pa.field(HEIGHT, pa.int32()),
+               pa.field(REGIONS, pa.list_(pa.list_(pa.float32()))), pa.field(META, pa.string())]
     return pa.schema(fields)
 
 
-def embeddings_schema(dims: dict[str, int], dtype: str = "float16", with_status: bool = False) -> pa.Schema:
+def embeddings_schema(dims: dict[str, int], dtype: str = "float16", with_status: bool = False,
+                      regions: bool = False) -> pa.Schema:
     """embeddings/: `key` and one fixed-size list column per embedding (null where there is none)."""
     value = pa.float16() if dtype == "float16" else pa.float32()
     fields = [pa.field(KEY, pa.string(), nullable=False)]
     if with_status:
         fields += [pa.field(SOURCE, pa.string(), nullable=False), pa.field(STATUS, pa.string(), nullable=False),
                    pa.field(ERROR, pa.string()), pa.field(TEXT, pa.string()),
-                   pa.field(WIDTH, pa.int32()), pa.field(HEIGHT, pa.int32())]
+                   pa.field(WIDTH, pa.int32()), pa.field(HEIGHT, pa.int32()),
+                   pa.field(REGIONS, pa.list_(pa.list_(pa.float32())))]
     fields += [pa.field(name, pa.list_(value, d)) for name, d in dims.items()]
+    if regions:  # Alpha-CLIP: an image embedding per region, aligned with `regions`
+        fields.append(pa.field(REGION_EMBEDDINGS, pa.list_(pa.list_(value, dims[IMAGE_EMBEDDING]))))
     return pa.schema(fields)

@@ -35,6 +35,7 @@ from pipeline.schema import (
     ERROR,
     IMAGE,
     KEY,
+    MASK,
     META,
     MISSING_IMAGE,
     OK,
@@ -57,6 +58,7 @@ READ_SCHEMA = pa.schema(
         pa.field(META, pa.string()),
         pa.field(STATUS, pa.string()),
         pa.field(ERROR, pa.string()),
+        pa.field(MASK, pa.binary()),  # a region mask (decode/regions.py), where the input has one
     ]
 )
 
@@ -80,6 +82,7 @@ class _Blocks:
         meta: str | None = None,
         status: str = OK,
         error: str | None = None,
+        mask: bytes | None = None,
     ) -> pa.Table | None:
         if key in self.seen:  # never two rows with one key: the repeat is kept, renamed, with a status
             self.seen[key] += 1
@@ -95,7 +98,8 @@ class _Blocks:
         if self.count <= self.skip:
             return None
         self.rows.append(
-            {KEY: key, SOURCE: self.source, IMAGE: image, TEXT: text, META: meta, STATUS: status, ERROR: error}
+            {KEY: key, SOURCE: self.source, IMAGE: image, TEXT: text, META: meta, STATUS: status, ERROR: error,
+             MASK: mask if status == OK else None}
         )
         return self.flush() if len(self.rows) >= self.size else None
 
@@ -120,7 +124,7 @@ class _Blocks:
 
 def _end_row(source: str, meta: dict[str, Any]) -> dict[str, Any]:
     return {KEY: f"{SHARD_END}:{source}", SOURCE: source, IMAGE: None, TEXT: None, META: json.dumps(meta),
-            STATUS: SHARD_END, ERROR: None}
+            STATUS: SHARD_END, ERROR: None, MASK: None}
 
 
 class InfraError(OSError):
@@ -194,7 +198,7 @@ def read_webdataset(shard: Shard, cfg: InputConfig, options: dict[str, Any], blo
             return blocks.add(key, None, text, meta, MISSING_IMAGE, "no image member for this key")
         if parts[ext] is None:
             return blocks.add(key, None, text, meta, TOO_LARGE, f"image member over input.max_image_bytes={cfg.max_image_bytes}")
-        return blocks.add(key, parts[ext], text, meta)
+        return blocks.add(key, parts[ext], text, meta, mask=parts.get(cfg.mask_member))
 
     key: str | None = None
     parts: dict[str, bytes | None] = {}
@@ -263,6 +267,7 @@ def read_parquet(shard: Shard, cfg: InputConfig, options: dict[str, Any], blocks
             for batch in pf.iter_batches(batch_size=cfg.rows_per_block):
                 cols = batch.to_pydict()
                 images = cols.pop(cfg.image_column)
+                masks = cols.pop(cfg.mask_column, None) if _bytes_column(schema, cfg.mask_column) else None
                 texts = cols.pop(cfg.text_column, None)
                 keys = cols.pop(cfg.key_column, None)
                 for i, image in enumerate(images):
@@ -277,7 +282,7 @@ def read_parquet(shard: Shard, cfg: InputConfig, options: dict[str, Any], blocks
                     elif len(image) > cfg.max_image_bytes:
                         t = blocks.add(key, None, text, meta, TOO_LARGE, f"over input.max_image_bytes={cfg.max_image_bytes}")
                     else:
-                        t = blocks.add(key, image, text, meta)
+                        t = blocks.add(key, image, text, meta, mask=masks[i] if masks is not None else None)
                     if t is not None:
                         yield t
     except (OSError, ValueError, pa.ArrowException) as e:
@@ -290,6 +295,10 @@ def read_parquet(shard: Shard, cfg: InputConfig, options: dict[str, Any], blocks
     if (t := blocks.flush()) is not None:
         yield t
     yield blocks.end(input_rows=input_rows)
+
+
+def _bytes_column(schema: pa.Schema, name: str) -> bool:
+    return bool(name) and name in schema.names and _is_bytes(schema.field(name).type)
 
 
 def _is_bytes(t: pa.DataType) -> bool:

@@ -39,6 +39,22 @@ class ClipEmbedder:
             out = self.model.get_image_features(pixel_values=pv).pooler_output
             return normalize(out.float(), dim=-1)
 
+    def region_features(self, pixels: Images, masks: np.ndarray) -> Any:
+        """Alpha-CLIP: uint8 images with a uint8 (n, H, W) alpha map each (where to look: 255 inside) →
+        (n, d) float32 tensor on the device, L2-normalised."""
+        import torch
+        from torch.nn.functional import normalize
+
+        from pipeline.models.alpha_clip import with_alpha
+
+        if len(pixels) == 0:
+            return torch.zeros((0, self.dim), device=self.device)
+        pv = model_pixel_values(self.image_processor, pixels, self.device, self.dtype)
+        alpha = torch.from_numpy(np.ascontiguousarray(masks)).to(self.device, torch.float32) / 255.0
+        with torch.inference_mode():
+            out = self.model.get_image_features(pixel_values=with_alpha(pv, alpha.to(pv.dtype))).pooler_output
+            return normalize(out.float(), dim=-1)
+
     def text_features(self, texts: Sequence[str]) -> Any:
         """texts → (n, d) float32 tensor on the device, L2-normalised (truncated to the model's 77 tokens)."""
         import torch
@@ -77,7 +93,15 @@ def load_clip(cfg: ClipConfig, storage_options: dict[str, Any] | None = None) ->
 
 
 def clip_dim(cfg: ClipConfig, storage_options: dict[str, Any] | None = None) -> int:
+    return int(_config(cfg, storage_options).projection_dim)
+
+
+def is_alpha_clip(cfg: ClipConfig, storage_options: dict[str, Any] | None = None) -> bool:
+    """Whether the CLIP model takes an alpha channel (a converted Alpha-CLIP): then it scores and embeds regions."""
+    return int(getattr(_config(cfg, storage_options).vision_config, "num_channels", 3)) == 4
+
+
+def _config(cfg: ClipConfig, storage_options: dict[str, Any] | None) -> Any:
     from transformers import AutoConfig
 
-    conf = AutoConfig.from_pretrained(resolve_model(cfg.model, storage_options), **pretrained_kwargs(cfg))
-    return int(conf.projection_dim)
+    return AutoConfig.from_pretrained(resolve_model(cfg.model, storage_options), **pretrained_kwargs(cfg))

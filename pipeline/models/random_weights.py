@@ -314,6 +314,44 @@ def build_florence2(out: Path, image_size: int = 64) -> None:
     _save_vlm(Florence2ForConditionalGeneration(config).eval(), processor, out, tok.sep_token_id, tok.pad_token_id)
 
 
+def openai_visual_checkpoint(seed: int = 0) -> dict[str, Any]:
+    """An Alpha-CLIP checkpoint as released (OpenAI's visual-tower key names and shapes, `conv1_alpha`),
+    with random weights at tiny:clip's vision size: what `capfilt convert alpha-clip` is tested on."""
+    import torch
+
+    WIDTH, PATCH, GRID, LAYERS, MLP, EMBED = 32, 16, 3, 2, 64, 24  # tiny:clip's vision tower
+    g = torch.Generator().manual_seed(seed)
+
+    def r(*shape, scale=0.2):
+        return torch.randn(*shape, generator=g) * scale
+
+    sd = {"conv1.weight": r(WIDTH, 3, PATCH, PATCH, scale=0.02), "conv1_alpha.weight": r(WIDTH, 1, PATCH, PATCH),
+          "class_embedding": r(WIDTH), "positional_embedding": r(GRID * GRID + 1, WIDTH),
+          "ln_pre.weight": 1 + r(WIDTH), "ln_pre.bias": r(WIDTH), "ln_post.weight": 1 + r(WIDTH),
+          "ln_post.bias": r(WIDTH), "proj": r(WIDTH, EMBED)}
+    for i in range(LAYERS):
+        p = f"transformer.resblocks.{i}."
+        sd |= {p + "attn.in_proj_weight": r(3 * WIDTH, WIDTH), p + "attn.in_proj_bias": r(3 * WIDTH),
+               p + "attn.out_proj.weight": r(WIDTH, WIDTH), p + "attn.out_proj.bias": r(WIDTH),
+               p + "ln_1.weight": 1 + r(WIDTH), p + "ln_1.bias": r(WIDTH), p + "ln_2.weight": 1 + r(WIDTH),
+               p + "ln_2.bias": r(WIDTH), p + "mlp.c_fc.weight": r(MLP, WIDTH), p + "mlp.c_fc.bias": r(MLP),
+               p + "mlp.c_proj.weight": r(WIDTH, MLP), p + "mlp.c_proj.bias": r(WIDTH)}
+    return {f"visual.{k}": v for k, v in sd.items()}  # as inside a whole CLIP's state dict
+
+
+def build_alpha_clip(out: Path) -> None:
+    """An Alpha-CLIP of tiny:clip's size: a random checkpoint in the released layout, converted by capfilt."""
+    import tempfile
+
+    import torch
+
+    from pipeline.models.alpha_clip import convert
+
+    with tempfile.TemporaryDirectory() as tmp:
+        torch.save(openai_visual_checkpoint(), f"{tmp}/alpha_clip_tiny.pth")
+        convert(f"{tmp}/alpha_clip_tiny.pth", str(out), str(ensure_tiny("clip")))
+
+
 def _spread_weights(model, std: float = 0.2) -> None:  # type: ignore[no-untyped-def]
     """Re-draws every weight matrix with a wider spread (seeded). At the default 0.02 a tiny random
     model ignores its image and writes the same caption for every input, which would let a pixel bug
@@ -335,6 +373,7 @@ BUILDERS: dict[str, Callable[[Path], None]] = {
     "vit-gpt2": build_vit_gpt2,
     "blip-itm": build_blip_itm,
     "clip": build_clip,
+    "alpha-clip": build_alpha_clip,
     "llava": build_llava,
     "florence2": build_florence2,
     "qwen2-vl": build_qwen2_vl,

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import io
+
 import numpy as np
 
-from pipeline.config import DecodeConfig
+from pipeline.config import DecodeConfig, InputConfig
 from pipeline.decode.geometry import Target
-from pipeline.decode.image import Result, decode_many
+from pipeline.decode.image import DecodeFailure, Result, decode_many, inspect
 from pipeline.decode.isolated import IsolatedDecoder
-from pipeline.schema import ERROR, GPU_DECODE, HEIGHT, IMAGE, OK, STATUS, WIDTH
+from pipeline.decode.regions import RegionError, mask_box, parse_boxes, read_mask
+from pipeline.schema import BAD_REGION, ERROR, GPU_DECODE, HEIGHT, IMAGE, MASK, META, OK, REGIONS, STATUS, WIDTH
 
 
 def _column(t: Target, n: int) -> np.ndarray:
@@ -25,8 +28,8 @@ class DecodeImages:
     """Adds one pixel column per target, `width`/`height`; drops the bytes. Failed rows get a status.
     With `decode.device: cuda`: keeps the bytes of ok rows and adds GPU_DECODE instead of pixels."""
 
-    def __init__(self, cfg: DecodeConfig, targets: tuple[Target, ...]):
-        self.cfg, self.targets = cfg, targets
+    def __init__(self, cfg: DecodeConfig, targets: tuple[Target, ...], inputs: InputConfig | None = None):
+        self.cfg, self.targets, self.inputs = cfg, targets, inputs or InputConfig()
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         n = len(batch[STATUS])
@@ -63,5 +66,35 @@ class DecodeImages:
         else:
             batch = {k: v for k, v in batch.items() if k != IMAGE}  # the heaviest column: gone after decode
         batch.update(pixels)
+        batch[REGIONS], batch[MASK] = self._regions(batch, datas, rows, status, error, width, height)
         batch[STATUS], batch[ERROR], batch[WIDTH], batch[HEIGHT] = status, error, width, height
         return batch
+
+    def _regions(self, batch: dict[str, np.ndarray], datas: list[bytes], rows: list[int], status: np.ndarray,
+                 error: np.ndarray, width: np.ndarray, height: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Each ok row's regions (boxes, then its mask's box) checked against its image, and its mask as a
+        PNG in the shown orientation; a region that cannot be used makes the row `bad_region`."""
+        n = len(status)
+        regions, masks = np.full(n, None, dtype=object), np.full(n, None, dtype=object)
+        metas = batch.get(META, np.full(n, None, dtype=object))
+        raw_masks = batch.get(MASK, np.full(n, None, dtype=object))
+        for i, data in zip(rows, datas, strict=True):
+            if status[i] != OK or (raw_masks[i] is None and not metas[i]):
+                continue
+            try:
+                w, h = int(width[i]), int(height[i])
+                boxes = parse_boxes(metas[i], self.inputs.regions_field, self.inputs.region_units, w, h)
+                if raw_masks[i] is not None:
+                    # The mask is drawn on the stored image: its size and EXIF orientation, read from the header.
+                    im, orientation, _, _ = inspect(data, self.cfg.max_pixels, self.cfg.formats)
+                    mask = read_mask(raw_masks[i], im.size, orientation, self.cfg.max_pixels)
+                    boxes.append(mask_box(mask))
+                    buf = io.BytesIO()
+                    mask.save(buf, format="PNG")
+                    masks[i] = buf.getvalue()
+            except (RegionError, DecodeFailure) as e:
+                status[i], error[i] = BAD_REGION, str(e)[:500]
+                continue
+            if boxes:
+                regions[i] = [list(b) for b in boxes]
+        return regions, masks

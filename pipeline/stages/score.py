@@ -13,9 +13,23 @@ import numpy as np
 
 from pipeline.config import ClipConfig, EmbedConfig, ItmConfig
 from pipeline.decode.gpu import stage_pixels
+from pipeline.decode.regions import row_maps
+from pipeline.decode.targets import processor_size_target
 from pipeline.models.clip import ClipEmbedder, load_clip
 from pipeline.models.itm import BlipItm, load_itm
-from pipeline.schema import IMAGE_EMBEDDING, SCORE_COLUMNS, STATUS, TEXT_EMBEDDING
+from pipeline.schema import (
+    HEIGHT,
+    IMAGE_EMBEDDING,
+    MASK,
+    REGION_CAPTION_SCORES,
+    REGION_EMBEDDINGS,
+    REGION_TEXT_SCORES,
+    REGIONS,
+    SCORE_COLUMNS,
+    STATUS,
+    TEXT_EMBEDDING,
+    WIDTH,
+)
 from pipeline.stages.rows import ok_rows, run_model, scatter, take, texts_of
 
 
@@ -74,7 +88,46 @@ class ScoreClip:
             if self.embed.text:
                 alt = [j for j, r in enumerate(results) if r[2] is not None]
                 batch[TEXT_EMBEDDING] = scatter(n, kept[alt], [results[j][2] for j in alt])
+        if getattr(self.model, "alpha", False):
+            self._regions(batch, kept, rows, pixels, texts, has_text)
         return batch
+
+    def _regions(self, batch: dict[str, np.ndarray], kept: np.ndarray, rows: np.ndarray, pixels: Any,
+                 texts: list[list[str]], has_text: list[bool]) -> None:
+        """Alpha-CLIP: each region of a kept row (decode/regions.py) as the alpha channel of its image →
+        an embedding per region, and every text's score against each region ([region][candidate])."""
+        n = len(batch[STATUS])
+        pos = {r: j for j, r in enumerate(rows)}  # a row → its place in `pixels` and `texts`
+        target = processor_size_target(self.model.image_processor, self.column)
+        with_regions = np.array([r for r in kept if batch[REGIONS][r]], dtype=np.int64)
+        maps = [row_maps(batch[REGIONS][r], batch[MASK][r] if MASK in batch else None, int(batch[WIDTH][r]),
+                         int(batch[HEIGHT][r]), target) for r in with_regions]
+
+        def run(ix: np.ndarray) -> list[tuple[np.ndarray, np.ndarray | None]]:
+            import torch
+
+            owner = np.repeat([pos[with_regions[j]] for j in ix], [len(maps[j]) for j in ix]).astype(np.int64)
+            feats = self.model.region_features(take(pixels, owner), np.concatenate([maps[j] for j in ix]))
+            out, start = [], 0
+            for j in ix:
+                f = feats[start : start + len(maps[j])]
+                start += len(maps[j])
+                sims = None
+                if self.score:
+                    with torch.inference_mode():
+                        sims = (f @ self.model.text_features(texts[pos[with_regions[j]]]).T).cpu().numpy()
+                out.append((f.cpu().numpy(), sims))
+            return out
+
+        done, results = run_model(batch, with_regions, run)
+        if self.embed is not None:
+            batch[REGION_EMBEDDINGS] = scatter(n, done, [r[0].tolist() for r in results])
+        if self.score:
+            alt = [has_text[pos[r]] for r in done]
+            batch[REGION_TEXT_SCORES] = scatter(n, done, [r[1][:, 0].tolist() if a else None
+                                                          for r, a in zip(results, alt, strict=True)])
+            batch[REGION_CAPTION_SCORES] = scatter(n, done, [(r[1][:, 1:] if a else r[1]).tolist()
+                                                             for r, a in zip(results, alt, strict=True)])
 
     def _rows(self, pixels: Any, texts: list[list[str]], has_text: list[bool]) -> list[tuple[Any, Any, Any]]:
         """Per row: (its texts' similarities or None, image embedding or None, alt-text embedding or None)."""

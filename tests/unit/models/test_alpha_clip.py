@@ -8,29 +8,9 @@ import torch.nn.functional as F
 
 from pipeline.models.alpha_clip import alpha_channel, convert, with_alpha
 from pipeline.models.random_weights import ensure_tiny
+from pipeline.models.random_weights import openai_visual_checkpoint as openai_checkpoint
 
-WIDTH, PATCH, GRID, LAYERS, HEADS, MLP, EMBED = 32, 16, 3, 2, 2, 64, 24  # tiny:clip's vision tower
-
-
-def openai_checkpoint(seed: int = 0) -> dict[str, torch.Tensor]:
-    """Random weights under the released checkpoints' key names and shapes (tiny width)."""
-    g = torch.Generator().manual_seed(seed)
-
-    def r(*shape, scale=0.2):
-        return torch.randn(*shape, generator=g) * scale
-
-    sd = {"conv1.weight": r(WIDTH, 3, PATCH, PATCH, scale=0.02), "conv1_alpha.weight": r(WIDTH, 1, PATCH, PATCH),
-          "class_embedding": r(WIDTH), "positional_embedding": r(GRID * GRID + 1, WIDTH),
-          "ln_pre.weight": 1 + r(WIDTH), "ln_pre.bias": r(WIDTH), "ln_post.weight": 1 + r(WIDTH),
-          "ln_post.bias": r(WIDTH), "proj": r(WIDTH, EMBED)}
-    for i in range(LAYERS):
-        p = f"transformer.resblocks.{i}."
-        sd |= {p + "attn.in_proj_weight": r(3 * WIDTH, WIDTH), p + "attn.in_proj_bias": r(3 * WIDTH),
-               p + "attn.out_proj.weight": r(WIDTH, WIDTH), p + "attn.out_proj.bias": r(WIDTH),
-               p + "ln_1.weight": 1 + r(WIDTH), p + "ln_1.bias": r(WIDTH), p + "ln_2.weight": 1 + r(WIDTH),
-               p + "ln_2.bias": r(WIDTH), p + "mlp.c_fc.weight": r(MLP, WIDTH), p + "mlp.c_fc.bias": r(MLP),
-               p + "mlp.c_proj.weight": r(WIDTH, MLP), p + "mlp.c_proj.bias": r(WIDTH)}
-    return {f"visual.{k}": v for k, v in sd.items()}  # as inside a whole CLIP's state dict
+WIDTH, PATCH, GRID, LAYERS, HEADS = 32, 16, 3, 2, 2  # tiny:clip's vision tower
 
 
 def openai_forward(sd: dict[str, torch.Tensor], rgb: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
@@ -136,3 +116,48 @@ def test_the_clip_stage_runs_a_converted_alpha_clip_on_the_whole_image(converted
     theirs = openai_forward(sd, pv, alpha_channel(torch.ones(2, *pv.shape[2:])))
     theirs = torch.nn.functional.normalize(theirs, dim=-1).numpy()
     assert clip.alpha and np.abs(ours - theirs).max() <= 1e-5
+
+
+def test_region_embeddings_and_scores_equal_the_two_convolution_forward_with_each_region(converted, photos):
+    """Regions (two boxes and a mask) through the decode and CLIP stages: one embedding per region, each
+    the two-convolution forward with that region's alpha map; every text scored against every region."""
+    import json
+
+    import numpy as np
+
+    from pipeline.config import DecodeConfig, EmbedConfig, InputConfig, load_config
+    from pipeline.decode.regions import row_maps
+    from pipeline.models.loading import image_target
+    from pipeline.schema import (CAPTIONS, ERROR, HEIGHT, IMAGE, MASK, META, OK, REGION_CAPTION_SCORES,
+                                 REGION_EMBEDDINGS, REGION_TEXT_SCORES, REGIONS, STATUS, TEXT, WIDTH)
+    from pipeline.stages.decode import DecodeImages
+    from pipeline.stages.score import ScoreClip
+    from tests.fixtures.reference import png
+
+    sd, _, out = converted
+    cfg = load_config(None, [f"clip.model={out}", "clip.device=cpu", "clip.dtype=float32"])
+    t = image_target(cfg.clip, "pixels_clip")
+    img = photos[4][:90, :120]
+    mask = np.zeros(img.shape[:2], np.uint8)
+    mask[30:70, 50:110] = 255
+    batch = {IMAGE: np.array([png(img), png(photos[5])], dtype=object), STATUS: np.array([OK, OK], dtype=object),
+             ERROR: np.array([None, None], dtype=object), TEXT: np.array(["a dog", None], dtype=object),
+             META: np.array([json.dumps({"regions": [[0, 0, 60, 45], [60, 45, 120, 90]]}), None], dtype=object),
+             MASK: np.array([png(mask), None], dtype=object)}
+    batch = DecodeImages(DecodeConfig(formats=("PNG",), fast=False), (t,), InputConfig())(batch)
+    batch[CAPTIONS] = np.array([["a cat", "a car"], ["a tree"]], dtype=object)
+    stage = ScoreClip(cfg.clip, t.name, None, EmbedConfig(dtype="float32"))
+    batch = stage(batch)
+    assert batch[REGIONS][0] == [[0, 0, 60, 45], [60, 45, 120, 90], [50, 30, 110, 70]] and batch[REGIONS][1] is None
+    got = np.array(batch[REGION_EMBEDDINGS][0])
+    assert got.shape == (3, 24) and batch[REGION_EMBEDDINGS][1] is None
+    maps = row_maps(batch[REGIONS][0], batch[MASK][0], int(batch[WIDTH][0]), int(batch[HEIGHT][0]), t)
+    pv = stage.model.image_processor(images=[batch[t.name][0]] * 3, return_tensors="pt")["pixel_values"]
+    theirs = openai_forward(sd, pv, alpha_channel(torch.from_numpy(maps).float() / 255))
+    theirs = torch.nn.functional.normalize(theirs, dim=-1).numpy()
+    assert np.abs(got - theirs).max() <= 1e-5
+    assert np.abs(got[0] - got[1]).max() > 1e-3  # the region changes the embedding
+    texts = stage.model.embed_texts(["a dog", "a cat", "a car"])
+    np.testing.assert_allclose(batch[REGION_TEXT_SCORES][0], got @ texts[0], atol=1e-5)
+    np.testing.assert_allclose(batch[REGION_CAPTION_SCORES][0], got @ texts[1:].T, atol=1e-5)
+    assert batch[REGION_TEXT_SCORES][1] is None
