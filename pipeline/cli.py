@@ -121,9 +121,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     if args.job == "convert":
         from pipeline.models.alpha_clip import convert
+        from pipeline.models.loading import resolve_model
 
         try:
-            out = convert(args.checkpoint, args.out_dir, args.base)
+            out = convert(args.checkpoint, args.out_dir, resolve_model(args.base))
         except (ConfigError, FileNotFoundError, ValueError) as e:
             print(f"capfilt: convert: {e}", file=sys.stderr)
             return 2

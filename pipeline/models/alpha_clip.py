@@ -99,15 +99,14 @@ def visual_state_dict(state: dict[str, Any]) -> dict[str, Any]:
     return hf
 
 
-def convert(checkpoint: str, out_dir: str, base: str, storage_options: dict[str, Any] | None = None) -> Path:
-    """A released Alpha-CLIP `.pth` → an HF CLIPModel directory (`from_pretrained`-ready)."""
+def convert(checkpoint: str, out_dir: str, base_path: str) -> Path:
+    """A released Alpha-CLIP `.pth` → an HF CLIPModel directory (`from_pretrained`-ready). `base_path`: what
+    `from_pretrained` takes for the CLIP it was fine-tuned from (loading.resolve_model resolves ids)."""
     import torch
     from transformers import AutoImageProcessor, AutoTokenizer, CLIPModel
 
-    from pipeline.models.loading import resolve_model
-
+    base = base_path
     state = _visual(torch.load(checkpoint, map_location="cpu", weights_only=True))
-    base_path = resolve_model(base, storage_options)
     model = CLIPModel.from_pretrained(base_path)
     config = model.config
     config.vision_config = vision_config(state, config)
