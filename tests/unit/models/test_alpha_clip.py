@@ -128,8 +128,22 @@ def test_region_embeddings_and_scores_equal_the_two_convolution_forward_with_eac
     from pipeline.config import DecodeConfig, EmbedConfig, InputConfig, load_config
     from pipeline.decode.regions import row_maps
     from pipeline.models.loading import image_target
-    from pipeline.schema import (CAPTIONS, ERROR, HEIGHT, IMAGE, MASK, META, OK, REGION_CAPTION_SCORES,
-                                 REGION_EMBEDDINGS, REGION_TEXT_SCORES, REGIONS, STATUS, TEXT, WIDTH)
+    from pipeline.schema import (
+        CAPTIONS,
+        ERROR,
+        HEIGHT,
+        IMAGE,
+        MASK,
+        META,
+        OK,
+        REGION_CAPTION_SCORES,
+        REGION_EMBEDDINGS,
+        REGION_TEXT_SCORES,
+        REGIONS,
+        STATUS,
+        TEXT,
+        WIDTH,
+    )
     from pipeline.stages.decode import DecodeImages
     from pipeline.stages.score import ScoreClip
     from tests.fixtures.reference import png
