@@ -102,6 +102,9 @@ class CaptionConfig(ModelConfig):
     # decoder step (torch.compile) for the models it marks compilable (BLIP-2 OPT/Flan-T5, GPT-2 decoders);
     # BLIP's own text decoder does not support it.
     cache: Literal["dynamic", "static"] = "dynamic"
+    # LLaVA only: an Alpha-CLIP directory (`capfilt convert alpha-clip`) in place of its CLIP vision tower:
+    # region-focused captions (`region_captions`), the whole image (an all-ones alpha) for `caption`.
+    vision_tower: str | None = None
 
 
 @dataclass(frozen=True)

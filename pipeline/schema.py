@@ -98,6 +98,7 @@ CAPTIONS_SCHEMA = pa.schema(
         pa.field(CAPTION, pa.string()),
         pa.field(CAPTIONS, pa.list_(pa.string())),
         pa.field(CAPTION_FLAGS, pa.list_(pa.list_(pa.string()))),
+        pa.field(REGION_CAPTIONS, pa.list_(pa.string())),
         pa.field(WIDTH, pa.int32()),
         pa.field(HEIGHT, pa.int32()),
         pa.field(REGIONS, pa.list_(pa.list_(pa.float32()))),
@@ -135,6 +136,7 @@ def clean_schema(scorers: tuple[str, ...], regions: bool = False) -> pa.Schema:
     fields = [*_BASE,
               pa.field(CAPTION, pa.string()), pa.field(CAPTIONS, pa.list_(pa.string())),
               pa.field(CAPTION_FLAGS, pa.list_(pa.list_(pa.string()))),
+              pa.field(REGION_CAPTIONS, pa.list_(pa.string())),
               pa.field(CAPTION_SCORES, pa.list_(pa.float32())), pa.field(TEXT_SCORE, pa.float32()),
               pa.field(KEEP_TEXT, pa.bool_()), pa.field(KEEP, pa.bool_())]
     for k in kinds:

@@ -41,6 +41,8 @@ def _family(path: str, cfg: CaptionConfig) -> str:
     if kind not in FAMILIES:
         raise ConfigError(f"config: caption.model: {cfg.model!r}: model_type {kind!r} is not a supported captioner "
                           f"(supported: {', '.join(FAMILIES)})")
+    if cfg.vision_tower and kind != "llava":
+        raise ConfigError(f"config: caption.vision_tower: only LLaVA takes another vision tower; {cfg.model} is {kind!r}")
     if cfg.cache == "static" and kind == "blip":
         # transformers sizes the static cache for max_new_tokens, but BLIP's decoder also holds its
         # [DEC] start token: the last step writes past the end (IndexError in index_copy_).

@@ -18,7 +18,7 @@ from typing import Any
 from pipeline.models.sources import cache_dir, fill_once, minilm_dir
 
 log = logging.getLogger(__name__)
-VERSION = 1  # bump when a builder changes, so stale caches are rebuilt
+VERSION = 2  # bump when a builder changes, so stale caches are rebuilt
 
 
 def _blip_tokenizer():  # type: ignore[no-untyped-def]
@@ -211,9 +211,10 @@ def _save_vlm(model: Any, processor: Any, out: Path, eos: int, pad: int) -> None
     processor.save_pretrained(out)
 
 
-def build_llava(out: Path, image_size: int = 32, vision_channels: int = 3) -> None:
-    """LlavaForConditionalGeneration: a CLIP vision tower (`vision_channels=4`: an Alpha-CLIP one), a
-    Llama language model, LLaVA's processor with CLIP's image processor."""
+def build_llava(out: Path, image_size: int = 48) -> None:
+    """LlavaForConditionalGeneration: a CLIP vision tower of tiny:clip's shape (so tiny:alpha-clip can take
+    its place, as Alpha-CLIP L/14@336 takes LLaVA-1.5's), a Llama language model, LLaVA's processor with
+    CLIP's image processor."""
     import torch
     from transformers import (
         CLIPImageProcessorPil,
@@ -226,13 +227,13 @@ def build_llava(out: Path, image_size: int = 32, vision_channels: int = 3) -> No
     torch.manual_seed(0)
     tok = _vlm_tokenizer(["<image>"])
     vision = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-                              image_size=image_size, patch_size=8, num_channels=vision_channels)
+                              image_size=image_size, patch_size=16)
     text = dict(model_type="llama", vocab_size=len(tok), max_position_embeddings=256, bos_token_id=tok.cls_token_id,
                 eos_token_id=tok.sep_token_id, pad_token_id=tok.pad_token_id, **_TINY_LM)
     config = LlavaConfig(vision_config=vision, text_config=text, image_token_index=tok.convert_tokens_to_ids("<image>"),
                          vision_feature_layer=-2, vision_feature_select_strategy="default")
     ip = CLIPImageProcessorPil(size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size})
-    processor = LlavaProcessor(image_processor=ip, tokenizer=tok, patch_size=8, vision_feature_select_strategy="default",
+    processor = LlavaProcessor(image_processor=ip, tokenizer=tok, patch_size=16, vision_feature_select_strategy="default",
                                chat_template=_LLAVA_TEMPLATE, image_token="<image>", num_additional_image_tokens=1)
     _save_vlm(LlavaForConditionalGeneration(config).eval(), processor, out, tok.sep_token_id, tok.pad_token_id)
 

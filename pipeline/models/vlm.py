@@ -34,6 +34,7 @@ FAMILIES = {
     "smolvlm": "Describe this image in one sentence.",
 }
 CHAT = {"llava", "qwen2_vl", "smolvlm"}  # instructed through a chat template
+REGION_TASK = "<REGION_TO_DESCRIPTION>"  # Florence-2's region caption task; the box follows as 4 location tokens
 
 
 def processor_class(path: str, cfg: Any) -> Any:
@@ -62,6 +63,9 @@ class VLMCaptioner:
         self.gen_kwargs = generate_kwargs(cfg)
         self.prompt = cfg.prompt or FAMILIES[family]
         self.text = prompt_text(processor, family, self.prompt)
+        # Region captions: Florence-2 from a box prompt; LLaVA from an Alpha-CLIP tower's alpha channel.
+        self.alpha = int(getattr(getattr(model.config, "vision_config", None), "num_channels", 3)) == 4
+        self.regions = family == "florence2" or self.alpha
         gen = model.generation_config
         eos = gen.eos_token_id if isinstance(gen.eos_token_id, list) else [gen.eos_token_id]
         self.eos = {int(e) for e in eos if e is not None}
@@ -76,22 +80,60 @@ class VLMCaptioner:
 
     def caption_with_flags(self, pixels: Images) -> tuple[list[list[str]], list[list[list[str]]]]:
         """(candidates per image, best first; each candidate's flags: models/flags.py)."""
-        import torch
-
-        inputs = {k: v.to(self.device) for k, v in self.inputs(pixels).items()}
-        for k in ("pixel_values",):
-            inputs[k] = inputs[k].to(self.dtype)
-        if self.cfg.strategy == "sample":
-            torch.manual_seed(self.cfg.seed)  # same batch, same seed → same candidates
-        with torch.inference_mode():
-            out = self.model.generate(**inputs, **self.gen_kwargs)
-        out = new_tokens(self.model, inputs, out)
+        out = self._generate(self.inputs(pixels))
         texts = [t.strip() for t in self.processor.batch_decode(out, skip_special_tokens=True)]
         flags = [candidate_flags(ids, text, self.eos, self.pad, self.special, self.cfg.min_new_tokens, self.prompt,
                                  self.family) for ids, text in zip(out.tolist(), texts, strict=True)]
         n = len(texts) // len(pixels)
         return ([texts[i * n : (i + 1) * n] for i in range(len(pixels))],
                 [flags[i * n : (i + 1) * n] for i in range(len(pixels))])
+
+
+    def _generate(self, inputs: dict[str, Any], alpha: Any = None) -> Any:
+        """generate() on processor outputs → the new tokens; an Alpha-CLIP tower gets its alpha channel
+        (`alpha`: (n, H, W) uint8 maps; None: the whole image)."""
+        import torch
+
+        inputs = {k: v.to(self.device) for k, v in inputs.items()}
+        inputs["pixel_values"] = inputs["pixel_values"].to(self.dtype)
+        if self.alpha:
+            from pipeline.models.alpha_clip import with_alpha
+
+            mask = None if alpha is None else torch.from_numpy(alpha).to(self.device, self.dtype) / 255.0
+            inputs["pixel_values"] = with_alpha(inputs["pixel_values"], mask)
+        if self.cfg.strategy == "sample":
+            torch.manual_seed(self.cfg.seed)  # same batch, same seed → same candidates
+        with torch.inference_mode():
+            out = self.model.generate(**inputs, **self.gen_kwargs)
+        return new_tokens(self.model, inputs, out)
+
+    def caption_regions(self, pixels: Images, regions: list[tuple[list[list[float]], Any, tuple[int, int]]]) -> list[list[str]]:
+        """Per image, a caption per region (the best candidate). `regions[i]`: the image's boxes in pixels of
+        the shown image, their alpha maps at the processor's size (R, H, W), and the shown (width, height)."""
+        images = list(to_host(pixels))
+        repeat = [i for i, (boxes, _, _) in enumerate(regions) for _ in boxes]
+        if self.family == "florence2":
+            texts = [REGION_TASK + location_tokens(self.processor, b, size) for boxes, _, size in regions for b in boxes]
+            out = self._generate(vlm_inputs(self.processor, self.family, [images[i] for i in repeat], texts))
+        else:  # LLaVA with an Alpha-CLIP tower: the instruction, the region as the alpha channel
+            import numpy as np
+
+            alpha = np.concatenate([maps for _, maps, _ in regions])
+            out = self._generate(vlm_inputs(self.processor, self.family, [images[i] for i in repeat],
+                                            [self.text] * len(repeat)), alpha)
+        texts = [t.strip() for t in self.processor.batch_decode(out, skip_special_tokens=True)]
+        per = len(texts) // max(1, len(repeat))  # candidates per region: the best comes first
+        best = iter(texts[::per] if per else [])
+        return [[next(best) for _ in boxes] for boxes, _, _ in regions]
+
+
+def location_tokens(processor: Any, box: list[float], size: tuple[int, int]) -> str:
+    """A box in pixels of a (width, height) image → Florence-2's four location tokens, quantised by the
+    processor's own post-processor (1,000 bins per side): `<loc_x0><loc_y0><loc_x1><loc_y1>`."""
+    import torch
+
+    q = processor.post_processor.quantize(torch.tensor([box], dtype=torch.float64), size=size)[0].tolist()
+    return "".join(f"<loc_{int(v)}>" for v in q)
 
 
 def prompt_text(processor: Any, family: str, prompt: str) -> str:
@@ -123,4 +165,27 @@ def load(family: str, path: str, cfg: CaptionConfig) -> VLMCaptioner:
 
     device, dtype = setup_torch(cfg)
     model = load_pretrained(AutoModelForImageTextToText, path, cfg, device, dtype)
+    if cfg.vision_tower:
+        swap_vision_tower(model, cfg, device, dtype)
     return VLMCaptioner(family, model, load_processor(path, cfg), cfg, device, dtype)
+
+
+def swap_vision_tower(model: Any, cfg: CaptionConfig, device: str, dtype: Any) -> None:
+    """LLaVA's CLIP vision tower replaced by an Alpha-CLIP one (a `capfilt convert alpha-clip` directory),
+    as Alpha-CLIP's authors run LLaVA: same width and patch grid, so the projector takes its features."""
+    from transformers import CLIPVisionModel
+
+    from pipeline.config import ConfigError
+    from pipeline.models.loading import resolve_model
+
+    tower: Any = CLIPVisionModel.from_pretrained(resolve_model(cfg.vision_tower or ""), dtype=dtype)
+    tower = tower.to(device).eval()
+    ours, theirs = tower.config, model.config.vision_config
+    if ours.num_channels != 4 or (ours.hidden_size, ours.patch_size, ours.image_size) != (
+            theirs.hidden_size, theirs.patch_size, theirs.image_size):
+        raise ConfigError(f"config: caption.vision_tower: {cfg.vision_tower} (channels {ours.num_channels}, width "
+                          f"{ours.hidden_size}, patch {ours.patch_size}, {ours.image_size} px) does not fit {cfg.model}'s "
+                          f"tower (width {theirs.hidden_size}, patch {theirs.patch_size}, {theirs.image_size} px): it "
+                          "needs an Alpha-CLIP of the same CLIP (ViT-L/14@336 for LLaVA-1.5)")
+    model.model.vision_tower = tower
+    model.config.vision_config = ours
