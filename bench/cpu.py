@@ -206,7 +206,8 @@ def bench_itm_cross(threads: int, images: int, texts: int, seconds: float, confi
     return {"stock_texts_s": rates["stock"], "capfilt_texts_s": rates["capfilt"], "ratio": rates["ratio"],
             "max_abs_diff": diff, "images": images, "texts_per_image": texts}
 
-def bench_pipeline(inputs: str, out: Path, model: str, threads: int, batch: int) -> dict[str, Any]:
+def bench_pipeline(inputs: str, out: Path, model: str, threads: int, batch: int,
+                   extra: tuple[str, ...] = ()) -> dict[str, Any]:
     """The whole capfilt caption job (read, decode, model, write) on the local Ray started by main()."""
     from jobs.caption import JOB
     from pipeline.config import load_config
@@ -218,13 +219,13 @@ def bench_pipeline(inputs: str, out: Path, model: str, threads: int, batch: int)
         f"caption.max_new_tokens={GEN['max_new_tokens']}", f"caption.min_new_tokens={GEN['min_new_tokens']}",
         f"caption.batch_size={batch}", f"caption.num_threads={threads}", "caption.num_cpus=1",
         "decode.num_cpus=0.25", f"decode.batch_size={batch}", f"input.rows_per_block={batch}",
-        "run.progress=none",
+        "run.progress=none", *extra,
     ], defaults=JOB.defaults)
     with PeakRss() as mem:
         summary = run_job(build_job(JOB, cfg), [inputs], str(out), cfg)
     return {"img_s": summary.images_per_s, "steady_img_s": summary.steady_images_per_s, "rows": summary.rows,
             "seconds": summary.seconds, "first_block_s": summary.first_block_s, "peak_rss": mem.peak,
-            "peak_pss": mem.peak_pss, "peak_breakdown_mib": mem.breakdown}
+            "peak_pss": mem.peak_pss, "peak_breakdown_mib": mem.breakdown, "stages": summary.stages}
 
 def bench_bad_rows(n: int) -> dict[str, Any]:
     """The cost of a bad row: `n` undecodable images (non-images, truncated and corrupt JPEGs) through
@@ -358,7 +359,60 @@ def bench_estimate(work: Path, images: int, sample: int) -> dict[str, Any]:
 
 MEMORY_SHARD = 64  # images per shard of the memory runs: 1× is 64 shards, 32 model batches
 
-CPU_PARTS = ("decode", "cross", "small", "tiny", "memory", "faults", "estimate")
+VLMS = ("llava", "florence2", "qwen2-vl", "smolvlm")
+
+
+def bench_vlm(work: Path, name: str, n: int, batch: int) -> dict[str, Any]:
+    """A vision-language captioner (tiny:<name>) alone — its processor and `generate` on decoded images,
+    batched, as its model card runs it — beside the capfilt caption job on the same JPEGs (exact decode,
+    greedy, 20 tokens), and how many captions the two wrote alike."""
+    import time
+
+    import pyarrow.parquet as pq
+    import torch
+    from PIL import Image
+    from transformers import AutoModelForImageTextToText
+
+    from pipeline.config import CaptionConfig
+    from pipeline.models.random_weights import ensure_tiny
+    from pipeline.models.vlm import FAMILIES, load_processor, new_tokens, prompt_text, vlm_inputs
+
+    path = str(ensure_tiny(name))
+    torch.set_num_threads(1)
+    processor = load_processor(path, CaptionConfig(model=path))
+    model = AutoModelForImageTextToText.from_pretrained(path).eval()
+    kind = model.config.model_type
+    text = prompt_text(processor, kind, FAMILIES[kind])
+    datas = web_jpegs(n, seed=5)
+    images = [Image.open(io.BytesIO(d)).convert("RGB") for d in datas]
+
+    def caption(batch_images: list[Any]) -> list[str]:
+        inputs = vlm_inputs(processor, kind, batch_images, [text] * len(batch_images))
+        with torch.inference_mode():
+            out = model.generate(**inputs, **GEN)
+        return [t.strip() for t in processor.batch_decode(new_tokens(model, inputs, out), skip_special_tokens=True)]
+
+    caption(images[:batch])  # warm-up
+    start = time.perf_counter()
+    alone = [c for i in range(0, n, batch) for c in caption(images[i : i + batch])]
+    alone_img_s = n / (time.perf_counter() - start)
+    per_shard = 2 * batch  # several shards: blocks reach the driver as shards complete (a steady rate)
+    shards = write_shards(datas, work / f"vlm-{name}", per_shard)
+    pipe = bench_pipeline(shards, work / f"out-vlm-{name}", f"tiny:{name}", 1, batch,
+                          ("decode.fast=false", "decode.draft=false"))
+    got = {r["key"]: r["caption"] for r in pq.read_table(work / f"out-vlm-{name}" / "captions").to_pylist()}
+    same = sum(got.get(f"{i // per_shard:05d}{i % per_shard:05d}") == c for i, c in enumerate(alone))
+    # The caption stage's own time in the pipeline (Ray's per-operator stats: processor + generate on its
+    # blocks), so the model's rate inside the pipeline is compared, not the run's start-up; the whole run's
+    # rate is reported beside it.
+    busy = next((v["udf_s"] for k, v in pipe["stages"].items() if "CaptionImages" in k), 0.0)
+    stage = pipe["rows"] / busy if busy else float("nan")
+    return {"params_m": _params(path), "images": n, "batch_size": batch, "model_alone_img_s": alone_img_s,
+            "pipeline_img_s": pipe["img_s"], "pipeline_stage_img_s": stage, "pipeline_first_block_s": pipe["first_block_s"],
+            "pipeline_vs_model_alone": stage / alone_img_s, "same_captions": same}
+
+
+CPU_PARTS = ("decode", "cross", "small", "tiny", "memory", "faults", "estimate", "vlm")
 
 EXTRA_PARTS = ("cross-base",)  # only when asked for (`--only cross-base`): full-size BLIP-base and ViT-GPT2, ~3 min
 
@@ -383,7 +437,7 @@ def cpu_suite(quick: bool, work: Path, parts: tuple[str, ...] = CPU_PARTS) -> di
     if "faults" in parts:
         res["bad_rows"] = bench_bad_rows(int(1000 * scale) or 50)
         res["parquet_memory"] = bench_parquet_memory(work, int(512 * scale) or 32, 100_000)
-    if not {"small", "tiny", "memory", "faults", "estimate"} & set(parts):
+    if not {"small", "tiny", "memory", "faults", "estimate", "vlm"} & set(parts):
         return res  # no pipeline runs: no Ray
     ray_adapter.init_ray(load_config(None, ["run.num_cpus=2"]))  # as the jobs start it
     try:
@@ -424,6 +478,10 @@ def cpu_suite(quick: bool, work: Path, parts: tuple[str, ...] = CPU_PARTS) -> di
                              "peak_pss_1x": one["peak_pss"], "peak_pss_10x": ten["peak_pss"],
                              "ratio": ten["peak_pss"] / one["peak_pss"],
                              "breakdown_1x_mib": one["peak_breakdown_mib"], "breakdown_10x_mib": ten["peak_breakdown_mib"]}
+        if "vlm" in parts:
+            for name in VLMS:
+                for size, n in [("", int(192 * scale) or 16), ("-small", int(96 * scale) or 8)]:
+                    res[f"vlm:{name}{size}"] = bench_vlm(work, name + size, n, 8)
         if "estimate" in parts:
             res["estimate"] = bench_estimate(work, int(2048 * scale) or 256, int(256 * scale) or 64)
         if "faults" in parts:

@@ -49,6 +49,13 @@ def cpu_table(res: dict[str, Any]) -> str:
             f"| {name} BLIP: pipeline steady state vs per-image loop (img/s) | {r['loop_img_s']:.1f} "
             f"| {r['pipeline_steady_img_s']:.1f} | {r['pipeline_vs_loop']:.2f}× | {'≥ 1.8×' if name == 'small' else '≥ 10×'} |",
         ]
+    for key, r in res.items():
+        if key.startswith("vlm:"):
+            lines.append(f"| {key[4:]} ({r['params_m']}M, batch {r['batch_size']}, greedy 20 tokens): caption stage in the "
+                         f"pipeline (whole run incl. {r['pipeline_first_block_s']:.0f} s to first block: {r['pipeline_img_s']:.1f}) "
+                         f"vs model alone (img/s); same captions {r['same_captions']}/{r['images']} "
+                         f"| {r['model_alone_img_s']:.1f} | {r['pipeline_stage_img_s']:.1f} "
+                         f"| {r['pipeline_vs_model_alone']:.2f}× | ≥ 0.85×, all alike |")
     if "memory" in res:
         m = res["memory"]
         span = f"{m['images_1x']} → {m['images_10x']} images"

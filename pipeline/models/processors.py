@@ -24,9 +24,15 @@ def images_only(cls: Any) -> Any:
         def get_attributes(klass) -> list[str]:
             return [a for a in super().get_attributes() if a != "video_processor"]
 
+        # from_pretrained ends in one of these two, depending on the transformers version: ≤ 5.24 passes
+        # the loaded attributes positionally, 5.25 puts them in the dict. Either way: video_processor=None.
         @classmethod
         def from_args_and_dict(klass, args: Any, processor_dict: Any, **kwargs: Any) -> Any:
-            return super().from_args_and_dict([*args, None], processor_dict, **kwargs)  # video_processor=None
+            return super().from_args_and_dict([*args, None], processor_dict, **kwargs)
+
+        @classmethod
+        def from_dict(klass, processor_dict: Any, **kwargs: Any) -> Any:
+            return super().from_dict({**processor_dict, "video_processor": None}, **kwargs)
 
         def apply_chat_template(self, conversation: Any, chat_template: Any = None, **kwargs: Any) -> Any:
             # SmolVLM's override reads video defaults (frames, fps) from the video processor first.

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -195,7 +196,11 @@ def _vlm_tokenizer(tokens: list[str], **kw: Any):  # type: ignore[no-untyped-def
     """bert-base-uncased with a VLM's special tokens; no token_type_ids (the VLMs take none)."""
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(minilm_dir(), **kw)
+    tok = AutoTokenizer.from_pretrained(minilm_dir(), model_max_length=8192, **kw)  # image tokens make long inputs
+    for key in ("max_length", "truncation_strategy", "stride"):  # sentence-transformers' 128-token cut: not a VLM's
+        tok.init_kwargs.pop(key, None)
+    tok.backend_tokenizer.no_truncation()
+    tok.backend_tokenizer.no_padding()
     if tokens:
         tok.add_special_tokens({"additional_special_tokens": tokens})
     names = ["input_ids", "attention_mask"]
@@ -204,93 +209,148 @@ def _vlm_tokenizer(tokens: list[str], **kw: Any):  # type: ignore[no-untyped-def
     return tok
 
 
-def _save_vlm(model: Any, processor: Any, out: Path, eos: int, pad: int) -> None:
-    _spread_weights(model)
+def _save_vlm(model: Any, processor: Any, out: Path, eos: int, pad: int, size: str) -> None:
+    if size == "tiny":
+        _spread_weights(model)
     model.generation_config.eos_token_id, model.generation_config.pad_token_id = eos, pad
+    if size == "full" and next(model.parameters()).is_cuda:
+        import torch
+
+        model = model.to(torch.bfloat16)
     model.save_pretrained(out)
     processor.save_pretrained(out)
 
 
-def build_llava(out: Path, image_size: int = 48) -> None:
-    """LlavaForConditionalGeneration: a CLIP vision tower of tiny:clip's shape (so tiny:alpha-clip can take
-    its place, as Alpha-CLIP L/14@336 takes LLaVA-1.5's), a Llama language model, LLaVA's processor with
-    CLIP's image processor."""
+def _lm(hidden: int, layers: int, heads: int, kv: int, inter: int) -> dict[str, Any]:
+    return dict(hidden_size=hidden, intermediate_size=inter, num_hidden_layers=layers, num_attention_heads=heads,
+                num_key_value_heads=kv)
+
+
+# Sizes of each VLM: `tiny` (tests, CI), `small` (the CPU benchmark: compute dominates), `full` (the real
+# model's dimensions, for the GPU benchmark: LLaVA-1.5-7B, Qwen2-VL-2B, SmolVLM-256M, Florence-2-large).
+VLM_SIZES: dict[str, dict[str, dict[str, Any]]] = {
+    "llava": {
+        "tiny": dict(vision=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                                 image_size=48, patch_size=16), text=_TINY_LM),
+        "small": dict(vision=dict(hidden_size=256, intermediate_size=1024, num_hidden_layers=4, num_attention_heads=4,
+                                  image_size=224, patch_size=16), text=_lm(256, 4, 4, 4, 1024)),
+        "full": dict(vision=dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16,
+                                 image_size=336, patch_size=14, projection_dim=768), text=_lm(4096, 32, 32, 32, 11008)),
+    },
+    "qwen2-vl": {
+        "tiny": dict(vision=dict(depth=2, embed_dim=32, hidden_size=32, num_heads=2), text=_TINY_LM, mrope=[2, 2, 4],
+                     pixels=(56 * 56, 112 * 112)),
+        "small": dict(vision=dict(depth=4, embed_dim=256, hidden_size=256, num_heads=4), text=_lm(256, 4, 4, 4, 1024),
+                      mrope=[8, 12, 12], pixels=(56 * 56, 224 * 224)),
+        "full": dict(vision=dict(depth=32, embed_dim=1280, hidden_size=1536, num_heads=16), text=_lm(1536, 28, 12, 2, 8960),
+                     mrope=[16, 24, 24], pixels=(56 * 56, 448 * 448)),
+    },
+    "smolvlm": {
+        "tiny": dict(vision=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                                 image_size=32, patch_size=8), text=_TINY_LM, scale=2),
+        "small": dict(vision=dict(hidden_size=256, intermediate_size=1024, num_hidden_layers=4, num_attention_heads=4,
+                                  image_size=128, patch_size=16), text=_lm(256, 4, 4, 4, 1024), scale=2),
+        "full": dict(vision=dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
+                                 image_size=512, patch_size=16), text=_lm(576, 30, 9, 3, 1536), scale=4),
+    },
+    "florence2": {
+        # DaViT stages (stride product = image / grid): an image_size/stride grid of patch tokens + 1 pooled one
+        "tiny": dict(vision=dict(depths=(1, 1), patch_size=(7, 3), patch_stride=(4, 2), patch_padding=(3, 1),
+                                 patch_prenorm=(False, True), embed_dim=(16, 32), num_heads=(1, 2), num_groups=(1, 2),
+                                 window_size=4, projection_dim=32, max_position_embeddings=16, max_temporal_embeddings=4),
+                     text=dict(d_model=32, encoder_layers=2, decoder_layers=2, encoder_attention_heads=2,
+                               decoder_attention_heads=2, encoder_ffn_dim=64, decoder_ffn_dim=64), image=64, stride=8),
+        "small": dict(vision=dict(depths=(1, 1, 2), patch_size=(7, 3, 3), patch_stride=(4, 2, 2), patch_padding=(3, 1, 1),
+                                  patch_prenorm=(False, True, True), embed_dim=(64, 128, 256), num_heads=(2, 4, 8),
+                                  num_groups=(2, 4, 8), window_size=7, projection_dim=256, max_position_embeddings=50,
+                                  max_temporal_embeddings=4),
+                      text=dict(d_model=256, encoder_layers=4, decoder_layers=4, encoder_attention_heads=4,
+                                decoder_attention_heads=4, encoder_ffn_dim=1024, decoder_ffn_dim=1024), image=224, stride=16),
+        "full": dict(vision=dict(embed_dim=(256, 512, 1024, 2048), num_heads=(8, 16, 32, 64), num_groups=(8, 16, 32, 64),
+                                 projection_dim=1024),
+                     text=dict(d_model=1024, encoder_layers=12, decoder_layers=12, encoder_attention_heads=16,
+                               decoder_attention_heads=16, encoder_ffn_dim=4096, decoder_ffn_dim=4096), image=768, stride=32),
+    },
+}
+
+
+def build_llava(out: Path, size: str = "tiny") -> None:
+    """LlavaForConditionalGeneration: a CLIP vision tower (tiny: of tiny:clip's shape, so tiny:alpha-clip can
+    take its place, as Alpha-CLIP L/14@336 takes LLaVA-1.5's), a Llama language model, LLaVA's processor
+    with CLIP's image processor."""
     import torch
-    from transformers import (
-        CLIPImageProcessorPil,
-        CLIPVisionConfig,
-        LlavaConfig,
-        LlavaForConditionalGeneration,
-        LlavaProcessor,
-    )
+    from transformers import CLIPImageProcessorPil, CLIPVisionConfig, LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
 
     torch.manual_seed(0)
+    spec = VLM_SIZES["llava"][size]
     tok = _vlm_tokenizer(["<image>"])
-    vision = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-                              image_size=image_size, patch_size=16)
-    text = dict(model_type="llama", vocab_size=len(tok), max_position_embeddings=256, bos_token_id=tok.cls_token_id,
-                eos_token_id=tok.sep_token_id, pad_token_id=tok.pad_token_id, **_TINY_LM)
+    vision = CLIPVisionConfig(**spec["vision"])
+    text = dict(model_type="llama", vocab_size=len(tok), max_position_embeddings=1024, bos_token_id=tok.cls_token_id,
+                eos_token_id=tok.sep_token_id, pad_token_id=tok.pad_token_id, **spec["text"])
     config = LlavaConfig(vision_config=vision, text_config=text, image_token_index=tok.convert_tokens_to_ids("<image>"),
                          vision_feature_layer=-2, vision_feature_select_strategy="default")
-    ip = CLIPImageProcessorPil(size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size})
-    processor = LlavaProcessor(image_processor=ip, tokenizer=tok, patch_size=16, vision_feature_select_strategy="default",
-                               chat_template=_LLAVA_TEMPLATE, image_token="<image>", num_additional_image_tokens=1)
-    _save_vlm(LlavaForConditionalGeneration(config).eval(), processor, out, tok.sep_token_id, tok.pad_token_id)
+    px = int(spec["vision"]["image_size"])
+    ip = CLIPImageProcessorPil(size={"shortest_edge": px}, crop_size={"height": px, "width": px})
+    processor = LlavaProcessor(image_processor=ip, tokenizer=tok, patch_size=int(spec["vision"]["patch_size"]),
+                               vision_feature_select_strategy="default", chat_template=_LLAVA_TEMPLATE, image_token="<image>",
+                               num_additional_image_tokens=1)
+    _save_vlm(LlavaForConditionalGeneration(config).eval(), processor, out, tok.sep_token_id, tok.pad_token_id, size)
 
 
-def build_qwen2_vl(out: Path) -> None:
-    """Qwen2VLForConditionalGeneration (M-RoPE, dynamic resolution: 56×56 to 112×112 pixels here) with
+def build_qwen2_vl(out: Path, size: str = "tiny") -> None:
+    """Qwen2VLForConditionalGeneration (M-RoPE, dynamic resolution: 56×56 to 112×112 pixels when tiny) with
     Qwen2-VL's processor and ChatML template; generation ends at <|im_end|>."""
     import torch
-    from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration, Qwen2VLImageProcessorPil
+    from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration, Qwen2VLImageProcessorPil, Qwen2VLProcessor
 
     from pipeline.models.processors import images_only
 
     torch.manual_seed(0)
+    spec = VLM_SIZES["qwen2-vl"][size]
     names = ["<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"]
     tok = _vlm_tokenizer(names)
     ids = {t: tok.convert_tokens_to_ids(t) for t in names}
-    text = dict(vocab_size=len(tok), max_position_embeddings=512, bos_token_id=tok.cls_token_id, eos_token_id=ids["<|im_end|>"],
+    text = dict(vocab_size=len(tok), max_position_embeddings=4096, bos_token_id=tok.cls_token_id, eos_token_id=ids["<|im_end|>"],
                 pad_token_id=tok.pad_token_id, rope_parameters={"rope_type": "default", "rope_theta": 10000.0,
-                                                                "mrope_section": [2, 2, 4]}, **_TINY_LM)
-    vision = dict(depth=2, embed_dim=32, hidden_size=32, num_heads=2, patch_size=14, spatial_merge_size=2, temporal_patch_size=2)
+                                                                "mrope_section": spec["mrope"]}, **spec["text"])
+    vision = dict(patch_size=14, spatial_merge_size=2, temporal_patch_size=2, **spec["vision"])
     config = Qwen2VLConfig(text_config=text, vision_config=vision, image_token_id=ids["<|image_pad|>"],
                            video_token_id=ids["<|video_pad|>"], vision_start_token_id=ids["<|vision_start|>"],
                            vision_end_token_id=ids["<|vision_end|>"])
-    from transformers import Qwen2VLProcessor
-
-    ip = Qwen2VLImageProcessorPil(min_pixels=56 * 56, max_pixels=112 * 112)
-    processor = images_only(Qwen2VLProcessor)(image_processor=ip, tokenizer=tok, video_processor=None,
-                                              chat_template=_CHATML_TEMPLATE)
-    _save_vlm(Qwen2VLForConditionalGeneration(config).eval(), processor, out, ids["<|im_end|>"], tok.pad_token_id)
+    lo, hi = spec["pixels"]
+    processor = images_only(Qwen2VLProcessor)(image_processor=Qwen2VLImageProcessorPil(min_pixels=lo, max_pixels=hi),
+                                              tokenizer=tok, video_processor=None, chat_template=_CHATML_TEMPLATE)
+    _save_vlm(Qwen2VLForConditionalGeneration(config).eval(), processor, out, ids["<|im_end|>"], tok.pad_token_id, size)
 
 
-def build_smolvlm(out: Path, tile: int = 32) -> None:
+def build_smolvlm(out: Path, size: str = "tiny") -> None:
     """SmolVLMForConditionalGeneration (SigLIP-style tower, pixel shuffle, Llama LM) with SmolVLM's
-    processor: images up to 2×2 tiles of `tile` px plus the whole image; generation ends at <end_of_utterance>."""
+    processor: images up to 2×2 tiles plus the whole image (full: 4×4 tiles of 512 px, as SmolVLM-256M);
+    generation ends at <end_of_utterance>."""
     import torch
     from transformers import SmolVLMConfig, SmolVLMForConditionalGeneration, SmolVLMImageProcessorPil, SmolVLMProcessor
 
     from pipeline.models.processors import images_only
 
     torch.manual_seed(0)
+    spec = VLM_SIZES["smolvlm"][size]
     names = ["<fake_token_around_image>", "<image>", "<global-img>", "<end_of_utterance>"]
     tok = _vlm_tokenizer(names)
     eos = tok.convert_tokens_to_ids("<end_of_utterance>")
-    patch, scale = 8, 2
-    text = dict(model_type="llama", vocab_size=len(tok), max_position_embeddings=1024, bos_token_id=tok.cls_token_id,
-                eos_token_id=eos, pad_token_id=tok.pad_token_id, **_TINY_LM)
-    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=tile,
-                  patch_size=patch)
-    config = SmolVLMConfig(text_config=text, vision_config=vision, image_token_id=tok.convert_tokens_to_ids("<image>"),
+    tile, patch, scale = spec["vision"]["image_size"], spec["vision"]["patch_size"], spec["scale"]
+    text = dict(model_type="llama", vocab_size=len(tok), max_position_embeddings=8192, bos_token_id=tok.cls_token_id,
+                eos_token_id=eos, pad_token_id=tok.pad_token_id, **spec["text"])
+    config = SmolVLMConfig(text_config=text, vision_config=spec["vision"], image_token_id=tok.convert_tokens_to_ids("<image>"),
                            scale_factor=scale, pad_token_id=tok.pad_token_id)  # type: ignore[call-arg]
-    ip = SmolVLMImageProcessorPil(size={"longest_edge": 2 * tile}, max_image_size={"longest_edge": tile}, do_image_splitting=True)
+    tiles = 4 if size == "full" else 2
+    ip = SmolVLMImageProcessorPil(size={"longest_edge": tiles * tile}, max_image_size={"longest_edge": tile},
+                                  do_image_splitting=True)
     processor = images_only(SmolVLMProcessor)(image_processor=ip, tokenizer=tok, video_processor=None,
                                               image_seq_len=(tile // patch) ** 2 // scale**2, chat_template=_SMOLVLM_TEMPLATE)
-    _save_vlm(SmolVLMForConditionalGeneration(config).eval(), processor, out, eos, tok.pad_token_id)
+    _save_vlm(SmolVLMForConditionalGeneration(config).eval(), processor, out, eos, tok.pad_token_id, size)
 
 
-def build_florence2(out: Path, image_size: int = 64) -> None:
+def build_florence2(out: Path, size: str = "tiny") -> None:
     """Florence2ForConditionalGeneration (DaViT vision tower, BART encoder-decoder) with Florence-2's
     processor: task tokens (`<MORE_DETAILED_CAPTION>`, `<REGION_TO_DESCRIPTION>` + a box) and the 1,000
     location tokens <loc_0>..<loc_999>."""
@@ -298,21 +358,18 @@ def build_florence2(out: Path, image_size: int = 64) -> None:
     from transformers import CLIPImageProcessorPil, Florence2Config, Florence2ForConditionalGeneration, Florence2Processor
 
     torch.manual_seed(0)
+    spec = VLM_SIZES["florence2"][size]
     tok = _vlm_tokenizer([], extra_special_tokens={"image_token": "<image>"}, bos_token="[CLS]", eos_token="[SEP]")
     tok.add_tokens([f"<loc_{i}>" for i in range(1000)], special_tokens=False)
-    # Two DaViT stages (strides 4 and 2): an image_size/8 grid of patch tokens, plus one pooled token.
-    vision = dict(depths=(1, 1), patch_size=(7, 3), patch_stride=(4, 2), patch_padding=(3, 1), patch_prenorm=(False, True),
-                  embed_dim=(16, 32), num_heads=(1, 2), num_groups=(1, 2), window_size=4, projection_dim=32,
-                  max_position_embeddings=16, max_temporal_embeddings=4)
-    text = dict(model_type="bart", vocab_size=len(tok), d_model=32, encoder_layers=2, decoder_layers=2,
-                encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=64, decoder_ffn_dim=64,
-                max_position_embeddings=512, bos_token_id=tok.cls_token_id, eos_token_id=tok.sep_token_id,
-                pad_token_id=tok.pad_token_id, decoder_start_token_id=tok.sep_token_id, forced_bos_token_id=None)
-    config = Florence2Config(vision_config=vision, text_config=text, image_token_id=tok.image_token_id)
-    ip = CLIPImageProcessorPil(size={"height": image_size, "width": image_size}, do_center_crop=False, crop_size=None)
-    ip.image_seq_length = (image_size // 8) ** 2 + 1  # type: ignore[attr-defined]  # saved with it; the processor reads it
+    text = dict(model_type="bart", vocab_size=len(tok), max_position_embeddings=1024, bos_token_id=tok.cls_token_id,
+                eos_token_id=tok.sep_token_id, pad_token_id=tok.pad_token_id, decoder_start_token_id=tok.sep_token_id,
+                forced_bos_token_id=None, **spec["text"])
+    config = Florence2Config(vision_config=spec["vision"], text_config=text, image_token_id=tok.image_token_id)
+    px = spec["image"]
+    ip = CLIPImageProcessorPil(size={"height": px, "width": px}, do_center_crop=False, crop_size=None)
+    ip.image_seq_length = (px // spec["stride"]) ** 2 + 1  # type: ignore[attr-defined]  # saved with it; the processor reads it
     processor = Florence2Processor(image_processor=ip, tokenizer=tok)
-    _save_vlm(Florence2ForConditionalGeneration(config).eval(), processor, out, tok.sep_token_id, tok.pad_token_id)
+    _save_vlm(Florence2ForConditionalGeneration(config).eval(), processor, out, tok.sep_token_id, tok.pad_token_id, size)
 
 
 def openai_visual_checkpoint(seed: int = 0) -> dict[str, Any]:
@@ -379,6 +436,9 @@ BUILDERS: dict[str, Callable[[Path], None]] = {
     "florence2": build_florence2,
     "qwen2-vl": build_qwen2_vl,
     "smolvlm": build_smolvlm,
+    # ~10–20M-parameter variants of each VLM for the CPU benchmark (`python -m bench --only vlm`)
+    **{f"{name}-small": partial(b, size="small") for name, b in
+       [("llava", build_llava), ("florence2", build_florence2), ("qwen2-vl", build_qwen2_vl), ("smolvlm", build_smolvlm)]},
     # tiny towers, ViT-L/14's 768-d embeddings: rows as wide as a real CLIP's (the driver-memory bench)
     "clip-wide": lambda out: build_clip(out, projection_dim=768),
 }
