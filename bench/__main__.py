@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.cpu import CPU_PARTS, EXTRA_PARTS, cpu_suite
-from bench.gpu import E2E, GPU_BATCHES, e2e_suite, gpu_suite
+from bench.gpu import DEFAULT_E2E, E2E, GPU_BATCHES, e2e_suite, gpu_suite
 from bench.meters import environment
 from bench.report import E2E_HEADER, cpu_table
 
@@ -34,7 +34,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-e2e", action="store_true", help="GPU suite: model-only figures, no end-to-end jobs")
     p.add_argument("--no-model-only", action="store_true", help="GPU suite: end-to-end jobs only")
     p.add_argument("--e2e", default=None,
-                   help=f"GPU suite: end-to-end entries, comma-separated (default: all of {','.join(E2E)})")
+                   help=f"GPU suite: end-to-end entries, comma-separated, run in that order (default: {','.join(DEFAULT_E2E)}; "
+                        f"also: {','.join(n for n in E2E if n not in DEFAULT_E2E)})")
     p.add_argument("--e2e-variant", action="append", default=[], metavar="NAME:key=value[,key=value]",
                    help="GPU suite: run entry NAME again with these config overrides, side by side (repeatable)")
     p.add_argument("--e2e-scale", type=float, default=1.0, help="GPU suite: × the end-to-end image counts")

@@ -103,17 +103,25 @@ E2E: dict[str, tuple[str, str, dict[str, str], int]] = {
     "clip-b32": ("embed", "clip-l14.yaml", {"clip": "clip-b32"}, 50_000),
     "clip-l14": ("embed", "clip-l14.yaml", {"clip": "clip-l14"}, 30_000),
     "clean": ("clean", "clean-blip.yaml", {"caption": "blip-large", "itm": "itm-large", "clip": "clip-l14"}, 3_000),
+    # The vision-language captioners at their real sizes (VLM_SIZES["full"]) with their presets; random
+    # weights rarely stop early, so every caption runs to max_new_tokens: a floor on the real rate.
+    "smolvlm": ("caption", "smolvlm.yaml", {"caption": "smolvlm"}, 1_000),
+    "florence2": ("caption", "florence2.yaml", {"caption": "florence2"}, 1_000),
+    "qwen2-vl": ("caption", "qwen2-vl.yaml", {"caption": "qwen2-vl"}, 1_000),
+    "llava": ("caption", "llava.yaml", {"caption": "llava"}, 500),
 }
+VLM_ENTRIES = ("smolvlm", "florence2", "qwen2-vl", "llava")
+DEFAULT_E2E = tuple(n for n in E2E if n not in VLM_ENTRIES)  # the VLMs run when named: `--e2e smolvlm,...`
 
 TINY_MODELS = {"blip-base": "tiny:blip", "blip-large": "tiny:blip", "itm-large": "tiny:blip-itm",
-               "clip-b32": "tiny:clip", "clip-l14": "tiny:clip"}
+               "clip-b32": "tiny:clip", "clip-l14": "tiny:clip", **{n: f"tiny:{n}" for n in VLM_ENTRIES}}
 
 def e2e_suite(device: str, tiny: bool, scale: float, work: Path, names: tuple[str, ...] | None = None,
               variants: tuple[str, ...] = (), save: Callable[[dict[str, Any]], None] = lambda r: None) -> dict[str, Any]:
     """Each entry of E2E as `capfilt <job>` runs it: img/s end to end and in steady state, GPU busy
     (NVML) during the run, and the time in each Ray Data operator (decode, each model).
 
-    `names` picks entries; each of `variants` ("NAME:key=value[,key=value]") runs entry NAME again with
+    `names` picks entries (default: DEFAULT_E2E), in that order; each of `variants` ("NAME:key=value[,key=value]") runs entry NAME again with
     those overrides, named "NAME[key=value,...]", beside it in the same run: an A/B of one switch. A
     run that fails is recorded with its error and the next one runs; `save` gets the results so far
     after each run (a run cut off at the box's time limit keeps what it measured)."""
@@ -130,7 +138,7 @@ def e2e_suite(device: str, tiny: bool, scale: float, work: Path, names: tuple[st
     res: dict[str, Any] = {}
     ray_adapter.init_ray(load_config(None, [f"run.num_cpus={os.cpu_count()}"]))  # as the jobs start it
     specs = job_specs()
-    runs: list[tuple[str, str, list[str]]] = [(n, n, []) for n in E2E if names is None or n in names]
+    runs: list[tuple[str, str, list[str]]] = [(n, n, []) for n in (names or DEFAULT_E2E)]
     for v in variants:
         base, _, sets = v.partition(":")
         if base not in E2E or "=" not in sets:

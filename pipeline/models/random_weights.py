@@ -495,12 +495,17 @@ def build_model(kind: str, config: Any, device: str) -> Any:
 def build_full_size(name: str, out: Path, device: str) -> None:
     """A full-size model of the real class with random weights, saved with its processor (bf16 on a
     GPU): BLIP base/large captioners (`blip-base`, `blip-large`), the BLIP-large ITM head (`itm-large`),
-    CLIP ViT-B/32 and ViT-L/14 (`clip-b32`, `clip-l14`). The tokenizer is the real bert-base-uncased one
+    CLIP ViT-B/32 and ViT-L/14 (`clip-b32`, `clip-l14`), and the VLMs at their real sizes (`llava`,
+    `qwen2-vl`, `smolvlm`, `florence2`: VLM_SIZES["full"]). The tokenizer is the real bert-base-uncased one
     BLIP uses (CLIP's BPE files are not on disk)."""
     import torch
     import transformers
     from transformers import AutoTokenizer, BlipConfig, BlipImageProcessor, BlipProcessor, CLIPConfig, CLIPImageProcessor
 
+    if name in VLM_SIZES:  # LLaVA-1.5-7B, Qwen2-VL-2B, SmolVLM-256M, Florence-2-large: built on the device, saved bf16
+        with torch.device(device):
+            BUILDERS[name](out, size="full")  # type: ignore[call-arg]
+        return
     with torch.device(device):
         torch.manual_seed(0)
         if name.startswith(("blip", "itm")):
