@@ -5,7 +5,7 @@
 # It unpacks Ray (.devicepack/site.tar.xz) and, where the box's own fail to import, the transformers
 # stack this repository is tested with (.devicepack/whl), then runs within SECONDS (default 480):
 #   1. pytest -m gpu                        (the CUDA-only tests)
-#   2. python -m bench --device cuda --no-e2e   (model only: BLIP @64/256/512 and @512+stock, CLIP)
+#   2. python -m bench --device cuda --no-e2e   (model only: BLIP @64/256/512 and @512+stock, CLIP; MODEL_ONLY=0 skips)
 #   3. python -m bench --device cuda --no-model-only --e2e $E2E   (the real jobs end to end)
 # Each step gets what is left of the budget; every figure is in the JSON as soon as it is measured.
 # Results go to $OUT (the device tool's folder) or bench-out/.
@@ -38,7 +38,7 @@ timeout $(( $(left) < 120 ? $(left) : 120 )) python3 -m pytest -m gpu -q -p no:c
   | tee "$out/pytest-gpu.log" | tail -15
 
 echo "== model only ($(left) s left)"
-timeout $(( $(left) < 170 ? $(left) : 170 )) python3 -m bench --device cuda --no-e2e --seconds "${SECONDS_PER_FIGURE:-3}" \
+[ "${MODEL_ONLY:-1}" = 0 ] || timeout $(( $(left) < 170 ? $(left) : 170 )) python3 -m bench --device cuda --no-e2e --seconds "${SECONDS_PER_FIGURE:-3}" \
   --out "$out/bench-gpu-model.json" 2>&1 | tee "$out/bench-model.log" | grep -v "^\s*$" | grep "^|" 
 
 echo "== end to end: $e2e × $e2e_scale ($(left) s left)"
