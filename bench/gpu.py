@@ -121,8 +121,9 @@ def e2e_suite(device: str, tiny: bool, scale: float, work: Path, names: tuple[st
     """Each entry of E2E as `capfilt <job>` runs it: img/s end to end and in steady state, GPU busy
     (NVML) during the run, and the time in each Ray Data operator (decode, each model).
 
-    `names` picks entries (default: DEFAULT_E2E), in that order; each of `variants` ("NAME:key=value[,key=value]") runs entry NAME again with
-    those overrides, named "NAME[key=value,...]", beside it in the same run: an A/B of one switch. A
+    `names` picks entries (default: DEFAULT_E2E), in that order; each of `variants`
+    ("NAME:key=value[,key=value]") runs entry NAME again with those overrides, named
+    "NAME[key=value,...]", beside it in the same run: an A/B of one switch. A
     run that fails is recorded with its error and the next one runs; `save` gets the results so far
     after each run (a run cut off at the box's time limit keeps what it measured)."""
     from pipeline import ray_adapter

@@ -51,8 +51,9 @@ def cpu_table(res: dict[str, Any]) -> str:
         ]
     for key, r in res.items():
         if key.startswith("vlm:"):
+            whole = f"whole run incl. {r['pipeline_first_block_s']:.0f} s to first block: {r['pipeline_img_s']:.1f}"
             lines.append(f"| {key[4:]} ({r['params_m']}M, batch {r['batch_size']}, greedy 20 tokens): caption stage in the "
-                         f"pipeline (whole run incl. {r['pipeline_first_block_s']:.0f} s to first block: {r['pipeline_img_s']:.1f}) "
+                         f"pipeline ({whole}) "
                          f"vs model alone (img/s); same captions {r['same_captions']}/{r['images']} "
                          f"| {r['model_alone_img_s']:.1f} | {r['pipeline_stage_img_s']:.1f} "
                          f"| {r['pipeline_vs_model_alone']:.2f}× | ≥ 0.85×, all alike |")
