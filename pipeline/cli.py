@@ -13,6 +13,7 @@ from pipeline.config import ConfigError, load_config
 from pipeline.job import JobSpec
 from pipeline.progress import fmt_rate
 from pipeline.report import Summary, run_defaults
+from pipeline.timing import Phases
 
 JOB_MODULES = ("jobs.caption", "jobs.clean", "jobs.embed", "jobs.prompts")
 
@@ -115,6 +116,7 @@ def _retry_args(args: argparse.Namespace, specs: dict[str, JobSpec]) -> tuple[Jo
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    phases = Phases()  # from the process's start: run.json's `phases`
     specs = job_specs()
     args = parser(specs).parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
@@ -156,11 +158,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                         overrides.append(flag.override)
                 else:
                     options[flag.dest] = value
-        cfg = load_config(args.config, overrides, defaults=defaults)
-        # Everything a user can get wrong fails here, in one line with exit 2, before Ray starts: the
-        # config, the models (build_job), the inputs and the output (run_job plans before it starts Ray).
-        job = build_job(spec, cfg, options)
-        summary = run_job(job, inputs, args.output, cfg, retry=retry)
+        with phases("config_models"):
+            cfg = load_config(args.config, overrides, defaults=defaults)
+            # Everything a user can get wrong fails here, in one line with exit 2, before Ray starts: the
+            # config, the models (build_job), the inputs and the output (run_job plans before it starts Ray).
+            job = build_job(spec, cfg, options)
+        summary = run_job(job, inputs, args.output, cfg, retry=retry, phases=phases)
     except (ConfigError, OutputError, FileNotFoundError, ValueError) as e:
         print(f"capfilt: {e}", file=sys.stderr)
         return 2

@@ -30,6 +30,7 @@ from pipeline.io.shards import Shard
 from pipeline.job import Job, StageSpec, read_fused
 from pipeline.progress import stage_seconds
 from pipeline.schema import BUSY
+from pipeline.timing import actor_start
 
 log = logging.getLogger("capfilt")
 
@@ -44,9 +45,11 @@ ACTOR_RESTARTS = 10
 BATCH_RETRIES = 2
 
 
-def init_ray(cfg: Config) -> None:
-    """Attaches to `run.address` / RAY_ADDRESS, or starts a local Ray; sets Ray Data up for capfilt."""
-    if not ray.is_initialized():
+def init_ray(cfg: Config) -> bool:
+    """Attaches to `run.address` / RAY_ADDRESS, or starts a local Ray; sets Ray Data up for capfilt.
+    Returns whether it connected (False: this process already had Ray, which it keeps)."""
+    started = not ray.is_initialized()
+    if started:
         address = cfg.run.address or os.environ.get("RAY_ADDRESS")
         kwargs: dict[str, Any] = dict(include_dashboard=False, logging_level=logging.WARNING, configure_logging=False)
         if address:
@@ -65,6 +68,7 @@ def init_ray(cfg: Config) -> None:
     # longer or off, and end the run with an ordinary traceback and exit 1.
     ctx.execution_no_progress_timeout_s = -1
     logging.getLogger("ray.data").setLevel(logging.WARNING)
+    return started
 
 
 def shutdown() -> None:
@@ -105,9 +109,12 @@ class _OnArrow:
 
     stage_cls: Any = None
     keep: list[str] | None = None  # the last stage drops what the driver does not need (pixels above all)
+    actor = False  # a model actor: its first block reports its start (timing.actor_start)
 
     def __init__(self, *args: Any, **kwargs: Any):
+        constructed = time.monotonic()
         self.stage = self.stage_cls(*args, **kwargs)
+        self.start_report = actor_start(self.stage_cls.__name__, constructed, time.monotonic()) if self.actor else {}
 
     def __call__(self, table: pa.Table) -> pa.Table:
         busy = stage_seconds(table)
@@ -117,6 +124,9 @@ class _OnArrow:
         out = self.stage(to_numpy(table))
         name = self.stage_cls.__name__
         busy[name] = busy.get(name, 0.0) + time.perf_counter() - start
+        if self.start_report:
+            busy.update(self.start_report)
+            self.start_report = {}
         if self.keep is not None:
             out = {k: out[k] for k in self.keep if k != BUSY}
         n = len(next(iter(out.values()))) if out else 0
@@ -127,9 +137,10 @@ class _OnArrow:
         return to_arrow(out, tensor=ArrowTensorArray.from_numpy)
 
 
-def _on_arrow(stage_cls: Any, keep: list[str] | None = None) -> type:
+def _on_arrow(stage_cls: Any, keep: list[str] | None = None, actor: bool = False) -> type:
     # Named after the stage, so Ray's progress lines and errors show `CaptionImages`, not the adapter.
-    return type(stage_cls.__name__, (_OnArrow,), {"stage_cls": stage_cls, "keep": keep, "__module__": __name__})
+    return type(stage_cls.__name__, (_OnArrow,), {"stage_cls": stage_cls, "keep": keep, "actor": actor,
+                                                  "__module__": __name__})
 
 
 def _read(source: Datasource, shards: int, cfg: Config) -> Any:
@@ -159,7 +170,7 @@ def _apply(ds: Any, spec: StageSpec, keep: list[str] | None = None) -> Any:
             if spec.num_gpus:
                 kwargs["num_gpus"] = spec.num_gpus
             # A crashed actor is restarted and its batch retried, but not forever (see ACTOR_RESTARTS).
-            return ds.map_batches(_on_arrow(spec.fn, keep), fn_constructor_args=spec.args,
+            return ds.map_batches(_on_arrow(spec.fn, keep, actor=True), fn_constructor_args=spec.args,
                                   fn_constructor_kwargs=spec.kwargs, compute=ActorPoolStrategy(size=spec.concurrency or 1),
                                   max_restarts=ACTOR_RESTARTS, max_task_retries=BATCH_RETRIES, **kwargs)
         fn = _on_arrow(spec.fn, keep)(*spec.args, **spec.kwargs)  # a stateless stage: built once here, shipped to the tasks

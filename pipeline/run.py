@@ -25,6 +25,7 @@ from pipeline.job import Finished, Job
 from pipeline.progress import Progress, stage_seconds
 from pipeline.report import Summary, write_report
 from pipeline.schema import DECODE_TIMEOUT, KEY, MODEL_ERROR, MODEL_OOM, STATUS
+from pipeline.timing import Phases, split_actor_starts
 
 log = logging.getLogger("capfilt")
 
@@ -228,15 +229,18 @@ def new_run_id() -> str:
 
 
 def run_job(job: Job, inputs: list[str], output: str, cfg: Config, retry: bool = False,
-            sample: int | None = None) -> Summary:
+            sample: int | None = None, phases: Phases | None = None) -> Summary:
     """Plans shards (skipping committed ones), streams them through the stages, commits per shard.
     `retry`: runs the retryable rows of committed shards again instead (retry_plan); `sample`: about this
-    many images of the input (sample_plan, `capfilt estimate`)."""
+    many images of the input (sample_plan, `capfilt estimate`). `phases`: the command's phases so far
+    (the CLI's); run.json records them with this run's. A local Ray this starts, it shuts down."""
     start = time.monotonic()
-    if sample is not None:
-        p = sample_plan(job, inputs, output, cfg, sample)
-    else:
-        p = retry_plan(job, inputs, output, cfg) if retry else plan(job, inputs, output, cfg)
+    phases = phases or Phases()
+    with phases("plan"):
+        if sample is not None:
+            p = sample_plan(job, inputs, output, cfg, sample)
+        else:
+            p = retry_plan(job, inputs, output, cfg) if retry else plan(job, inputs, output, cfg)
     run_id = new_run_id()
     committer = ShardCommitter(output, job.tables, p.ids, cfg.storage, p.digest, cfg.output.compression, p.shards,
                                merge=retry, rows_per_part=cfg.output.rows_per_part, run_id=run_id,
@@ -246,24 +250,36 @@ def run_job(job: Job, inputs: list[str], output: str, cfg: Config, retry: bool =
     first_rows = 0
     stopped: str | None = None
     stages: dict[str, dict[str, float]] = {}
+    actors: dict[str, float] = {}  # "<stage>.worker_s" / "<stage>.load_s" → the slowest actor's
+    started_ray = False
     if p.todo:
         from pipeline import ray_adapter
 
-        ray_adapter.init_ray(cfg)
+        with phases("ray_start"):
+            started_ray = ray_adapter.init_ray(cfg)
+        streaming = time.monotonic()
         execution = ray_adapter.Execution(job, p.todo, cfg)
         with Watchdog(cfg.run.stall_timeout_s) as watchdog, Stop(cfg.run.grace_s) as stop:
             for block in execution.blocks():
                 watchdog.beat()
+                committing = time.monotonic()
                 rows = committer.add(block)
+                phases.add("commit", time.monotonic() - committing)
                 if first_block_at is None:
                     first_block_at, first_rows = time.monotonic(), rows
-                progress.update(rows, len(committer.committed), stage_seconds(block))
+                    phases.add("first_block", first_block_at - streaming)
+                busy, starts = split_actor_starts(stage_seconds(block))
+                for k, v in starts.items():
+                    actors[k] = max(actors.get(k, 0.0), v)
+                progress.update(rows, len(committer.committed), busy)
                 if stop.done(len(committer.pending)):
                     stopped = stop.signal
                     break
         if stopped is None:
             committer.release()  # shards held for a calibration that fewer shards than it asked for reached
         progress.close()
+        if first_block_at is not None:
+            phases.add("rest_of_stream", time.monotonic() - first_block_at)
         stages = execution.stage_times()
         if committer.incomplete() and stopped is None:
             raise RuntimeError(f"shards not complete at the end of the run: {committer.incomplete()}")
@@ -275,7 +291,16 @@ def run_job(job: Job, inputs: list[str], output: str, cfg: Config, retry: bool =
     if stopped is not None:
         extra["stopped"] = {"signal": stopped, "uncommitted_shards": committer.incomplete()}
     elif not committer.failed and job.finish is not None:
-        extra = job.finish(Finished(cfg, output, p.digest, job.options))
+        with phases("finish"):
+            extra = job.finish(Finished(cfg, output, p.digest, job.options))
+    if started_ray:
+        from pipeline import ray_adapter
+
+        with phases("shutdown"):
+            ray_adapter.shutdown()
+    extra["phases"] = {**phases.report(), "total": round(phases.elapsed(), 3)}
+    if actors:
+        extra["actor_start"] = {k: round(v, 3) for k, v in sorted(actors.items())}
     end = time.monotonic()
     rows_total = sum(committer.counts.values())
     steady = None

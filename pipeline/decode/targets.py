@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
 from typing import Any
 
 from pipeline.decode.geometry import BICUBIC, Target
@@ -36,3 +37,45 @@ def processor_size_target(image_processor: Any, name: str) -> Target:
                          "a shortest edge with a center crop")
     return Target(name, int(crop["height"]), int(crop["width"]), "crop", shortest_edge=int(size["shortest_edge"]),
                   resample=resample)
+
+
+# An image processor's saved JSON is enough for its decode target when every setting the target reads is
+# written in it: a key left out takes its class's default, which only transformers knows. These are the
+# keys each class must have written (besides `resample`); any other class, or a file without them, goes
+# to transformers (loading.processor_target). Tested against transformers for every family's processor.
+_JSON_KEYS: dict[str, tuple[str, ...]] = {
+    "BlipImageProcessor": ("size",),
+    "ViTImageProcessor": ("size",),
+    "CLIPImageProcessor": ("size", "do_center_crop"),
+    "Qwen2VLImageProcessor": ("merge_size", "patch_size"),
+    "SmolVLMImageProcessor": ("size", "max_image_size"),
+    "Idefics3ImageProcessor": ("size", "max_image_size"),
+}
+_NO_CROP = ("BlipImageProcessor", "ViTImageProcessor", "Qwen2VLImageProcessor", "SmolVLMImageProcessor",
+            "Idefics3ImageProcessor")
+
+
+def json_image_processor(saved: dict[str, Any]) -> Any | None:
+    """An image processor's saved settings (its `preprocessor_config.json`, or `processor_config.json`'s
+    `image_processor`) as the attributes `processor_size_target` reads, where the JSON alone fixes them
+    (the driver then needs neither transformers nor torch); None where only transformers can tell."""
+    kind = str(saved.get("image_processor_type", "")).removesuffix("Fast").removesuffix("Pil")
+    need = _JSON_KEYS.get(kind)
+    if need is None or "resample" not in saved or any(k not in saved for k in need):
+        return None
+    d = dict(saved)
+    if kind == "Qwen2VLImageProcessor":
+        pixels = ("min_pixels" in d, "max_pixels" in d)
+        if any(pixels):  # the released files' form; the class turns it into `size` (both at once: its precedence)
+            if not all(pixels) or "size" in d:
+                return None
+            d["size"] = {"shortest_edge": d["min_pixels"], "longest_edge": d["max_pixels"]}
+        elif "size" not in d:
+            return None
+    if kind in _NO_CROP and "do_center_crop" in d:  # a setting the class does not have: let transformers say
+        return None
+    if any(d.get(k) is not None and not isinstance(d[k], dict) for k in ("size", "crop_size", "max_image_size")):
+        return None  # an int size (older files): its meaning depends on the class
+    if d.get("do_center_crop") and not isinstance(d.get("crop_size"), dict):
+        return None
+    return SimpleNamespace(**d)

@@ -6,7 +6,7 @@ from typing import Any, Protocol
 
 from pipeline.config import CaptionConfig, ConfigError
 from pipeline.decode.geometry import Target
-from pipeline.models.loading import processor_target, resolve_model
+from pipeline.models.loading import config_value, processor_target, resolve_model
 from pipeline.models.pixels import Images
 from pipeline.schema import pixel_column
 
@@ -25,6 +25,10 @@ class Captioner(Protocol):
 
 
 def model_type(path: str, cfg: CaptionConfig) -> str:
+    """The model's `model_type`, from its config.json (no transformers on the driver) or AutoConfig."""
+    kind = config_value(path, cfg, ("model_type",))
+    if isinstance(kind, str):
+        return kind
     from transformers import AutoConfig
 
     conf = AutoConfig.from_pretrained(path, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code)

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.config import ClipConfig
-from pipeline.models.loading import load_pretrained, pretrained_kwargs, resolve_model, setup_torch
+from pipeline.models.loading import config_value, load_pretrained, pretrained_kwargs, resolve_model, setup_torch
 from pipeline.models.pixels import Images, model_pixel_values
 
 
@@ -93,11 +93,15 @@ def load_clip(cfg: ClipConfig, storage_options: dict[str, Any] | None = None) ->
 
 
 def clip_dim(cfg: ClipConfig, storage_options: dict[str, Any] | None = None) -> int:
-    return int(_config(cfg, storage_options).projection_dim)
+    dim = config_value(resolve_model(cfg.model, storage_options), cfg, ("projection_dim",))
+    return int(dim) if isinstance(dim, int) else int(_config(cfg, storage_options).projection_dim)
 
 
 def is_alpha_clip(cfg: ClipConfig, storage_options: dict[str, Any] | None = None) -> bool:
     """Whether the CLIP model takes an alpha channel (a converted Alpha-CLIP): then it scores and embeds regions."""
+    path = resolve_model(cfg.model, storage_options)
+    if isinstance(config_value(path, cfg, ("vision_config",)), dict):  # config.json read as JSON: no transformers
+        return config_value(path, cfg, ("vision_config", "num_channels")) == 4  # unwritten: the class's 3
     return int(getattr(_config(cfg, storage_options).vision_config, "num_channels", 3)) == 4
 
 

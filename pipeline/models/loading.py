@@ -112,12 +112,66 @@ def pretrained_kwargs(cfg: Any) -> dict[str, Any]:
 
 def processor_target(path: str, cfg: Any, name: str) -> Target:
     """The size a model's HF image processor resizes to, as a decode target (so its own resize is a
-    no-op and the pixels match the processor path exactly). Reads the processor's config, no weights."""
-    from transformers import AutoImageProcessor
+    no-op and the pixels match the processor path exactly). Reads the processor's saved JSON where that
+    fixes the size (no transformers, no torch on the driver), else asks transformers; no weights."""
+    from pipeline.decode.targets import json_image_processor, processor_size_target
 
-    from pipeline.decode.targets import processor_size_target
+    saved = image_processor_json(path, cfg)
+    view = json_image_processor(saved) if saved is not None else None
+    if view is None:
+        from transformers import AutoImageProcessor
 
-    return processor_size_target(AutoImageProcessor.from_pretrained(path, **pretrained_kwargs(cfg)), name)
+        view = AutoImageProcessor.from_pretrained(path, **pretrained_kwargs(cfg))
+    return processor_size_target(view, name)
+
+
+def model_json(path: str, filename: str, cfg: Any) -> dict[str, Any] | None:
+    """One of a model's JSON files (config.json, preprocessor_config.json, …) read as JSON: from its
+    directory, or from the local Hugging Face cache for a hub id at the configured revision. None where
+    it is not there or not a JSON object: the caller then asks transformers, which knows every case."""
+    import json
+
+    local = Path(path)
+    if local.is_dir():
+        file = local / filename
+    else:
+        try:
+            from huggingface_hub import try_to_load_from_cache
+        except ImportError:
+            return None
+        try:
+            found = try_to_load_from_cache(path, filename, revision=getattr(cfg, "revision", None))
+        except ValueError:  # not a repo id
+            return None
+        if not isinstance(found, str):
+            return None
+        file = Path(found)
+    try:
+        value = json.loads(file.read_text())
+    except (OSError, ValueError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def image_processor_json(path: str, cfg: Any) -> dict[str, Any] | None:
+    """The image processor's saved settings: `processor_config.json`'s `image_processor` (transformers 5's
+    form) or `preprocessor_config.json`; None when neither, or both, hold them."""
+    nested = (model_json(path, "processor_config.json", cfg) or {}).get("image_processor")
+    flat = model_json(path, "preprocessor_config.json", cfg)
+    if isinstance(nested, dict):
+        return None if flat is not None else nested
+    return flat
+
+
+def config_value(path: str, cfg: Any, keys: tuple[str, ...]) -> Any:
+    """A value of a model's config.json by its path of keys, read as JSON; None where the file does not
+    write it (the caller then asks transformers' AutoConfig, which fills in the class defaults)."""
+    value: Any = model_json(path, "config.json", cfg)
+    for key in keys:
+        if not isinstance(value, dict) or key not in value:
+            return None
+        value = value[key]
+    return value
 
 
 def image_target(cfg: Any, name: str, storage_options: dict[str, Any] | None = None) -> Any:

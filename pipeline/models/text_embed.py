@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.config import TextEmbedConfig
-from pipeline.models.loading import resolve_model, setup_torch
+from pipeline.models.loading import config_value, resolve_model, setup_torch
 
 
 class TextEmbedder:
@@ -44,6 +44,10 @@ def load_text_embedder(cfg: TextEmbedConfig, storage_options: dict[str, Any] | N
 
 def text_embed_dim(cfg: TextEmbedConfig, storage_options: dict[str, Any] | None = None) -> int:
     """The embedding size, from the model's config (mean pooling keeps the hidden size)."""
+    path = resolve_model(cfg.model, storage_options)
+    hidden = config_value(path, cfg, ("hidden_size",))
+    if isinstance(hidden, int):
+        return hidden
     from transformers import AutoConfig
 
     conf = AutoConfig.from_pretrained(resolve_model(cfg.model, storage_options), revision=cfg.revision)
