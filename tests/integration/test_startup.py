@@ -24,8 +24,8 @@ try:
     code = main(sys.argv[1:])
 except SystemExit as e:
     code = e.code
-print("PROBE " + json.dumps({"code": code, "imported": [m for m in %r if m in sys.modules]}))
-""" % (HEAVY,)
+print("PROBE " + json.dumps({"code": code, "imported": [m for m in HEAVY if m in sys.modules]}))
+""".replace("HEAVY", repr(HEAVY))
 
 
 def probe(args: list[str], env: dict[str, str]) -> dict:
