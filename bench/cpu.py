@@ -412,7 +412,7 @@ def bench_vlm(work: Path, name: str, n: int, batch: int) -> dict[str, Any]:
             "pipeline_vs_model_alone": stage / alone_img_s, "same_captions": same}
 
 
-CPU_PARTS = ("decode", "cross", "small", "tiny", "memory", "faults", "estimate", "vlm")
+CPU_PARTS = ("startup", "decode", "cross", "small", "tiny", "memory", "faults", "estimate", "vlm")
 
 EXTRA_PARTS = ("cross-base",)  # only when asked for (`--only cross-base`): full-size BLIP-base and ViT-GPT2, ~3 min
 
@@ -426,6 +426,10 @@ def cpu_suite(quick: bool, work: Path, parts: tuple[str, ...] = CPU_PARTS) -> di
     small, tiny = str(ensure_tiny("blip-small")), str(ensure_tiny("blip"))
     datas = web_jpegs(int(64 * scale) or 8)
     res: dict[str, Any] = {}
+    if "startup" in parts:  # first, before this process starts its own Ray: whole commands in subprocesses
+        from bench.startup import bench_startup
+
+        res["startup"] = bench_startup(work, quick)
     if "decode" in parts:
         res["decode"] = bench_decode(datas, small, secs)
     if "cross" in parts:

@@ -91,7 +91,40 @@ def cpu_table(res: dict[str, Any]) -> str:
             f"{d['driver_peak_rss_1x'] / 2**20:.0f} | {d['driver_peak_rss_10x_no_parts'] / 2**20:.0f} | "
             f"{d['no_parts_ratio']:.2f}× | |",
         ]
+    if "startup" in res:
+        lines += startup_rows(res["startup"])
     return "\n".join(lines)
+
+
+def _phases(r: dict[str, Any]) -> str:
+    """A run's phases in one cell: the whole command, what run.json counted, and (today's code) its phases."""
+    if not r.get("phases"):
+        return (f"run.json {r['run_json_seconds']:.1f} s (first block {r['first_block_s']:.1f}), outside it "
+                f"{r['outside_run_json_s']:.1f}")
+    keep = [k for k in r["phases"] if k not in ("total", "commit")]
+    actors = ", ".join(f"{k} {v:.1f}" for k, v in (r.get("actor_start") or {}).items())
+    return ", ".join(f"{k} {r['phases'][k]:.1f}" for k in keep) + (f" (actor: {actors})" if actors else "")
+
+
+def startup_rows(s: dict[str, Any]) -> list[str]:
+    """Whole commands (wall time around the process), before vs after; each row says its phases."""
+    rows = []
+    for key, what, target in (("caption", f"{s['images_caption']}-image `caption`, configs/tiny.yaml", "≤ 8 s"),
+                              ("embed", f"{s['images_embed']}-image `embed`, configs/tiny-embed.yaml", "≥ 2× img/s"),
+                              ("caption_{}_attached_2", f"{s['images_caption']}-image `caption` attached to a running "
+                               "local Ray (second job)", "≤ 4 s")):
+        after = s.get(key.format("after") if "{}" in key else f"{key}_after")
+        before = s.get(key.format("before") if "{}" in key else f"{key}_before")
+        if after is None:
+            continue
+        ratio = f"{before['wall_s'] / after['wall_s']:.2f}×" if before else ""
+        was = f"{before['wall_s']:.1f} ({before['img_s']:.1f})" if before else ""
+        rows.append(f"| {what}: whole command, s (img/s) | {was} | {after['wall_s']:.1f} ({after['img_s']:.1f}) "
+                    f"| {ratio} | {target} |")
+        rows.append(f"| phases, s — after: {_phases(after)}"
+                    + (f"; before: {_phases(before)}" if before else "") + " | | | | |")
+    return rows
+
 
 def _pct(x: float | None) -> str:
     return f"{x:.0f} %" if x is not None else "n/a"

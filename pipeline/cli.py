@@ -167,6 +167,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ConfigError, OutputError, FileNotFoundError, ValueError) as e:
         print(f"capfilt: {e}", file=sys.stderr)
         return 2
+    except ConnectionError as e:  # --address / RAY_ADDRESS: no Ray there, or one that wants a token
+        print(f"capfilt: {_ray_unreachable(e)}", file=sys.stderr)
+        return 2
     except Stopped as e:
         _print_summary(name, e.summary)
         print(f"capfilt: {e}", file=sys.stderr)
@@ -177,6 +180,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         return ShardsFailed.EXIT_CODE
     _print_summary(f"{name} retry" if retry else name, summary)
     return 0
+
+
+def _ray_unreachable(e: ConnectionError) -> str:
+    """One line for a Ray that cannot be attached to, with the fix for `ray start`'s token authentication."""
+    import os
+
+    why = " ".join(str(e).split())[:200]
+    causes = " ".join(str(c) for c in (e.__cause__, e.__context__) if c is not None)
+    hint = ""
+    if "token" in causes.lower() and os.environ.get("RAY_AUTH_MODE", "") != "token":
+        hint = ("; the cluster uses token authentication (`ray start`'s default): set RAY_AUTH_MODE=token where "
+                "capfilt runs (the token is read from ~/.ray/auth_token or RAY_AUTH_TOKEN)")
+    return f"cannot attach to Ray: {why}{hint}"
 
 
 def _estimate(args: argparse.Namespace, overrides: list[str], specs: dict[str, JobSpec]) -> int:
