@@ -139,6 +139,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _estimate(args, overrides, specs)
     if args.address:
         overrides.append(f"run.address={args.address}")
+    if args.verbose:
+        overrides.append("run.verbose=true")
     retry = args.job == "retry"
     options: dict[str, Any] = {}
     from pipeline.io.writer import OutputError
@@ -243,9 +245,14 @@ def _inspect(args: argparse.Namespace, overrides: list[str]) -> int:
 def _print_summary(job: str, summary: Summary) -> None:
     counts = ", ".join(f"{k}={v}" for k, v in sorted(summary.counts.items())) or "none"
     failed = len(summary.extra.get("failed_shards", {}))
+    t = summary.extra.get("timing") or {}
+    split = ""
+    if t.get("startup_s") is not None:
+        split = f" (start-up {t['startup_s']:.1f}s, work {t['work_s']:.1f}s, shutdown {t['shutdown_s']:.1f}s)"
+    steady = f"{fmt_rate(summary.steady_images_per_s)} img/s" if summary.steady_images_per_s is not None else "n/a"
     print(f"capfilt {job}: {summary.rows} rows ({counts}) from {summary.shards_done} shards "
-          f"({summary.shards_skipped} already done{f', {failed} failed' if failed else ''}) in {summary.seconds:.1f}s, "
-          f"{fmt_rate(summary.images_per_s)} img/s → {summary.output}")
+          f"({summary.shards_skipped} already done{f', {failed} failed' if failed else ''}) in {summary.seconds:.1f}s"
+          f"{split}, {fmt_rate(summary.images_per_s)} img/s, steady {steady} → {summary.output}")
     totals = summary.extra.get("totals")
     if totals:  # what the output holds over all runs into it (the sum of its markers)
         counts = ", ".join(f"{k}={v}" for k, v in totals["counts"].items()) or "none"

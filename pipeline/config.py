@@ -169,6 +169,10 @@ class RunConfig:
     num_cpus: int | None = None  # local Ray only; null = all cores
     stall_timeout_s: float = 1800.0  # no block for this long (lost node, hung actor) → exit 3 with a message
     grace_s: float = 30.0  # on SIGTERM/SIGINT: how long the shards in flight may take to commit, then exit 5
+    # The steady rate (and the ETA from it) is measured over this many seconds at least, once every stage
+    # has produced (the first block reached the driver); a shorter run reports none.
+    steady_window_s: float = 10.0
+    verbose: bool = False  # --verbose: the libraries' own notices and progress bars on stderr too
 
 
 @dataclass(frozen=True)
@@ -292,7 +296,7 @@ def _build(cls: Any, data: Any, where: str) -> Any:
 _POSITIVE = {"batch_size", "num_beams", "num_captions", "max_new_tokens", "max_pixels", "rows_per_block",
              "concurrency", "top_k", "max_text_tokens", "max_image_bytes", "max_text_chars", "max_memory_mb"}
 _NON_NEGATIVE = {"rows_per_part", "files_per_shard", "grace_s", "timeout_s", "read_retries", "retry_backoff_s",
-                 "stall_timeout_s",
+                 "stall_timeout_s", "steady_window_s",
                  "num_gpus", "num_cpus", "min_new_tokens", "temperature"}
 
 

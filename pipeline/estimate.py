@@ -77,7 +77,8 @@ def estimate(job: Job, inputs: list[str], cfg: Config, sample: int, actors: int 
         summary = run_job(job, inputs, tmp, cfg, sample=sample)
     total, counted = input_images(shards, sampled, cfg.storage)
     startup = summary.first_block_s or 0.0
-    steady = summary.steady_images_per_s or summary.images_per_s
+    # the sample's rate after its first block, however short (its steady_images_per_s needs a window)
+    steady = summary.extra.get("timing", {}).get("after_first_block_img_s") or summary.images_per_s
     stages = {}
     decode_workers = (cfg.run.num_cpus or 1) / max(cfg.decode.num_cpus, 1e-9)
     for op, t in summary.stages.items():

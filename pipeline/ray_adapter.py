@@ -23,6 +23,7 @@ from ray.data.block import BlockMetadata
 from ray.data.datasource import Datasource, ReadTask
 from ray.data.extensions import ArrowTensorArray
 
+from pipeline import quiet
 from pipeline.columns import to_arrow, to_numpy
 from pipeline.config import Config, InputConfig
 from pipeline.io.readers import READ_SCHEMA, read_shard
@@ -49,12 +50,17 @@ def init_ray(cfg: Config) -> bool:
     """Attaches to `run.address` / RAY_ADDRESS, or starts a local Ray; sets Ray Data up for capfilt.
     Returns whether it connected (False: this process already had Ray, which it keeps)."""
     started = not ray.is_initialized()
+    quiet.apply_switches(cfg.run.verbose)
     if started:
         address = cfg.run.address or os.environ.get("RAY_ADDRESS")
         kwargs: dict[str, Any] = dict(include_dashboard=False, logging_level=logging.WARNING, configure_logging=False)
         if address:
             ray.init(address=address, **kwargs)
         else:
+            # A batch job on private data reports no usage statistics to Ray's service. (Ray 2.60's ray.init
+            # turns them off itself for a local cluster, except in nightly wheels; this holds whatever
+            # the version. A user who wants them runs `ray start`, which follows their setting, and attaches.)
+            os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
             ray.init(num_cpus=cfg.run.num_cpus, **kwargs)
     ctx = DataContext.get_current()
     ctx.enable_progress_bars = False  # our own line shows images, img/s and ETA
@@ -67,7 +73,7 @@ def init_ray(cfg: Config) -> bool:
     # default, or RAY_DATA_EXECUTION_NO_PROGRESS_TIMEOUT_S) would otherwise raise first whenever ours is
     # longer or off, and end the run with an ordinary traceback and exit 1.
     ctx.execution_no_progress_timeout_s = -1
-    logging.getLogger("ray.data").setLevel(logging.WARNING)
+    logging.getLogger("ray.data").setLevel(logging.WARNING if cfg.run.verbose else logging.ERROR)
     return started
 
 

@@ -22,9 +22,10 @@ class Summary:
     counts: dict[str, int]
     shards_done: int
     shards_skipped: int
-    seconds: float
+    seconds: float  # the whole command (the CLI: from the process's start, Ray's shutdown included)
     first_block_s: float | None = None  # start → first block at the driver (Ray, actors, model loading)
-    steady_images_per_s: float | None = None  # rows after the first block / time after it
+    # rows after the first block / time after it, over at least run.steady_window_s; None on a shorter run
+    steady_images_per_s: float | None = None
     stages: dict[str, dict[str, float]] = field(default_factory=dict)  # Ray Data operator → time in it
     shards_total: int = 0
     extra: dict[str, Any] = field(default_factory=dict)  # what the job's post-run hook reported

@@ -17,6 +17,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from pipeline import quiet
 from pipeline.config import Config
 from pipeline.io.shards import Shard, list_shards
 from pipeline.io.storage import get_fs, join
@@ -62,6 +63,7 @@ class Watchdog:
             if idle > self.timeout:
                 msg = (f"capfilt: no progress for {idle:.0f}s (run.stall_timeout_s={self.timeout:g}): a node or actor "
                        "was probably lost, or a decoder hung. Committed shards are kept; rerun the same command to resume.")
+                quiet.release()
                 log.error(msg)
                 sys.stderr.write(msg + "\n")
                 sys.stderr.flush()
@@ -113,10 +115,21 @@ class Stop:
         return self.signal is not None and (pending == 0 or time.monotonic() - self.at > self.grace_s)
 
     def _leave(self, msg: str) -> None:
+        quiet.release()
         log.error(msg)
         sys.stderr.write(msg + "\n")
         sys.stderr.flush()
         os._exit(self.EXIT_CODE)
+
+
+class _released:
+    """Restores stderr (quiet.StderrFilter) when the streaming ends, however it ends."""
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        quiet.release()
 
 
 class Stopped(RuntimeError):
@@ -234,8 +247,7 @@ def run_job(job: Job, inputs: list[str], output: str, cfg: Config, retry: bool =
     `retry`: runs the retryable rows of committed shards again instead (retry_plan); `sample`: about this
     many images of the input (sample_plan, `capfilt estimate`). `phases`: the command's phases so far
     (the CLI's); run.json records them with this run's. A local Ray this starts, it shuts down."""
-    start = time.monotonic()
-    phases = phases or Phases()
+    phases = phases or Phases(from_process_start=False)
     with phases("plan"):
         if sample is not None:
             p = sample_plan(job, inputs, output, cfg, sample)
@@ -245,9 +257,8 @@ def run_job(job: Job, inputs: list[str], output: str, cfg: Config, retry: bool =
     committer = ShardCommitter(output, job.tables, p.ids, cfg.storage, p.digest, cfg.output.compression, p.shards,
                                merge=retry, rows_per_part=cfg.output.rows_per_part, run_id=run_id,
                                calibration=job.commit_hook(cfg, output, p.digest) if job.commit_hook else None)
-    progress = Progress(len(p.todo), cfg.run.progress, cfg.run.log_every_s)
+    progress = Progress(len(p.todo), cfg.run.progress, cfg.run.log_every_s, window_s=cfg.run.steady_window_s)
     first_block_at: float | None = None
-    first_rows = 0
     stopped: str | None = None
     stages: dict[str, dict[str, float]] = {}
     actors: dict[str, float] = {}  # "<stage>.worker_s" / "<stage>.load_s" → the slowest actor's
@@ -257,16 +268,17 @@ def run_job(job: Job, inputs: list[str], output: str, cfg: Config, retry: bool =
 
         with phases("ray_start"):
             started_ray = ray_adapter.init_ray(cfg)
+        quiet.filter_stderr(cfg.run.verbose)  # after Ray's processes started: they keep the real stderr
         streaming = time.monotonic()
         execution = ray_adapter.Execution(job, p.todo, cfg)
-        with Watchdog(cfg.run.stall_timeout_s) as watchdog, Stop(cfg.run.grace_s) as stop:
+        with Watchdog(cfg.run.stall_timeout_s) as watchdog, Stop(cfg.run.grace_s) as stop, _released():
             for block in execution.blocks():
                 watchdog.beat()
                 committing = time.monotonic()
                 rows = committer.add(block)
                 phases.add("commit", time.monotonic() - committing)
                 if first_block_at is None:
-                    first_block_at, first_rows = time.monotonic(), rows
+                    first_block_at = time.monotonic()
                     phases.add("first_block", first_block_at - streaming)
                 busy, starts = split_actor_starts(stage_seconds(block))
                 for k, v in starts.items():
@@ -301,11 +313,17 @@ def run_job(job: Job, inputs: list[str], output: str, cfg: Config, retry: bool =
     extra["phases"] = {**phases.report(), "total": round(phases.elapsed(), 3)}
     if actors:
         extra["actor_start"] = {k: round(v, 3) for k, v in sorted(actors.items())}
-    end = time.monotonic()
     rows_total = sum(committer.counts.values())
-    steady = None
-    if first_block_at is not None and end - first_block_at > 0:
-        steady = (rows_total - first_rows) / (end - first_block_at)
+    steady = progress.steady_rate()  # None on a run shorter than run.steady_window_s after its first block
+    # The command's time from its start (the process's, for the CLI): start-up to the first block, the
+    # work from there to the last block, then the rest (the post-run hook, Ray's shutdown, the report).
+    seconds = phases.elapsed()
+    first_s = None if progress.first_at is None else progress.first_at - phases.origin
+    work_s = None if progress.first_at is None or progress.last_at is None else progress.last_at - progress.first_at
+    last_s = progress.last_at - phases.origin if progress.last_at is not None else None
+    extra["timing"] = {"startup_s": first_s, "work_s": work_s,
+                       "shutdown_s": None if last_s is None else seconds - last_s,
+                       "after_first_block_img_s": (rows_total - progress.first_rows) / work_s if work_s else None}
     markers = {**p.done, **committer.markers}  # the output as a whole: every marker, of this run and the earlier ones
     totals: Counter[str] = Counter()
     for marker in markers.values():
@@ -322,7 +340,7 @@ def run_job(job: Job, inputs: list[str], output: str, cfg: Config, retry: bool =
         extra["retry"] = {"rows": sum(committer.counts.values()), "shards": len(committer.committed)}
     skipped = len(p.shards) - len(p.todo) if not retry else 0
     summary = Summary(output, rows_total, dict(committer.counts), len(committer.committed), skipped,
-                      end - start, None if first_block_at is None else first_block_at - start, steady, stages,
+                      seconds, first_s, steady, stages,
                       shards_total=len(p.shards), extra=extra, run_id=run_id)
     write_report(job, inputs, cfg, p.digest, summary)
     if stopped is not None:

@@ -25,11 +25,11 @@ def process_age() -> float | None:
 
 
 class Phases:
-    """Named, timed phases of the driver, in the order they ran (`with phases("plan"): ...`); the process's
-    start is the origin where it is known."""
+    """Named, timed phases of the driver, in the order they ran (`with phases("plan"): ...`). The origin is
+    the process's start (the CLI: the whole command), or now (a run started from Python)."""
 
-    def __init__(self) -> None:
-        age = process_age()
+    def __init__(self, from_process_start: bool = True) -> None:
+        age = process_age() if from_process_start else None
         now = time.monotonic()
         self.origin = now - age if age is not None else now
         self.seconds: dict[str, float] = {}

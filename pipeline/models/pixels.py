@@ -33,14 +33,8 @@ def pixel_values(ip: Any, pixels: Any, device: str, dtype: Any) -> Any | None:
     `pixels`: uint8 (N, H, W, 3), a NumPy array (or list), or a tensor (decoded on the GPU)."""
     import torch
 
-    if isinstance(pixels, torch.Tensor):
-        x = pixels
-    else:
-        arr = np.asarray(pixels) if not isinstance(pixels, np.ndarray) else pixels
-        if arr.dtype != np.uint8:
-            return None
-        x = torch.from_numpy(np.ascontiguousarray(arr))
-    if x.dtype != torch.uint8 or x.ndim != 4 or x.shape[-1] != 3:
+    x: Any = pixels if isinstance(pixels, torch.Tensor) else np.asarray(pixels)
+    if str(x.dtype) not in ("uint8", "torch.uint8") or x.ndim != 4 or x.shape[-1] != 3:
         return None
     if _size(ip) != tuple(x.shape[1:3]) or getattr(ip, "do_pad", False):
         return None
@@ -48,10 +42,17 @@ def pixel_values(ip: Any, pixels: Any, device: str, dtype: Any) -> Any | None:
         return None
     mean = torch.tensor(ip.image_mean, dtype=torch.float32).view(1, 3, 1, 1)
     std = torch.tensor(ip.image_std, dtype=torch.float32).view(1, 3, 1, 1)
+    # Blocks from Arrow are read-only NumPy arrays, and torch.from_numpy warns on any tensor over one. The
+    # uint8 pixels are only read, into new float tensors or the pinned staging buffer, so no tensor is
+    # ever made over them: NumPy converts (CPU) or copies them into the buffer (GPU).
     if device == "cpu":
-        x = (x.cpu().permute(0, 3, 1, 2).double() * ip.rescale_factor).float()
+        if isinstance(x, np.ndarray):
+            x = torch.from_numpy(np.multiply(x, ip.rescale_factor, dtype=np.float64)).permute(0, 3, 1, 2).float()
+        else:
+            x = (x.cpu().permute(0, 3, 1, 2).double() * ip.rescale_factor).float()
     else:  # NHWC as it is in memory to the device, the layout change there
-        x = (x if x.device.type != "cpu" else to_device(x, device)).permute(0, 3, 1, 2).float() * ip.rescale_factor
+        x = (to_device(x, device) if isinstance(x, np.ndarray) or x.device.type == "cpu" else x)
+        x = x.permute(0, 3, 1, 2).float() * ip.rescale_factor
         mean, std = mean.to(x.device), std.to(x.device)
     return ((x - mean) / std).to(dtype)
 
@@ -74,7 +75,7 @@ _PINNED: dict[tuple[int, ...], Any] = {}  # page-locked staging buffers of this 
 
 
 def to_device(x: Any, device: str) -> Any:
-    """uint8 batch → GPU through a reused page-locked buffer: the copy runs as DMA without blocking
+    """uint8 batch (a tensor or a NumPy array) → GPU through a reused page-locked buffer: the copy runs as DMA without blocking
     the CPU, which queues the normalisation and the model's kernels meanwhile. A pageable source would
     make `non_blocking` a synchronous copy through a hidden staging buffer.
 
@@ -83,12 +84,15 @@ def to_device(x: Any, device: str) -> Any:
     import torch
 
     if not str(device).startswith("cuda") or not torch.cuda.is_available():
-        return x.to(device)
+        return (torch.from_numpy(np.array(x)) if isinstance(x, np.ndarray) else x).to(device)
     key = tuple(x.shape)
     buf = _PINNED.get(key)
     if buf is None:
         if len(_PINNED) >= 4:  # a run has one batch shape and a last, shorter batch per block
             _PINNED.clear()
         buf = _PINNED[key] = torch.empty(key, dtype=torch.uint8).pin_memory()
-    buf.copy_(x)
+    if isinstance(x, np.ndarray):
+        buf.numpy()[...] = x  # NumPy copies a read-only array in; no tensor is made over it
+    else:
+        buf.copy_(x)
     return buf.to(device, non_blocking=True)

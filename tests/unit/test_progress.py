@@ -44,3 +44,50 @@ def test_the_line_names_the_busiest_stage():
     p.update(10, 2, {"CaptionImages": 4.0})
     assert p.line().startswith("20 images | 2/4 shards | ") and p.line().endswith("| busiest CaptionImages 88%")
     assert stage_seconds(pa.table({KEY: ["a"]})) == {} and np.isclose(sum(p.busy.values()), 8.0)
+
+
+class Clock:
+    """time.monotonic for Progress, moved by hand."""
+
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self):
+        return self.now
+
+
+def _feed(p, clock, blocks):
+    """(seconds since the last block, rows, shards done) per block."""
+    for dt, rows, shards in blocks:
+        clock.now += dt
+        p.update(rows, shards)
+
+
+def test_a_run_shorter_than_the_window_has_no_steady_rate_and_no_eta(monkeypatch):
+    clock = Clock()
+    monkeypatch.setattr("pipeline.progress.time.monotonic", clock)
+    p = Progress(16, mode="log", stream=io.StringIO(), window_s=10.0)
+    assert p.line().startswith("starting")
+    # 12 s to the first block (start-up), then four blocks in 3 s: a 20-s run of 1 of 16 shards
+    _feed(p, clock, [(12.0, 25, 0), (1.0, 25, 1), (1.0, 25, 1), (1.0, 25, 1)])
+    assert p.steady_rate() is None and p.eta() is None
+    assert "steady rate n/a yet | ETA n/a" in p.line()
+    assert "img/s" not in p.line()
+
+
+def test_the_steady_rate_is_rows_after_the_first_block_over_the_time_since(monkeypatch):
+    clock = Clock()
+    monkeypatch.setattr("pipeline.progress.time.monotonic", clock)
+    p = Progress(10, mode="log", stream=io.StringIO(), window_s=10.0)
+    # start-up 15 s (not counted), then 100 rows every 2 s, with jitter; a shard every 2 blocks
+    rng = np.random.default_rng(0)
+    blocks = [(15.0, 100, 0)] + [(2.0 + rng.uniform(-0.5, 0.5), 100, (i + 1) // 2) for i in range(12)]
+    _feed(p, clock, blocks)
+    after = sum(b[1] for b in blocks[1:])
+    span = sum(b[0] for b in blocks[1:])
+    rate = p.steady_rate()
+    assert rate is not None and abs(rate / (after / span) - 1) <= 0.2
+    assert abs(p.rows / (clock.now - (1000.0)) - rate) > 5  # the whole run's rate (start-up in it) is another figure
+    eta = p.eta()
+    assert eta is not None and abs(eta - (p.rows / p.shards_done * 10 - p.rows) / rate) < 1e-6
+    assert f"| {rate:.1f} img/s | ETA " in p.line()
