@@ -321,7 +321,7 @@ def run_job(job: Job, inputs: list[str], output: str, cfg: Config, retry: bool =
     first_s = None if progress.first_at is None else progress.first_at - phases.origin
     work_s = None if progress.first_at is None or progress.last_at is None else progress.last_at - progress.first_at
     last_s = progress.last_at - phases.origin if progress.last_at is not None else None
-    extra["timing"] = {"startup_s": first_s, "work_s": work_s,
+    extra["timing"] = {"startup_s": first_s, "work_s": work_s, "first_block_rows": progress.first_rows,
                        "shutdown_s": None if last_s is None else seconds - last_s,
                        "after_first_block_img_s": (rows_total - progress.first_rows) / work_s if work_s else None}
     markers = {**p.done, **committer.markers}  # the output as a whole: every marker, of this run and the earlier ones

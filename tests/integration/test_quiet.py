@@ -4,6 +4,7 @@ reports no usage statistics unless the user says so. Each in a subprocess, as a 
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -46,6 +47,22 @@ def test_the_end_line_is_the_commands_time_and_stderr_is_capfilts_own(tmp_path, 
                             for x in progress)
     others = [x for x in done.stderr.splitlines() if x.strip() and not CAPFILT_LINE.match(x)]
     assert others == [], others
+
+    # Long enough for a steady window of 0.3 s: 16 shards, whose captions reach the driver a shard at a time
+    # (beam 4, 24 tokens). The steady rate is the rows after the first block over the time since.
+    write_webdataset(tmp_path / "many", n_shards=16, per_shard=4, size=64)
+    steady, _ = run(["caption", "--input", str(tmp_path / "many" / "*.tar"), "--config", TINY, "--output",
+                     str(tmp_path / "out-steady"), "--set", "run.steady_window_s=0.3", "--set", "caption.strategy=beam",
+                     "--set", "caption.num_beams=4", "--set", "caption.max_new_tokens=24",
+                     "--set", "caption.min_new_tokens=24"], env)
+    assert steady.returncode == 0, steady.stderr
+    report = json.loads((tmp_path / "out-steady" / "run.json").read_text())
+    rate, t = report["steady_images_per_s"], report["timing"]
+    assert rate is not None and t["work_s"] >= 0.3, t
+    assert 0 < t["first_block_rows"] < report["rows"]
+    assert abs(rate / ((report["rows"] - t["first_block_rows"]) / t["work_s"]) - 1) <= 0.2
+    assert rate < report["rows"] / t["work_s"] * 1.01 and report["images_per_s"] < rate  # start-up not in it
+    assert f"steady {rate:.1f} img/s" in next(x for x in steady.stdout.splitlines() if " rows (" in x)
 
     loud, _ = run([*args, "--output", str(tmp_path / "out-verbose"), "--verbose"], env)
     assert loud.returncode == 0, loud.stderr
