@@ -36,4 +36,4 @@ JOB = JobSpec(
 if __name__ == "__main__":
     from pipeline.cli import main
 
-    sys.exit(main(["caption", *sys.argv[1:]]))
+    sys.exit(main(["caption", *sys.argv[1:]], command=True))

@@ -80,4 +80,4 @@ JOB = JobSpec(
 if __name__ == "__main__":
     from pipeline.cli import main
 
-    sys.exit(main(["clean", *sys.argv[1:]]))
+    sys.exit(main(["clean", *sys.argv[1:]], command=True))

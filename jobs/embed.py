@@ -35,4 +35,4 @@ JOB = JobSpec(
 if __name__ == "__main__":
     from pipeline.cli import main
 
-    sys.exit(main(["embed", *sys.argv[1:]]))
+    sys.exit(main(["embed", *sys.argv[1:]], command=True))

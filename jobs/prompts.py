@@ -56,4 +56,4 @@ JOB = JobSpec(
 if __name__ == "__main__":
     from pipeline.cli import main
 
-    sys.exit(main(["prompts", *sys.argv[1:]]))
+    sys.exit(main(["prompts", *sys.argv[1:]], command=True))

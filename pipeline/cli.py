@@ -115,8 +115,11 @@ def _retry_args(args: argparse.Namespace, specs: dict[str, JobSpec]) -> tuple[Jo
 
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    phases = Phases()  # from the process's start: run.json's `phases`
+def main(argv: Sequence[str] | None = None, *, command: bool | None = None) -> int:
+    """`capfilt …`. `command`: this process is the command (its time counts from the process's start, as
+    a stopwatch around it would); by default so when the arguments come from the command line (argv None),
+    not when a running Python program passes them."""
+    phases = Phases(from_process_start=argv is None if command is None else command)  # run.json's `phases`
     specs = job_specs()
     args = parser(specs).parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,

@@ -21,7 +21,7 @@ PROBE = """
 import json, sys
 from pipeline.cli import main
 try:
-    code = main(sys.argv[1:])
+    code = main()  # the arguments from the command line, as `capfilt` runs it
 except SystemExit as e:
     code = e.code
 print("PROBE " + json.dumps({"code": code, "imported": [m for m in HEAVY if m in sys.modules]}))
