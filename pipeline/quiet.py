@@ -64,12 +64,20 @@ class StderrFilter:
             if not chunk:
                 break
             out, pending = split(pending + chunk)
-            if out:
-                os.write(self.saved, out)
+            self._write(out)
         if pending:
             out, _ = split(pending + b"\n")
-            os.write(self.saved, out[:-1] if out.endswith(b"\n") else out)
+            self._write(out[:-1] if out.endswith(b"\n") else out)
         os.close(self.read)
+
+    def _write(self, data: bytes) -> None:
+        # Where stderr itself is gone (`2>&1 | head` ended), keep draining the pipe: a full pipe would
+        # block every writer of this process.
+        try:
+            if data:
+                os.write(self.saved, data)
+        except OSError:
+            pass
 
     def close(self) -> None:
         try:
