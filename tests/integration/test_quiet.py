@@ -12,6 +12,7 @@ import time
 
 import pytest
 
+from pipeline import quiet
 from tests.fixtures.paths import ROOT, TINY
 from tests.fixtures.processes import cli, subprocess_env
 from tests.fixtures.samples import write_webdataset
@@ -34,7 +35,8 @@ def run(args: list[str], env: dict[str, str]) -> tuple[subprocess.CompletedProce
 
 @pytest.mark.slow  # two jobs, each on its own local Ray
 def test_the_end_line_is_the_commands_time_and_stderr_is_capfilts_own(tmp_path, ray_dir, shards):
-    env = subprocess_env(ray_dir)
+    # a user's environment: without the switches an earlier in-process run of this session set (quiet.ENV)
+    env = {k: v for k, v in subprocess_env(ray_dir).items() if k not in quiet.ENV}
     args = ["caption", "--input", shards, "--config", TINY, "--set", "run.progress=log", "--set", "run.log_every_s=0"]
     done, wall = run([*args, "--output", str(tmp_path / "out")], env)
     assert done.returncode == 0, done.stderr
