@@ -5,7 +5,6 @@ by side with the code before the start-up work, on a fresh local Ray and attache
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -17,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.data import iter_web_jpegs, write_shards
+from tests.fixtures.processes import kill_leftovers, subprocess_env
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIGS = ROOT / "configs"
@@ -35,9 +35,7 @@ def source_tree(ref: str, dest: Path) -> Path | None:
 
 
 def _env(tree: Path, ray_tmp: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
-    env.update(PYTHONPATH=str(tree), RAY_TMPDIR=str(ray_tmp), PYTHONUNBUFFERED="1")
-    return env
+    return subprocess_env(ray_tmp, PYTHONPATH=str(tree))  # the tests' env for a CLI with its own local Ray
 
 
 def run_command(tree: Path, job: str, config: Path, inputs: str, out: Path, ray_tmp: Path,
@@ -80,14 +78,7 @@ class RunningRay:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        import psutil
-
-        for p in psutil.process_iter(["cmdline"]):  # its processes carry its temp dir; never another Ray's
-            if str(self.tmp) in " ".join(p.info["cmdline"] or []):
-                try:
-                    p.kill()
-                except psutil.Error:
-                    pass
+        kill_leftovers(str(self.tmp))  # its processes carry its temp dir; never another Ray's
         shutil.rmtree(self.tmp, ignore_errors=True)
 
 

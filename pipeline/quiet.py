@@ -10,6 +10,8 @@ import os
 import re
 import sys
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 # The libraries' own switches, for this process and the workers of a local Ray it starts (they inherit
 # its environment); a value the user set wins.
@@ -102,10 +104,15 @@ def split(data: bytes) -> tuple[bytes, bytes]:
 _ACTIVE: list[StderrFilter] = []
 
 
-def filter_stderr(verbose: bool) -> None:
-    """Installs the filter (once) unless verbose."""
+@contextmanager
+def filtered(verbose: bool) -> Iterator[None]:
+    """The filter (once) unless verbose, released when the block ends, however it ends."""
     if not verbose and not _ACTIVE:
         _ACTIVE.append(StderrFilter())
+    try:
+        yield
+    finally:
+        release()
 
 
 def release() -> None:

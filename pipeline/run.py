@@ -122,16 +122,6 @@ class Stop:
         os._exit(self.EXIT_CODE)
 
 
-class _released:
-    """Restores stderr (quiet.StderrFilter) when the streaming ends, however it ends."""
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        quiet.release()
-
-
 class Stopped(RuntimeError):
     """The run stopped on a signal, after committing what was in flight."""
 
@@ -258,7 +248,6 @@ def run_job(job: Job, inputs: list[str], output: str, cfg: Config, retry: bool =
                                merge=retry, rows_per_part=cfg.output.rows_per_part, run_id=run_id,
                                calibration=job.commit_hook(cfg, output, p.digest) if job.commit_hook else None)
     progress = Progress(len(p.todo), cfg.run.progress, cfg.run.log_every_s, window_s=cfg.run.steady_window_s)
-    first_block_at: float | None = None
     stopped: str | None = None
     stages: dict[str, dict[str, float]] = {}
     actors: dict[str, float] = {}  # "<stage>.worker_s" / "<stage>.load_s" → the slowest actor's
@@ -268,30 +257,29 @@ def run_job(job: Job, inputs: list[str], output: str, cfg: Config, retry: bool =
 
         with phases("ray_start"):
             started_ray = ray_adapter.init_ray(cfg)
-        quiet.filter_stderr(cfg.run.verbose)  # after Ray's processes started: they keep the real stderr
         streaming = time.monotonic()
         execution = ray_adapter.Execution(job, p.todo, cfg)
-        with Watchdog(cfg.run.stall_timeout_s) as watchdog, Stop(cfg.run.grace_s) as stop, _released():
+        # the filter after Ray's processes started: they keep the real stderr
+        with Watchdog(cfg.run.stall_timeout_s) as watchdog, Stop(cfg.run.grace_s) as stop, quiet.filtered(cfg.run.verbose):
             for block in execution.blocks():
                 watchdog.beat()
                 committing = time.monotonic()
                 rows = committer.add(block)
                 phases.add("commit", time.monotonic() - committing)
-                if first_block_at is None:
-                    first_block_at = time.monotonic()
-                    phases.add("first_block", first_block_at - streaming)
                 busy, starts = split_actor_starts(stage_seconds(block))
                 for k, v in starts.items():
                     actors[k] = max(actors.get(k, 0.0), v)
                 progress.update(rows, len(committer.committed), busy)
+                if progress.blocks == 1 and progress.first_at is not None:
+                    phases.add("first_block", progress.first_at - streaming)
                 if stop.done(len(committer.pending)):
                     stopped = stop.signal
                     break
         if stopped is None:
             committer.release()  # shards held for a calibration that fewer shards than it asked for reached
         progress.close()
-        if first_block_at is not None:
-            phases.add("rest_of_stream", time.monotonic() - first_block_at)
+        if progress.first_at is not None:
+            phases.add("rest_of_stream", time.monotonic() - progress.first_at)
         stages = execution.stage_times()
         if committer.incomplete() and stopped is None:
             raise RuntimeError(f"shards not complete at the end of the run: {committer.incomplete()}")
