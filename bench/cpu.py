@@ -417,7 +417,7 @@ CPU_PARTS = ("startup", "decode", "cross", "small", "tiny", "memory", "faults", 
 EXTRA_PARTS = ("cross-base",)  # only when asked for (`--only cross-base`): full-size BLIP-base and ViT-GPT2, ~3 min
 
 def cpu_suite(quick: bool, work: Path, parts: tuple[str, ...] = CPU_PARTS) -> dict[str, Any]:
-    from pipeline import ray_adapter
+    from pipeline import ray_start
     from pipeline.config import load_config
     from pipeline.models.random_weights import ensure_tiny
 
@@ -443,7 +443,7 @@ def cpu_suite(quick: bool, work: Path, parts: tuple[str, ...] = CPU_PARTS) -> di
         res["parquet_memory"] = bench_parquet_memory(work, int(512 * scale) or 32, 100_000)
     if not {"small", "tiny", "memory", "faults", "estimate", "vlm"} & set(parts):
         return res  # no pipeline runs: no Ray
-    ray_adapter.init_ray(load_config(None, ["run.num_cpus=2"]))  # as the jobs start it
+    ray_start.init_ray(load_config(None, ["run.num_cpus=2"]))  # as the jobs start it
     try:
         warm = write_shards(datas[:4], work / "warm", 4)
         bench_pipeline(warm, work / "out-warm", "tiny:blip", 1, 4)  # start Ray's workers once
@@ -492,7 +492,7 @@ def cpu_suite(quick: bool, work: Path, parts: tuple[str, ...] = CPU_PARTS) -> di
             res["driver_memory"] = bench_driver_memory(work, int(5120 * scale) or 640, int(256 * scale) or 32,
                                                        int(256 * scale) or 32)
     finally:
-        ray_adapter.shutdown()
+        ray_start.shutdown()
     return res
 
 def _params(model_dir: str) -> float:

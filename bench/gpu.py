@@ -126,7 +126,7 @@ def e2e_suite(device: str, tiny: bool, scale: float, work: Path, names: tuple[st
     "NAME[key=value,...]", beside it in the same run: an A/B of one switch. A
     run that fails is recorded with its error and the next one runs; `save` gets the results so far
     after each run (a run cut off at the box's time limit keeps what it measured)."""
-    from pipeline import ray_adapter
+    from pipeline import ray_start
     from pipeline.cli import job_specs
     from pipeline.config import load_config
     from pipeline.job import build_job
@@ -137,7 +137,7 @@ def e2e_suite(device: str, tiny: bool, scale: float, work: Path, names: tuple[st
     per_shard = 16 if tiny else 500
     write_shards((pool[i % len(pool)] for i in range(per_shard)), work / "e2e-src", per_shard)
     res: dict[str, Any] = {}
-    ray_adapter.init_ray(load_config(None, [f"run.num_cpus={os.cpu_count()}"]))  # as the jobs start it
+    ray_start.init_ray(load_config(None, [f"run.num_cpus={os.cpu_count()}"]))  # as the jobs start it
     specs = job_specs()
     runs: list[tuple[str, str, list[str]]] = [(n, n, []) for n in (names or DEFAULT_E2E)]
     for v in variants:
@@ -179,5 +179,5 @@ def e2e_suite(device: str, tiny: bool, scale: float, work: Path, names: tuple[st
             print(e2e_row(label, res[label]), flush=True)
             save(res)
     finally:
-        ray_adapter.shutdown()
+        ray_start.shutdown()
     return res

@@ -103,7 +103,9 @@ def _phases(r: dict[str, Any]) -> str:
                 f"{r['outside_run_json_s']:.1f}")
     keep = [k for k in r["phases"] if k not in ("total", "commit")]
     actors = ", ".join(f"{k} {v:.1f}" for k, v in (r.get("actor_start") or {}).items())
-    return ", ".join(f"{k} {r['phases'][k]:.1f}" for k in keep) + (f" (actor: {actors})" if actors else "")
+    warm = ", ".join(f"{k} {v}" for k, v in (r.get("warm_actors") or {}).items())
+    return (", ".join(f"{k} {r['phases'][k]:.1f}" for k in keep) + (f" (actor: {actors})" if actors else "")
+            + (f" (warm actor: {warm})" if warm else ""))
 
 
 def startup_rows(s: dict[str, Any]) -> list[str]:
@@ -111,6 +113,8 @@ def startup_rows(s: dict[str, Any]) -> list[str]:
     rows = []
     for key, what, target in (("caption", f"{s['images_caption']}-image `caption`, configs/tiny.yaml", "≤ 8 s"),
                               ("embed", f"{s['images_embed']}-image `embed`, configs/tiny-embed.yaml", "≥ 2× img/s"),
+                              ("caption_{}_attached_1", f"{s['images_caption']}-image `caption` attached to a running "
+                               "local Ray (first job)", ""),
                               ("caption_{}_attached_2", f"{s['images_caption']}-image `caption` attached to a running "
                                "local Ray (second job)", "≤ 4 s")):
         after = s.get(key.format("after") if "{}" in key else f"{key}_after")

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.data import iter_web_jpegs, write_shards
-from tests.fixtures.processes import kill_leftovers, subprocess_env
+from tests.fixtures.processes import RunningRay, subprocess_env
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIGS = ROOT / "configs"
@@ -52,34 +52,8 @@ def run_command(tree: Path, job: str, config: Path, inputs: str, out: Path, ray_
     run = json.loads((out / "run.json").read_text())
     return {"wall_s": wall, "rows": run["rows"], "img_s": run["rows"] / wall, "run_json_seconds": run["seconds"],
             "first_block_s": run["first_block_s"], "outside_run_json_s": wall - run["seconds"],
-            "phases": run.get("phases"), "actor_start": run.get("actor_start"),
+            "phases": run.get("phases"), "actor_start": run.get("actor_start"), "warm_actors": run.get("warm_actors"),
             "end_line": next((x for x in done.stdout.splitlines() if " rows (" in x), "")}
-
-
-class RunningRay:
-    """`ray start --head` on this machine (its own temp dir), stopped after: jobs attach with --address."""
-
-    def __init__(self, tree: Path, cpus: int = 2):
-        self.tmp = Path(tempfile.mkdtemp(prefix="cfb", dir="/tmp"))  # short: Ray's socket paths ≤ 107 bytes
-        self.tree, self.cpus = tree, cpus
-        self.address = ""
-
-    def __enter__(self) -> RunningRay:
-        import socket
-
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        ray = str(Path(sys.executable).parent / "ray")
-        subprocess.run([ray, "start", "--head", f"--port={port}", "--node-ip-address=127.0.0.1", f"--num-cpus={self.cpus}",
-                        "--include-dashboard=false",
-                        "--disable-usage-stats"], env=_env(self.tree, self.tmp), capture_output=True, check=True, timeout=120)
-        self.address = f"127.0.0.1:{port}"
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        kill_leftovers(str(self.tmp))  # its processes carry its temp dir; never another Ray's
-        shutil.rmtree(self.tmp, ignore_errors=True)
 
 
 def bench_startup(work: Path, quick: bool = False, baseline: str = BASELINE) -> dict[str, Any]:
@@ -107,7 +81,7 @@ def bench_startup(work: Path, quick: bool = False, baseline: str = BASELINE) -> 
     finally:
         shutil.rmtree(ray_tmp, ignore_errors=True)
     for label, tree in trees.items():
-        with RunningRay(tree) as ray:  # its workers import the same tree's code
+        with RunningRay(PYTHONPATH=str(tree)) as ray:  # its workers import the same tree's code
             for i in (1, 2):
                 res[f"caption_{label}_attached_{i}"] = run_command(
                     tree, "caption", CONFIGS / "tiny.yaml", caption_in, work / f"att-{label}-{i}", ray.tmp,

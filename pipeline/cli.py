@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -187,10 +188,19 @@ def main(argv: Sequence[str] | None = None, *, command: bool | None = None) -> i
     return 0
 
 
+def entry() -> None:
+    """The `capfilt` command (and `python -m pipeline`): main(), then out at once. Everything of the run is
+    written, closed and reported, and Ray shut down, when main returns; what Python's own teardown would
+    add — finalising the modules of pyarrow, Ray and the rest, ~0.35 s on a small job — changes nothing."""
+    code = main()
+    logging.shutdown()  # flushes and closes the log handlers
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 def _ray_unreachable(e: ConnectionError) -> str:
     """One line for a Ray that cannot be attached to, with the fix for `ray start`'s token authentication."""
-    import os
-
     why = " ".join(str(e).split())[:200]
     causes = " ".join(str(c) for c in (e.__cause__, e.__context__) if c is not None)
     hint = ""

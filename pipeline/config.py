@@ -173,6 +173,9 @@ class RunConfig:
     # has produced (the first block reached the driver); a shorter run reports none.
     steady_window_s: float = 10.0
     verbose: bool = False  # --verbose: the libraries' own notices and progress bars on stderr too
+    # Attached to a one-node Ray (`ray start --head`, then --address): the model actors stay loaded this
+    # many seconds after a run, for the next run with the same models (ray_start.keep_warm_s); 0: off.
+    keep_warm_s: float = 300.0
 
 
 @dataclass(frozen=True)
@@ -296,7 +299,7 @@ def _build(cls: Any, data: Any, where: str) -> Any:
 _POSITIVE = {"batch_size", "num_beams", "num_captions", "max_new_tokens", "max_pixels", "rows_per_block",
              "concurrency", "top_k", "max_text_tokens", "max_image_bytes", "max_text_chars", "max_memory_mb"}
 _NON_NEGATIVE = {"rows_per_part", "files_per_shard", "grace_s", "timeout_s", "read_retries", "retry_backoff_s",
-                 "stall_timeout_s", "steady_window_s",
+                 "stall_timeout_s", "steady_window_s", "keep_warm_s",
                  "num_gpus", "num_cpus", "min_new_tokens", "temperature"}
 
 

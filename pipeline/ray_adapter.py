@@ -1,4 +1,5 @@
-"""The one module that imports Ray: init, the shard datasource, reads, map_batches, actor pools, stats.
+"""Ray Data's side of a run: the shard datasource, reads, map_batches, actor pools, warm actors, stats.
+(ray_start.py starts Ray, importing its core only.)
 
 Ray Data's arguments churn between releases (`concurrency` vs `compute`, retry limits as remote args);
 keeping every call here means a Ray upgrade touches one file.
@@ -6,12 +7,16 @@ keeping every call here means a Ray upgrade touches one file.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
+import random
+import threading
 import time
 import warnings
 from collections.abc import Iterator
+from dataclasses import replace
 from functools import partial
 from typing import Any
 
@@ -23,7 +28,6 @@ from ray.data.block import BlockMetadata
 from ray.data.datasource import Datasource, ReadTask
 from ray.data.extensions import ArrowTensorArray
 
-from pipeline import quiet
 from pipeline.columns import to_arrow, to_numpy
 from pipeline.config import Config, InputConfig
 from pipeline.io.readers import READ_SCHEMA, read_shard
@@ -46,22 +50,8 @@ ACTOR_RESTARTS = 10
 BATCH_RETRIES = 2
 
 
-def init_ray(cfg: Config) -> bool:
-    """Attaches to `run.address` / RAY_ADDRESS, or starts a local Ray; sets Ray Data up for capfilt.
-    Returns whether it connected (False: this process already had Ray, which it keeps)."""
-    started = not ray.is_initialized()
-    quiet.apply_switches(cfg.run.verbose)
-    if started:
-        address = cfg.run.address or os.environ.get("RAY_ADDRESS")
-        kwargs: dict[str, Any] = dict(include_dashboard=False, logging_level=logging.WARNING, configure_logging=False)
-        if address:
-            ray.init(address=address, **kwargs)
-        else:
-            # A batch job on private data reports no usage statistics to Ray's service. (Ray 2.60's ray.init
-            # turns them off itself for a local cluster, except in nightly wheels; this holds whatever
-            # the version. A user who wants them runs `ray start`, which follows their setting, and attaches.)
-            os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-            ray.init(num_cpus=cfg.run.num_cpus, **kwargs)
+def configure(cfg: Config) -> None:
+    """Sets Ray Data up for capfilt (Execution does, for every run)."""
     ctx = DataContext.get_current()
     ctx.enable_progress_bars = False  # our own line shows images, img/s and ETA
     ctx.print_on_execution_start = False
@@ -74,11 +64,6 @@ def init_ray(cfg: Config) -> bool:
     # longer or off, and end the run with an ordinary traceback and exit 1.
     ctx.execution_no_progress_timeout_s = -1
     logging.getLogger("ray.data").setLevel(logging.WARNING if cfg.run.verbose else logging.ERROR)
-    return started
-
-
-def shutdown() -> None:
-    ray.shutdown()
 
 
 class ShardDatasource(Datasource):
@@ -149,6 +134,116 @@ def _on_arrow(stage_cls: Any, keep: list[str] | None = None, actor: bool = False
                                                   "__module__": __name__})
 
 
+WARM_NAMESPACE = "capfilt"  # the warm model actors of every run on a Ray, whichever job started them
+
+
+def _code_version() -> str:
+    """capfilt's own files as they are now (paths, sizes, modification times): a warm actor runs the code
+    it was started with, so edited code gets new actors."""
+    root = os.path.dirname(os.path.abspath(__file__))
+    h = hashlib.sha256()
+    for d, dirs, files in sorted(os.walk(root)):
+        dirs.sort()
+        for f in sorted(x for x in files if x.endswith(".py")):
+            st = os.stat(os.path.join(d, f))
+            h.update(f"{os.path.relpath(os.path.join(d, f), root)}:{st.st_size}:{st.st_mtime_ns};".encode())
+    return h.hexdigest()
+
+
+def warm_names(spec: StageSpec, keep: list[str] | None) -> list[str]:
+    """The names of a model stage's warm actors (`concurrency` of them): equal for equal stages (class, model
+    config, pixel column, options, batch size, resources, output columns) under the same code, so only
+    such a run reuses them."""
+    key = repr((spec.fn.__module__, spec.fn.__qualname__, spec.args, sorted(spec.kwargs.items()), keep,
+                spec.batch_size, spec.num_cpus, spec.num_gpus, _code_version()))
+    base = f"capfilt-{spec.fn.__name__}-{hashlib.sha256(key.encode()).hexdigest()[:16]}"
+    return [f"{base}-{i}" for i in range(spec.concurrency or 1)]
+
+
+class _WarmStage:
+    """A model stage that outlives runs: a detached, named Ray actor (WARM_NAMESPACE) that loads its model
+    once and serves every run with the same stage (warm_names) until it has been idle `keep_s` seconds.
+
+    Ray binds worker processes to a job, so Ray Data's actor pools start (and import torch in) a fresh
+    process for every run; a detached actor is Ray's way to keep one across jobs."""
+
+    def __init__(self, stage: type, args: tuple[Any, ...], kwargs: dict[str, Any], batch_size: int | None,
+                 keep_s: float):
+        self.stage, self.batch_size, self.keep_s = stage(*args, **kwargs), batch_size, keep_s
+        self.busy, self.last, self.idle_limit = False, time.monotonic(), keep_s
+        threading.Thread(target=self._expire, name="capfilt-keep-warm", daemon=True).start()
+
+    def run(self, table: pa.Table) -> list[pa.Table]:
+        """A block, in batches of the stage's batch size, as Ray Data's actor pool would call it."""
+        self.busy, self.idle_limit = True, self.keep_s  # in use: a retire() before is void
+        try:
+            step = self.batch_size or max(table.num_rows, 1)
+            return [self.stage(table.slice(i, step)) for i in range(0, max(table.num_rows, 1), step)]
+        finally:
+            self.busy, self.last = False, time.monotonic()
+
+    def retire(self, idle_s: float) -> None:
+        """Leave once idle for `idle_s` (from the last block): another run's models need the CPUs or GPUs
+        this one holds, unless a run still sends it blocks."""
+        self.idle_limit = min(self.idle_limit, idle_s)
+
+    def _expire(self) -> None:
+        while True:
+            time.sleep(0.5)
+            if not self.busy and time.monotonic() - self.last > self.idle_limit:
+                ray.kill(ray.get_runtime_context().current_actor, no_restart=True)
+                return
+
+
+class _WarmCall:
+    """A warm stage in the run's pipeline: tasks (fused with decode: no process to start for the run) that
+    send each block to one of the stage's warm actors, getting it by name, or starting it again."""
+
+    def __init__(self, names: list[str], options: dict[str, Any], init: tuple[Any, ...]):
+        self.names, self.options, self.init = names, options, init
+
+    def actor(self, name: str) -> Any:
+        return ray.remote(_WarmStage).options(name=name, **self.options).remote(*self.init)
+
+    def __call__(self, table: pa.Table) -> Iterator[pa.Table]:
+        name = random.choice(self.names)
+        try:
+            parts = ray.get(self.actor(name).run.remote(table))
+        except ray.exceptions.RayActorError:
+            # Gone for good: retired or expired since the driver found it, or out of restarts (Ray restarts
+            # a crashed one and retries the block, see ACTOR_RESTARTS): a new one gets the block, once.
+            parts = ray.get(self.actor(name).run.remote(table))
+        yield from parts
+
+
+def retire_idle(keep: frozenset[str] = frozenset()) -> None:
+    """Asks capfilt's warm actors on this Ray, but those named `keep`, to exit if they have idled a few
+    seconds: an earlier run's models would otherwise hold CPUs and GPUs this run waits for."""
+    for a in ray.util.list_named_actors(all_namespaces=True):
+        if a["namespace"] == WARM_NAMESPACE and a["name"] not in keep:
+            try:
+                ray.get_actor(a["name"], namespace=WARM_NAMESPACE).retire.remote(2.0)
+            except Exception as e:  # noqa: BLE001 - gone meanwhile, or another version's: not this run's concern
+                log.debug("warm actor %s not retired: %s", a["name"], e)
+
+
+def start_warm(spec: StageSpec, keep: list[str] | None, keep_s: float,
+               runtime_env: dict[str, Any] | None) -> tuple[_WarmCall, bool]:
+    """The warm actors of a model stage, started now (their models load while the run starts) or found
+    (`reused`)."""
+    names = warm_names(spec, keep)
+    alive = {a["name"] for a in ray.util.list_named_actors(all_namespaces=True) if a["namespace"] == WARM_NAMESPACE}
+    options = dict(namespace=WARM_NAMESPACE, lifetime="detached", get_if_exists=True, num_cpus=spec.num_cpus,
+                   num_gpus=spec.num_gpus, max_restarts=ACTOR_RESTARTS, max_task_retries=BATCH_RETRIES,
+                   runtime_env=runtime_env)
+    # Named after the stage, so Ray's operator names and errors show `CaptionImages`.
+    cls = type(spec.fn.__name__, (_WarmCall,), {"__module__": __name__})
+    call = cls(names, options, (_on_arrow(spec.fn, keep, actor=True), spec.args, spec.kwargs, spec.batch_size, keep_s))
+    for name in names:
+        call.actor(name)
+    return call, set(names) <= alive
+
+
 def _read(source: Datasource, shards: int, cfg: Config) -> Any:
     """The read op, set up so that Ray fuses it with the decode stage that follows.
 
@@ -166,8 +261,11 @@ def _read(source: Datasource, shards: int, cfg: Config) -> Any:
                                         ray_remote_args=retries)
 
 
-def _apply(ds: Any, spec: StageSpec, keep: list[str] | None = None) -> Any:
-    """Ray-specific wiring of one stage: the one call of map_batches."""
+def _apply(ds: Any, spec: StageSpec, keep: list[str] | None = None, prebuilt: bool = False,
+           runtime_env: dict[str, Any] | None = None) -> Any:
+    """Ray-specific wiring of one stage: the one call of map_batches. `prebuilt`: `spec.fn` is the task's
+    function itself (a warm stage's call), wired like the decode stage whose resources it has.
+    `runtime_env`: a model actor's (ray_start.model_env)."""
     kwargs: dict[str, Any] = dict(batch_size=spec.batch_size, num_cpus=spec.num_cpus, batch_format="pyarrow")
     with warnings.catch_warnings():
         # Ray 2.60 deprecates passing retry limits as remote args but has no named parameter for them.
@@ -175,11 +273,14 @@ def _apply(ds: Any, spec: StageSpec, keep: list[str] | None = None) -> Any:
         if spec.actor:
             if spec.num_gpus:
                 kwargs["num_gpus"] = spec.num_gpus
+            if runtime_env:
+                kwargs["runtime_env"] = runtime_env
             # A crashed actor is restarted and its batch retried, but not forever (see ACTOR_RESTARTS).
             return ds.map_batches(_on_arrow(spec.fn, keep, actor=True), fn_constructor_args=spec.args,
                                   fn_constructor_kwargs=spec.kwargs, compute=ActorPoolStrategy(size=spec.concurrency or 1),
                                   max_restarts=ACTOR_RESTARTS, max_task_retries=BATCH_RETRIES, **kwargs)
-        fn = _on_arrow(spec.fn, keep)(*spec.args, **spec.kwargs)  # a stateless stage: built once here, shipped to the tasks
+        # a stateless stage: built once here, shipped to the tasks
+        fn = spec.fn if prebuilt else _on_arrow(spec.fn, keep)(*spec.args, **spec.kwargs)
         compute = TaskPoolStrategy(size=spec.concurrency) if spec.concurrency else None
         # The read's retries and SPREAD scheduling: equal remote args let Ray fuse this stage with the
         # read (see _read).
@@ -187,14 +288,30 @@ def _apply(ds: Any, spec: StageSpec, keep: list[str] | None = None) -> Any:
 
 
 class Execution:
-    """A job's stages over some shards as one Ray Data pipeline; `blocks()` streams its output."""
+    """A job's stages over some shards as one Ray Data pipeline; `blocks()` streams its output.
+    `keep_warm_s` > 0 (ray_start.keep_warm_s): the model stages run on warm actors that outlive the run
+    (`warm`: stage → "started" or "reused"); else on Ray Data's actor pools, started for this run.
+    `model_env`: the model actors' runtime env (ray_start.model_env)."""
 
-    def __init__(self, job: Job, shards: list[Shard], cfg: Config):
+    def __init__(self, job: Job, shards: list[Shard], cfg: Config, keep_warm_s: float = 0.0,
+                 model_env: dict[str, Any] | None = None):
+        configure(cfg)
         ds = _read(ShardDatasource(shards, cfg.input, cfg.storage), len(shards), cfg)
-        for i, spec in enumerate(job.stages):
+        env = model_env
+        self.warm: dict[str, str] = {}
+        keeps = [[*job.columns(), BUSY] if i == len(job.stages) - 1 else None for i in range(len(job.stages))]
+        # On a running Ray, earlier runs' warm actors may idle there (on one this run started, none do).
+        retire_idle(frozenset(n for s, k in zip(job.stages, keeps, strict=True) if s.actor and keep_warm_s > 0
+                              for n in warm_names(s, k)))
+        for spec, keep in zip(job.stages, keeps, strict=True):
             # The last stage keeps only the output columns: a separate select_columns op would hold
             # blocks back until the end (seen with Ray 2.60), delaying commits and progress.
-            ds = _apply(ds, spec, [*job.columns(), BUSY] if i == len(job.stages) - 1 else None)
+            if spec.actor and keep_warm_s > 0:
+                call, reused = start_warm(spec, keep, keep_warm_s, env)
+                self.warm[spec.fn.__name__] = "reused" if reused else "started"
+                ds = _apply(ds, replace(job.stages[0], fn=call, args=(), kwargs={}, batch_size=None), prebuilt=True)
+            else:
+                ds = _apply(ds, spec, keep, runtime_env=env)
         self.ds = ds
 
     def blocks(self) -> Iterator[pa.Table]:

@@ -251,14 +251,19 @@ def run_job(job: Job, inputs: list[str], output: str, cfg: Config, retry: bool =
     stopped: str | None = None
     stages: dict[str, dict[str, float]] = {}
     actors: dict[str, float] = {}  # "<stage>.worker_s" / "<stage>.load_s" → the slowest actor's
+    warm: dict[str, str] = {}  # a model stage → whether its warm actors were "started" or "reused"
     started_ray = False
     if p.todo:
-        from pipeline import ray_adapter
+        with phases("ray_start"):  # importing Ray too
+            from pipeline import ray_start
 
-        with phases("ray_start"):
-            started_ray = ray_adapter.init_ray(cfg)
+            started_ray = ray_start.init_ray(cfg)
+            keep_warm_s = ray_start.keep_warm_s(cfg)
+            if started_ray and keep_warm_s:  # the models are warm: the run's task workers are the way to go
+                ray_start.prestart_workers(min(len(p.todo), 8), cfg.decode.num_cpus)
+            from pipeline import ray_adapter  # Ray Data, while Ray starts those workers
         streaming = time.monotonic()
-        execution = ray_adapter.Execution(job, p.todo, cfg)
+        execution = ray_adapter.Execution(job, p.todo, cfg, keep_warm_s, ray_start.model_env(cfg))
         # the filter after Ray's processes started: they keep the real stderr
         with Watchdog(cfg.run.stall_timeout_s) as watchdog, Stop(cfg.run.grace_s) as stop, quiet.filtered(cfg.run.verbose):
             for block in execution.blocks():
@@ -280,7 +285,7 @@ def run_job(job: Job, inputs: list[str], output: str, cfg: Config, retry: bool =
         progress.close()
         if progress.first_at is not None:
             phases.add("rest_of_stream", time.monotonic() - progress.first_at)
-        stages = execution.stage_times()
+        stages, warm = execution.stage_times(), execution.warm
         if committer.incomplete() and stopped is None:
             raise RuntimeError(f"shards not complete at the end of the run: {committer.incomplete()}")
     else:
@@ -294,13 +299,15 @@ def run_job(job: Job, inputs: list[str], output: str, cfg: Config, retry: bool =
         with phases("finish"):
             extra = job.finish(Finished(cfg, output, p.digest, job.options))
     if started_ray:
-        from pipeline import ray_adapter
+        from pipeline import ray_start
 
         with phases("shutdown"):
-            ray_adapter.shutdown()
+            ray_start.shutdown()
     extra["phases"] = {**phases.report(), "total": round(phases.elapsed(), 3)}
     if actors:
         extra["actor_start"] = {k: round(v, 3) for k, v in sorted(actors.items())}
+    if warm:
+        extra["warm_actors"] = warm
     rows_total = sum(committer.counts.values())
     steady = progress.steady_rate()  # None on a run shorter than run.steady_window_s after its first block
     # The command's time from its start (the process's, for the CLI): start-up to the first block, the

@@ -15,12 +15,12 @@ from tests.fixtures.samples import write_webdataset
 
 @pytest.fixture()
 def no_ray(monkeypatch):
-    from pipeline import ray_adapter
+    from pipeline import ray_start
 
     def refuse(cfg):
         raise AssertionError("Ray was started")
 
-    monkeypatch.setattr(ray_adapter, "init_ray", refuse)
+    monkeypatch.setattr(ray_start, "init_ray", refuse)
 
 
 @pytest.fixture()

@@ -76,7 +76,7 @@ def test_the_end_line_is_the_commands_time_and_stderr_is_capfilts_own(tmp_path, 
 USAGE = """
 import os, sys
 from pipeline.config import load_config
-from pipeline.ray_adapter import init_ray, shutdown
+from pipeline.ray_start import init_ray, shutdown
 from ray._common.usage import usage_lib
 init_ray(load_config(None, ["run.num_cpus=1"]))
 import psutil

@@ -1,0 +1,75 @@
+"""Starts Ray for a run, or attaches to a running one, importing Ray's core only: the worker processes Ray
+starts for the run come up while the driver goes on to import Ray Data (ray_adapter.py, ~0.5 s), instead
+of after it."""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+import ray
+
+from pipeline import quiet
+from pipeline.config import Config
+
+
+def init_ray(cfg: Config) -> bool:
+    """Attaches to `run.address` / RAY_ADDRESS, or starts a local Ray. Returns whether it connected
+    (False: this process already had Ray, which it keeps)."""
+    started = not ray.is_initialized()
+    quiet.apply_switches(cfg.run.verbose)
+    if started:
+        address = cfg.run.address or os.environ.get("RAY_ADDRESS")
+        kwargs: dict[str, Any] = dict(include_dashboard=False, logging_level=logging.WARNING, configure_logging=False)
+        if address:
+            ray.init(address=address, **kwargs)
+        else:
+            # A batch job on private data reports no usage statistics to Ray's service. (Ray 2.60's ray.init
+            # turns them off itself for a local cluster, except in nightly wheels; this holds whatever
+            # the version. A user who wants them runs `ray start`, which follows their setting, and attaches.)
+            os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+            ray.init(num_cpus=cfg.run.num_cpus, **kwargs)
+    return started
+
+
+def shutdown() -> None:
+    ray.shutdown()
+
+
+def _attached(cfg: Config) -> bool:
+    return bool(cfg.run.address or os.environ.get("RAY_ADDRESS"))
+
+
+def model_env(cfg: Config) -> dict[str, Any] | None:
+    """The runtime env of model actors on a running Ray: its workers have its environment, not this
+    process's, so quiet's switches travel with them. (Not the job's runtime env: that would cost every
+    task's worker a runtime-env setup, ~0.3 s on the way to the first block.)"""
+    env = {k: os.environ[k] for k in quiet.ENV if k in os.environ}
+    return {"env_vars": env} if env and _attached(cfg) else None
+
+
+def keep_warm_s(cfg: Config) -> float:
+    """How long this run's model actors stay loaded after it (run.keep_warm_s), or 0: only on a Ray this run
+    attached to by address that has one node — the Ray that outlives the run, on the machine of the person
+    running many small jobs (`ray start --head`); never on a Ray this process started (it ends with the
+    run) or a multi-node cluster (where idle warm actors would hold GPUs other jobs wait for)."""
+    if cfg.run.keep_warm_s <= 0 or not _attached(cfg):
+        return 0.0
+    return cfg.run.keep_warm_s if sum(1 for n in ray.nodes() if n.get("Alive")) == 1 else 0.0
+
+
+def _ready() -> None:
+    """In a worker of the run: the modules its read and decode tasks unpickle, imported ahead."""
+    import pipeline.ray_adapter  # noqa: F401 - Ray Data, the datasource, the stage adapters
+    import pipeline.stages.decode  # noqa: F401
+
+
+def prestart_workers(n: int, num_cpus: float) -> None:
+    """Has Ray start `n` worker processes for this run now, each importing what the run's tasks will, so
+    they are ready when the first tasks come (~1 s of the way to the first block). Ray prestarts workers for
+    the first driver of a Ray it starts, but not for a job attached to a running one, and never imports
+    anything of ours in them. Fire and forget: the run's tasks reuse these processes."""
+    task = ray.remote(_ready).options(num_cpus=num_cpus)
+    for _ in range(n):
+        task.remote()

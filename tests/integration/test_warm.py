@@ -1,0 +1,164 @@
+"""Warm model actors (run.keep_warm_s): attached to a running one-node Ray, a run's model actors stay loaded
+for the next run with the same models, which writes the same rows; other models' idle actors make room;
+idle ones leave; a crashed or vanished one is started again and its block retried."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from tests.fixtures.paths import CONFIGS, ROOT, TINY
+from tests.fixtures.processes import RunningRay, cli
+from tests.fixtures.samples import write_webdataset
+
+pytestmark = pytest.mark.slow  # a running Ray (`ray start --head`) and jobs attached to it
+
+LIST_WARM = """
+import json, ray
+ray.init(address={address!r}, logging_level="ERROR")
+print("WARM " + json.dumps(sorted(a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
+                                  if a["namespace"] == "capfilt")))
+"""
+
+
+@pytest.fixture()
+def running_ray(model_cache):
+    with RunningRay(cpus=2) as r:
+        yield r
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+    d = tmp_path_factory.mktemp("warm-in")
+    write_webdataset(d, n_shards=2, per_shard=6, size=96)
+    return str(d / "*.tar")
+
+
+def attached(ray: RunningRay, job: str, shards: str, out: Path, config: str = TINY, *sets: str) -> dict:
+    """`capfilt <job>` attached to `ray`: its run.json."""
+    sets_args = [x for s in ("run.progress=none", *sets) for x in ("--set", s)]
+    done = subprocess.run(cli(job, "--input", shards, "--output", str(out), "--config", config, "--address", ray.address,
+                              *sets_args), cwd=ROOT, env=ray.client_env(), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "Loading weights" not in done.stderr  # quiet's switches reached the actors on the running Ray
+    return json.loads((out / "run.json").read_text())
+
+
+def warm_actors(ray: RunningRay) -> list[str]:
+    done = subprocess.run([sys.executable, "-c", LIST_WARM.format(address=ray.address)], cwd=ROOT, env=ray.client_env(),
+                          capture_output=True, text=True, timeout=120)
+    line = next((x for x in done.stdout.splitlines() if x.startswith("WARM ")), None)
+    assert line, done.stderr[-2000:]
+    return json.loads(line.removeprefix("WARM "))
+
+
+def captions(out: Path) -> dict[str, list[str]]:
+    t = pq.read_table(out / "captions", columns=["key", "captions"])
+    return dict(zip(t["key"].to_pylist(), t["captions"].to_pylist(), strict=True))
+
+
+def test_a_second_run_reuses_the_warm_model_and_writes_what_the_actor_pool_writes(running_ray, shards, tmp_path):
+    first = attached(running_ray, "caption", shards, tmp_path / "a")
+    second = attached(running_ray, "caption", shards, tmp_path / "b")
+    assert len(warm_actors(running_ray)) == 1  # one stage, one actor (caption.concurrency: 1)
+    # Ray Data's actor pool needs the CPU the idle warm actor holds (2 CPUs: 1 + 1 + decode): it retires it
+    pool = attached(running_ray, "caption", shards, tmp_path / "c", TINY, "run.keep_warm_s=0")
+    assert warm_actors(running_ray) == []
+    assert first["warm_actors"] == {"CaptionImages": "started"}
+    assert set(first["actor_start"]) == {"CaptionImages.worker_s", "CaptionImages.load_s"}  # it loaded the model
+    assert second["warm_actors"] == {"CaptionImages": "reused"} and "actor_start" not in second  # no load at all
+    assert "warm_actors" not in pool and "CaptionImages.load_s" in pool["actor_start"]  # Ray Data's actor pool
+    assert first["counts"] == second["counts"] == pool["counts"] == {"ok": 12}
+    assert captions(tmp_path / "a") == captions(tmp_path / "b") == captions(tmp_path / "c")
+
+
+def test_another_models_run_retires_idle_warm_actors_for_their_cpus(running_ray, shards, tmp_path):
+    """On 2 CPUs an idle caption actor (1 CPU) and an embed actor (1 CPU) would leave the decode tasks
+    none: the embed run asks the idle one to leave, and a later caption run starts its own again."""
+    attached(running_ray, "caption", shards, tmp_path / "cap")
+    [caption_actor] = warm_actors(running_ray)
+    embed = attached(running_ray, "embed", shards, tmp_path / "emb", str(CONFIGS / "tiny-embed.yaml"))
+    assert embed["warm_actors"] == {"EmbedImages": "started"} and embed["counts"] == {"ok": 12}
+    left = warm_actors(running_ray)
+    assert caption_actor not in left and len(left) == 1
+    again = attached(running_ray, "caption", shards, tmp_path / "cap2")
+    assert again["warm_actors"] == {"CaptionImages": "started"}
+    assert captions(tmp_path / "cap2") == captions(tmp_path / "cap")
+
+
+def test_an_idle_warm_actor_leaves_after_keep_warm_s(running_ray, shards, tmp_path):
+    import time
+
+    attached(running_ray, "caption", shards, tmp_path / "a", TINY, "run.keep_warm_s=2")
+    deadline = time.monotonic() + 60
+    while warm_actors(running_ray) and time.monotonic() < deadline:
+        time.sleep(1)
+    assert warm_actors(running_ray) == []
+
+
+class CrashOnce:
+    """A model stage whose process dies (as on a hardware fault) on its first block, marked by a file."""
+
+    def __init__(self, marker: str):
+        self.marker = marker
+
+    def __call__(self, batch):
+        if not os.path.exists(self.marker):
+            Path(self.marker).write_text("crashed")
+            os._exit(1)
+        batch["doubled"] = batch["x"] * 2
+        return batch
+
+
+def test_a_warm_actor_that_crashes_or_vanishes_gets_the_block_again(ray_local, tmp_path):
+    import ray
+
+    from pipeline.job import StageSpec
+    from pipeline.ray_adapter import WARM_NAMESPACE, start_warm
+
+    spec = StageSpec(CrashOnce, (str(tmp_path / "crashed"),), actor=True, batch_size=4, num_cpus=0.25)
+    call, reused = start_warm(spec, None, 60.0, None)
+    assert not reused
+    table = pa.table({"x": list(range(10))})
+    try:
+        out = pa.concat_tables(call(table))  # in batches of 4; the first killed the actor: Ray restarted it
+        assert out["doubled"].to_pylist() == [2 * x for x in range(10)]
+        assert (tmp_path / "crashed").read_text() == "crashed"
+        [name] = call.names
+        ray.kill(ray.get_actor(name, namespace=WARM_NAMESPACE), no_restart=True)  # gone for good (retired, expired)
+        out = pa.concat_tables(call(table.slice(0, 3)))
+        assert out["doubled"].to_pylist() == [0, 2, 4]
+    finally:
+        for name in call.names:
+            try:
+                ray.kill(ray.get_actor(name, namespace=WARM_NAMESPACE), no_restart=True)
+            except ValueError:
+                pass
+
+
+def test_warm_actors_are_named_by_everything_that_shapes_their_output():
+    from pipeline.config import load_config
+    from pipeline.job import StageSpec
+    from pipeline.ray_adapter import warm_names
+    from pipeline.stages.caption import CaptionImages
+
+    cfg = load_config(TINY)
+
+    def spec(c=cfg.caption, batch_size=16):
+        return StageSpec(CaptionImages, (c, "pixels_caption", {}), actor=True, batch_size=batch_size)
+
+    [base] = warm_names(spec(), None)
+    assert [base] == warm_names(spec(), None) and base.startswith("capfilt-CaptionImages-")
+    assert base not in warm_names(spec(batch_size=8), None)
+    assert base not in warm_names(spec(load_config(TINY, ["caption.num_beams=2"]).caption), None)
+    assert base not in warm_names(spec(), ["key", "caption"])
+    two = warm_names(StageSpec(CaptionImages, (cfg.caption, "pixels_caption", {}), actor=True, batch_size=16,
+                               concurrency=2), None)
+    assert two[0] == base and len(set(two)) == 2  # a run with two reuses the one, and adds a second
