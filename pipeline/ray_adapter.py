@@ -178,7 +178,7 @@ class _WarmStage:
         self.busy, self.idle_limit = True, self.keep_s  # in use: a retire() before is void
         try:
             step = self.batch_size or max(table.num_rows, 1)
-            return [self.stage(table.slice(i, step)) for i in range(0, max(table.num_rows, 1), step)]
+            return [self.stage(table.slice(i, step)) for i in range(0, table.num_rows, step)]
         finally:
             self.busy, self.last = False, time.monotonic()
 
