@@ -20,6 +20,7 @@ import math
 import posixpath
 import tarfile
 import tempfile
+from dataclasses import replace
 from typing import Any
 
 from pipeline.config import Config
@@ -73,6 +74,9 @@ def estimate(job: Job, inputs: list[str], cfg: Config, sample: int, actors: int 
 
     shards = list_shards(inputs, cfg.input.format, cfg.storage, cfg.input.image_extensions, cfg.input.files_per_shard)
     sampled = sample_shards(shards, sample)  # the shards run_job's sample plan runs
+    # The sample runs its models in Ray Data's actor pools, as a run on a cluster does: warm actors
+    # (run.keep_warm_s) fuse the model calls into the decode tasks, and the stages' seconds with them.
+    cfg = replace(cfg, run=replace(cfg.run, keep_warm_s=0.0))
     with tempfile.TemporaryDirectory(prefix="capfilt-estimate-") as tmp:
         summary = run_job(job, inputs, tmp, cfg, sample=sample)
     total, counted = input_images(shards, sampled, cfg.storage)

@@ -143,22 +143,14 @@ def test_a_warm_actor_that_crashes_or_vanishes_gets_the_block_again(ray_local, t
                 pass
 
 
-def test_warm_actors_are_named_by_everything_that_shapes_their_output():
-    from pipeline.config import load_config
-    from pipeline.job import StageSpec
-    from pipeline.ray_adapter import warm_names
-    from pipeline.stages.caption import CaptionImages
-
-    cfg = load_config(TINY)
-
-    def spec(c=cfg.caption, batch_size=16):
-        return StageSpec(CaptionImages, (c, "pixels_caption", {}), actor=True, batch_size=batch_size)
-
-    [base] = warm_names(spec(), None)
-    assert [base] == warm_names(spec(), None) and base.startswith("capfilt-CaptionImages-")
-    assert base not in warm_names(spec(batch_size=8), None)
-    assert base not in warm_names(spec(load_config(TINY, ["caption.num_beams=2"]).caption), None)
-    assert base not in warm_names(spec(), ["key", "caption"])
-    two = warm_names(StageSpec(CaptionImages, (cfg.caption, "pixels_caption", {}), actor=True, batch_size=16,
-                               concurrency=2), None)
-    assert two[0] == base and len(set(two)) == 2  # a run with two reuses the one, and adds a second
+def test_estimate_on_a_running_ray_measures_the_stages_apart(running_ray, shards):
+    """Its sample runs in Ray Data's actor pools, as a run on a cluster: the model stage's seconds are its
+    own, not fused into the decode tasks' (and it leaves no warm actor behind)."""
+    done = subprocess.run(cli("estimate", "caption", "--input", shards, "--config", TINY, "--sample", "8", "--json",
+                              "--address", running_ray.address), cwd=ROOT, env=running_ray.client_env(),
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    stages = json.loads(done.stdout)["stages"]
+    model = [op for op, st in stages.items() if st["model"]]
+    assert len(model) == 1 and model[0].endswith("(CaptionImages)") and "DecodeImages" not in model[0]
+    assert warm_actors(running_ray) == []
