@@ -259,7 +259,9 @@ def run_job(job: Job, inputs: list[str], output: str, cfg: Config, retry: bool =
 
             started_ray = ray_start.init_ray(cfg)
             keep_warm_s = ray_start.keep_warm_s(cfg)
-            if started_ray and keep_warm_s:  # the models are warm: the run's task workers are the way to go
+            # With warm models the first block waits for the job's task workers (on a Ray of its own, for
+            # the model actor, whose imports theirs would slow on few cores: BENCHMARKS.md)
+            if started_ray and keep_warm_s:
                 ray_start.prestart_workers(min(len(p.todo), 8), cfg.decode.num_cpus)
             from pipeline import ray_adapter  # Ray Data, while Ray starts those workers
         streaming = time.monotonic()
