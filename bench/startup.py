@@ -85,5 +85,5 @@ def bench_startup(work: Path, quick: bool = False, baseline: str = BASELINE) -> 
             for i in (1, 2):
                 res[f"caption_{label}_attached_{i}"] = run_command(
                     tree, "caption", CONFIGS / "tiny.yaml", caption_in, work / f"att-{label}-{i}", ray.tmp,
-                    ("--address", ray.address), RAY_AUTH_MODE="token")  # `ray start` turns token auth on
+                    ("--address", ray.address), **ray.client_env())
     return res

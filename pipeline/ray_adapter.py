@@ -195,6 +195,9 @@ class _WarmStage:
                 return
 
 
+_WARM_HANDLES: dict[str, Any] = {}  # in a task's worker: warm actor name → handle (a GCS lookup saved per block)
+
+
 class _WarmCall:
     """A warm stage in the run's pipeline: tasks (fused with decode: no process to start for the run) that
     send each block to one of the stage's warm actors, getting it by name, or starting it again."""
@@ -203,36 +206,44 @@ class _WarmCall:
         self.names, self.options, self.init = names, options, init
 
     def actor(self, name: str) -> Any:
+        """The named warm actor, started if it is not there."""
         return ray.remote(_WarmStage).options(name=name, **self.options).remote(*self.init)
 
     def __call__(self, table: pa.Table) -> Iterator[pa.Table]:
         name = random.choice(self.names)
+        if name not in _WARM_HANDLES:
+            _WARM_HANDLES[name] = self.actor(name)
         try:
-            parts = ray.get(self.actor(name).run.remote(table))
+            parts = ray.get(_WARM_HANDLES[name].run.remote(table))
         except ray.exceptions.RayActorError:
             # Gone for good: retired or expired since the driver found it, or out of restarts (Ray restarts
             # a crashed one and retries the block, see ACTOR_RESTARTS): a new one gets the block, once.
-            parts = ray.get(self.actor(name).run.remote(table))
+            _WARM_HANDLES[name] = self.actor(name)
+            parts = ray.get(_WARM_HANDLES[name].run.remote(table))
         yield from parts
 
 
-def retire_idle(keep: frozenset[str] = frozenset()) -> None:
-    """Asks capfilt's warm actors on this Ray, but those named `keep`, to exit if they have idled a few
-    seconds: an earlier run's models would otherwise hold CPUs and GPUs this run waits for."""
-    for a in ray.util.list_named_actors(all_namespaces=True):
-        if a["namespace"] == WARM_NAMESPACE and a["name"] not in keep:
-            try:
-                ray.get_actor(a["name"], namespace=WARM_NAMESPACE).retire.remote(2.0)
-            except Exception as e:  # noqa: BLE001 - gone meanwhile, or another version's: not this run's concern
-                log.debug("warm actor %s not retired: %s", a["name"], e)
+def warm_alive() -> set[str]:
+    """The names of capfilt's warm actors alive on this Ray."""
+    return {a["name"] for a in ray.util.list_named_actors(all_namespaces=True) if a["namespace"] == WARM_NAMESPACE}
 
 
-def start_warm(spec: StageSpec, keep: list[str] | None, keep_s: float,
-               runtime_env: dict[str, Any] | None) -> tuple[_WarmCall, bool]:
+def retire_idle(names: set[str]) -> None:
+    """Asks these warm actors to exit once they have idled a few seconds: an earlier run's models would
+    otherwise hold CPUs and GPUs this run waits for."""
+    for name in names:
+        try:
+            ray.get_actor(name, namespace=WARM_NAMESPACE).retire.remote(2.0)
+        except Exception as e:  # noqa: BLE001 - gone meanwhile, or another version's: not this run's concern
+            log.debug("warm actor %s not retired: %s", name, e)
+
+
+def start_warm(spec: StageSpec, keep: list[str] | None, keep_s: float, runtime_env: dict[str, Any] | None,
+               alive: set[str] | None = None) -> tuple[_WarmCall, bool]:
     """The warm actors of a model stage, started now (their models load while the run starts) or found
-    (`reused`)."""
+    among those `alive` (warm_alive(), by default asked now): then `reused`."""
     names = warm_names(spec, keep)
-    alive = {a["name"] for a in ray.util.list_named_actors(all_namespaces=True) if a["namespace"] == WARM_NAMESPACE}
+    reused = set(names) <= (warm_alive() if alive is None else alive)
     options = dict(namespace=WARM_NAMESPACE, lifetime="detached", get_if_exists=True, num_cpus=spec.num_cpus,
                    num_gpus=spec.num_gpus, max_restarts=ACTOR_RESTARTS, max_task_retries=BATCH_RETRIES,
                    runtime_env=runtime_env)
@@ -241,7 +252,7 @@ def start_warm(spec: StageSpec, keep: list[str] | None, keep_s: float,
     call = cls(names, options, (_on_arrow(spec.fn, keep, actor=True), spec.args, spec.kwargs, spec.batch_size, keep_s))
     for name in names:
         call.actor(name)
-    return call, set(names) <= alive
+    return call, reused
 
 
 def _read(source: Datasource, shards: int, cfg: Config) -> Any:
@@ -297,21 +308,20 @@ class Execution:
                  model_env: dict[str, Any] | None = None):
         configure(cfg)
         ds = _read(ShardDatasource(shards, cfg.input, cfg.storage), len(shards), cfg)
-        env = model_env
         self.warm: dict[str, str] = {}
-        keeps = [[*job.columns(), BUSY] if i == len(job.stages) - 1 else None for i in range(len(job.stages))]
-        # On a running Ray, earlier runs' warm actors may idle there (on one this run started, none do).
-        retire_idle(frozenset(n for s, k in zip(job.stages, keeps, strict=True) if s.actor and keep_warm_s > 0
-                              for n in warm_names(s, k)))
-        for spec, keep in zip(job.stages, keeps, strict=True):
+        alive, used = warm_alive(), set()  # on a running Ray, earlier runs' warm actors may idle there
+        for i, spec in enumerate(job.stages):
             # The last stage keeps only the output columns: a separate select_columns op would hold
             # blocks back until the end (seen with Ray 2.60), delaying commits and progress.
+            keep = [*job.columns(), BUSY] if i == len(job.stages) - 1 else None
             if spec.actor and keep_warm_s > 0:
-                call, reused = start_warm(spec, keep, keep_warm_s, env)
+                call, reused = start_warm(spec, keep, keep_warm_s, model_env, alive)
+                used |= set(call.names)
                 self.warm[spec.fn.__name__] = "reused" if reused else "started"
                 ds = _apply(ds, replace(job.stages[0], fn=call, args=(), kwargs={}, batch_size=None), prebuilt=True)
             else:
-                ds = _apply(ds, spec, keep, runtime_env=env)
+                ds = _apply(ds, spec, keep, runtime_env=model_env)
+        retire_idle(alive - used)
         self.ds = ds
 
     def blocks(self) -> Iterator[pa.Table]:
