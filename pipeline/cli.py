@@ -192,11 +192,9 @@ def entry() -> None:
     """The `capfilt` command (and `python -m pipeline`): main(), then out at once. Everything of the run is
     written, closed and reported, and Ray shut down, when main returns; what Python's own teardown would
     add — finalising the modules of pyarrow, Ray and the rest, ~0.35 s on a small job — changes nothing."""
-    code = main()
-    logging.shutdown()  # flushes and closes the log handlers
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
+    from pipeline.exits import leave
+
+    leave(main())
 
 
 def _ray_unreachable(e: ConnectionError) -> str:

@@ -7,6 +7,7 @@ keeping every call here (and Ray's start in ray_start.py) means a Ray upgrade to
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import json
 import logging
@@ -30,6 +31,7 @@ from ray.data.extensions import ArrowTensorArray
 
 from pipeline.columns import to_arrow, to_numpy
 from pipeline.config import Config, InputConfig
+from pipeline.exits import leave
 from pipeline.io.readers import READ_SCHEMA, read_shard
 from pipeline.io.shards import Shard
 from pipeline.job import Job, StageSpec, read_fused
@@ -106,6 +108,8 @@ class _OnArrow:
         constructed = time.monotonic()
         self.stage = self.stage_cls(*args, **kwargs)
         self.start_report = actor_start(self.stage_cls.__name__, constructed, time.monotonic()) if self.actor else {}
+        if self.actor:
+            _exit_without_teardown()
 
     def __call__(self, table: pa.Table) -> pa.Table:
         busy = stage_seconds(table)
@@ -126,6 +130,18 @@ class _OnArrow:
             col[0] = json.dumps(busy)
             out[BUSY] = col
         return to_arrow(out, tensor=ArrowTensorArray.from_numpy)
+
+
+def _exit_without_teardown() -> None:
+    """In a model actor's process: when it exits (Ray Data drops the pool as the run's stream ends, or
+    scales it down), it leaves without Python's teardown of torch and transformers (exits.py), which the
+    run's end waits for on a Ray the run started (ray_start.shutdown). Registered last, it runs first of
+    the process's exit functions, so Ray's and torch's do not run: Ray has stopped the actor's core worker
+    by then, and nothing of the run is left in the process; `leave` flushes the log handlers and stdio."""
+    if not ray.is_initialized() or ray.get_runtime_context().get_actor_id() is None:
+        return  # not in an actor: a stage built on a driver (whose own exit and status are its own)
+    atexit.unregister(leave)  # once per process
+    atexit.register(leave)
 
 
 def _on_arrow(stage_cls: Any, keep: list[str] | None = None, actor: bool = False) -> type:

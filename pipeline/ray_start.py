@@ -4,8 +4,10 @@ of after it."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import time
 from typing import Any
 
 import ray
@@ -34,7 +36,44 @@ def init_ray(cfg: Config) -> bool:
 
 
 def shutdown() -> None:
+    """Stops the Ray this process started (`init_ray` returned True): every process of it is gone on return.
+    Ray's shutdown returns once it has signalled them, while its workers (a model actor and its GPU memory)
+    may still be exiting; they are waited for, and killed after `EXIT_WAIT_S`.
+
+    Ray stops its own processes one after another, giving each 1 s to leave on SIGTERM, the GCS before its
+    autoscaler's monitor; the monitor spends that second trying to report its own termination to the GCS
+    that is gone (ray/autoscaler/_private/monitor.py, `_signal_handler`) and is then killed: 1 s of every
+    command. A Ray of one run has nothing to autoscale, so the monitor is killed first."""
+    import psutil
+
+    processes = psutil.Process().children(recursive=True)  # Ray's, and the workers its raylet started
+    for p in processes:
+        with contextlib.suppress(psutil.Error):  # gone already
+            if any(arg.endswith(_MONITOR) for arg in p.cmdline()):
+                p.kill()
     ray.shutdown()
+    deadline = time.monotonic() + EXIT_WAIT_S
+    while processes:
+        processes = [p for p in processes if _alive(p)]  # Ray's workers are the raylet's: not ours to wait on
+        if processes and time.monotonic() > deadline:
+            for p in processes:
+                with contextlib.suppress(psutil.Error):
+                    p.kill()
+            break
+        time.sleep(0.02)
+
+
+def _alive(p: Any) -> bool:
+    import psutil
+
+    try:
+        return p.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:  # gone
+        return False
+
+
+EXIT_WAIT_S = 10.0
+_MONITOR = os.path.join("ray", "autoscaler", "_private", "monitor.py")
 
 
 def _attached(cfg: Config) -> bool:

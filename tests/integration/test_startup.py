@@ -5,13 +5,14 @@ error or `inspect`. Checked in a subprocess by the modules it imported; and run.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
 import pytest
 
 from tests.fixtures.paths import CONFIGS, ROOT, TINY
-from tests.fixtures.processes import subprocess_env
+from tests.fixtures.processes import leftovers, subprocess_env
 from tests.fixtures.samples import write_webdataset
 
 HEAVY = ("torch", "transformers", "ray")
@@ -62,6 +63,8 @@ def test_a_job_with_local_models_imports_neither_torch_nor_transformers_on_the_d
     env = subprocess_env(ray_dir)
     got = probe([job, "--input", shards, "--output", str(out), "--config", config, "--set", "run.progress=none"], env)
     assert got == {"code": 0, "imported": ["ray"]}  # the models ran in the actors: torch is theirs
+    # the Ray it started is gone with it (its autoscaler's monitor, which shutdown kills first, included)
+    assert [" ".join(p.cmdline()) for p in leftovers(str(ray_dir))] == []
     run = json.loads((out / "run.json").read_text())
     assert run["rows"] == 8 and run["counts"] == {"ok": 8}
     phases = run["phases"]
@@ -76,3 +79,62 @@ def test_a_job_with_local_models_imports_neither_torch_nor_transformers_on_the_d
 
     # inspect reads the output: no Ray, no torch
     assert probe(["inspect", str(out)], env) == {"code": 0, "imported": []}
+
+
+class _Teardown:
+    """Writes its file when Python finalises the module holding it (a process's teardown)."""
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def __del__(self, _open=os.open, _close=os.close, _flags=os.O_CREAT | os.O_WRONLY) -> None:
+        _close(_open(self.path, _flags))  # what it needs bound now: builtins may be gone by then
+
+
+_HELD: list[_Teardown] = []
+
+
+class _Marks:
+    """A stage whose process leaves a file if Python tears the process down at its exit."""
+
+    def __init__(self, path: str):
+        _HELD.append(_Teardown(path))
+
+    def __call__(self, batch: dict) -> dict:
+        return batch
+
+
+@pytest.mark.slow  # two actors on the session's Ray
+def test_a_model_actor_leaves_without_pythons_teardown_and_a_driver_keeps_its_exit(ray_local, tmp_path):
+    """Ray Data drops a run's model actors when its stream ends: their processes leave without finalising
+    torch and transformers (~0.9 s each, waited for by the end of a run on its own Ray). An adapter built
+    outside an actor (a driver's) changes nothing of the driver's exit."""
+    import psutil
+    import ray
+
+    from pipeline.ray_adapter import _on_arrow
+
+    @ray.remote(num_cpus=0)
+    class Holder:
+        def __init__(self, path: str, actor: bool):
+            self.stage = _on_arrow(_Marks, actor=actor)(path)
+
+        def pid(self) -> int:
+            return os.getpid()
+
+    def exit_of(actor: bool) -> bool:
+        path = tmp_path / f"finalised-{actor}"
+        holder = Holder.remote(str(path), actor)
+        process = psutil.Process(ray.get(holder.pid.remote()))
+        del holder  # as Ray Data drops its pool's actors: the actor exits on its own
+        process.wait(timeout=60)
+        return path.exists()
+
+    assert exit_of(actor=False)  # the check sees a teardown where there is one
+    assert not exit_of(actor=True)
+
+    script = "import sys\nfrom pipeline.ray_adapter import _on_arrow\nfrom tests.integration.test_startup import _Marks\n" \
+             f"_on_arrow(_Marks, actor=True)({str(tmp_path / 'driver')!r})\nsys.exit(3)\n"
+    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 3, done.stderr
+    assert (tmp_path / "driver").exists()  # finalised as usual, no Ray started by the check
