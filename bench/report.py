@@ -108,6 +108,10 @@ def _phases(r: dict[str, Any]) -> str:
             + (f" (warm actor: {warm})" if warm else ""))
 
 
+def _runs(r: dict[str, Any] | None) -> str:
+    return ", ".join(f"{x:.1f}" for x in r.get("wall_s_runs", [])) if r else ""
+
+
 def startup_rows(s: dict[str, Any]) -> list[str]:
     """Whole commands (wall time around the process), before vs after; each row says its phases."""
     rows = []
@@ -125,6 +129,8 @@ def startup_rows(s: dict[str, Any]) -> list[str]:
         was = f"{before['wall_s']:.1f} ({before['img_s']:.1f})" if before else ""
         rows.append(f"| {what}: whole command, s (img/s) | {was} | {after['wall_s']:.1f} ({after['img_s']:.1f}) "
                     f"| {ratio} | {target} |")
+        if len(after.get("wall_s_runs", [])) > 1:
+            rows.append(f"| runs, s (the median's phases below) | {_runs(before)} | {_runs(after)} | | |")
         rows.append(f"| phases, s — after: {_phases(after)}"
                     + (f"; before: {_phases(before)}" if before else "") + " | | | | |")
     return rows

@@ -56,11 +56,19 @@ def run_command(tree: Path, job: str, config: Path, inputs: str, out: Path, ray_
             "end_line": next((x for x in done.stdout.splitlines() if " rows (" in x), "")}
 
 
+def median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The run with the median whole-command time (its phases with it), and every run's time."""
+    ranked = sorted(runs, key=lambda r: r["wall_s"])
+    return {**ranked[(len(ranked) - 1) // 2], "wall_s_runs": [round(r["wall_s"], 2) for r in runs]}
+
+
 def bench_startup(work: Path, quick: bool = False, baseline: str = BASELINE) -> dict[str, Any]:
     """A 100-image `caption` (configs/tiny.yaml) and an 800-image `embed` (configs/tiny-embed.yaml) of web
-    JPEGs, whole commands: the code before (`baseline`) and today's, alternating, on a fresh local Ray each;
-    then the caption job attached to a running local Ray (`ray start --head`), twice each."""
+    JPEGs, whole commands: the code before (`baseline`) and today's, alternating, on a fresh local Ray each,
+    3 times (the median run reported: this machine's neighbours move single runs by ±1 s); then the caption
+    job attached to a running local Ray (`ray start --head`): its first job, and the median of 3 after it."""
     n_caption, n_embed = (40, 160) if quick else (100, 800)
+    reps = 1 if quick else 3
     caption_in = write_shards(iter_web_jpegs(n_caption, seed=7), work / "startup-caption", n_caption // 4)
     embed_in = write_shards(iter_web_jpegs(n_embed, seed=8), work / "startup-embed", n_embed // 8)
     trees = {"after": ROOT}
@@ -69,21 +77,23 @@ def bench_startup(work: Path, quick: bool = False, baseline: str = BASELINE) -> 
         trees = {"before": before, "after": ROOT}
     ray_tmp = Path(tempfile.mkdtemp(prefix="cfb", dir="/tmp"))
     res: dict[str, Any] = {"baseline": baseline if before is not None else None, "images_caption": n_caption,
-                           "images_embed": n_embed}
+                           "images_embed": n_embed, "repeats": reps}
+    runs: dict[str, list[dict[str, Any]]] = {}
     try:
         for label, tree in trees.items():  # a warm-up of each: the page cache, the tiny models' files
             run_command(tree, "caption", CONFIGS / "tiny.yaml", caption_in, work / f"warm-{label}", ray_tmp)
-        for label, tree in trees.items():
-            res[f"caption_{label}"] = run_command(tree, "caption", CONFIGS / "tiny.yaml", caption_in,
-                                                  work / f"cap-{label}", ray_tmp)
-            res[f"embed_{label}"] = run_command(tree, "embed", CONFIGS / "tiny-embed.yaml", embed_in,
-                                                work / f"emb-{label}", ray_tmp)
+        for _ in range(reps):
+            for label, tree in trees.items():
+                runs.setdefault(f"caption_{label}", []).append(run_command(
+                    tree, "caption", CONFIGS / "tiny.yaml", caption_in, work / f"cap-{label}", ray_tmp))
+                runs.setdefault(f"embed_{label}", []).append(run_command(
+                    tree, "embed", CONFIGS / "tiny-embed.yaml", embed_in, work / f"emb-{label}", ray_tmp))
     finally:
         shutil.rmtree(ray_tmp, ignore_errors=True)
     for label, tree in trees.items():
         with RunningRay(PYTHONPATH=str(tree)) as ray:  # its workers import the same tree's code
-            for i in (1, 2):
-                res[f"caption_{label}_attached_{i}"] = run_command(
+            for i in range(1 + reps):
+                runs.setdefault(f"caption_{label}_attached_{min(i + 1, 2)}", []).append(run_command(
                     tree, "caption", CONFIGS / "tiny.yaml", caption_in, work / f"att-{label}-{i}", ray.tmp,
-                    ("--address", ray.address), **ray.client_env())
-    return res
+                    ("--address", ray.address), **ray.client_env()))
+    return {**res, **{k: median_run(v) for k, v in runs.items()}}

@@ -101,3 +101,22 @@ def test_parquet_read_memory_part_reads_every_row_and_reports_it(tmp_path):
     assert res["row_group_mib_10x"] > 5 * res["row_group_mib_1x"] and not list(tmp_path.iterdir())
     row = cpu_table({"parquet_memory": res}).splitlines()[-1]
     assert row.startswith("| read of a Parquet shard, one row group of") and row.endswith("| ≤ 1.1× |")
+
+
+def test_startup_reports_the_median_run_with_its_phases_and_every_run():
+    from bench.report import startup_rows
+    from bench.startup import median_run
+
+    def run(wall: float, first: float) -> dict:
+        return {"wall_s": wall, "img_s": 100 / wall, "phases": {"ray_start": 2.0, "first_block": first, "total": wall}}
+
+    after = median_run([run(11.0, 7.0), run(9.0, 5.0), run(10.0, 6.0)])
+    assert after["wall_s"] == 10.0 and after["phases"]["first_block"] == 6.0  # the median run, phases and all
+    assert after["wall_s_runs"] == [11.0, 9.0, 10.0]
+    before = median_run([run(16.0, 10.0), run(15.0, 9.0)])
+    assert before["wall_s"] == 15.0  # of an even count, the lower middle
+    rows = startup_rows({"images_caption": 100, "images_embed": 800, "caption_before": before, "caption_after": after})
+    assert rows[0].startswith("| 100-image `caption`, configs/tiny.yaml: whole command, s (img/s) "
+                              "| 15.0 (6.7) | 10.0 (10.0) | 1.50× |")
+    assert rows[1] == "| runs, s (the median's phases below) | 16.0, 15.0 | 11.0, 9.0, 10.0 | | |"
+    assert "first_block 6.0" in rows[2]
