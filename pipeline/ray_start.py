@@ -57,7 +57,7 @@ def shutdown() -> None:
     command. A Ray of one run has nothing to autoscale, so the monitor is killed first."""
     import psutil
 
-    processes = psutil.Process().children(recursive=True)  # Ray's, and the workers its raylet started
+    processes = _ray_processes()
     for p in processes:
         with contextlib.suppress(psutil.Error):  # gone already
             if any(arg.endswith(_MONITOR) for arg in p.cmdline()):
@@ -65,13 +65,28 @@ def shutdown() -> None:
     ray.shutdown()
     deadline = time.monotonic() + EXIT_WAIT_S
     while processes:
-        processes = [p for p in processes if _alive(p)]  # Ray's workers are the raylet's: not ours to wait on
+        processes = [p for p in processes if _alive(p)]  # polled: most are the raylet's children, not ours
         if processes and time.monotonic() > deadline:
             for p in processes:
                 with contextlib.suppress(psutil.Error):
                     p.kill()
             break
         time.sleep(0.02)
+
+
+def _ray_processes() -> list[Any]:
+    """The processes of the Ray this process started: those ray.init started (GCS, raylet, monitor, dashboard,
+    log monitor: their programs are in Ray's package) and theirs (the workers and agents the raylet
+    started). Not this process's other children, which are not Ray's to stop."""
+    import psutil
+
+    ray_dir = os.path.dirname(ray.__file__)
+    found: list[Any] = []
+    for child in psutil.Process().children():
+        with contextlib.suppress(psutil.Error):
+            if any(arg.startswith(ray_dir) for arg in child.cmdline()):
+                found += [child, *child.children(recursive=True)]
+    return found
 
 
 def _alive(p: Any) -> bool:

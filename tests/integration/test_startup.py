@@ -138,3 +138,21 @@ def test_a_model_actor_leaves_without_pythons_teardown_and_a_driver_keeps_its_ex
     done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 3, done.stderr
     assert (tmp_path / "driver").exists()  # finalised as usual, no Ray started by the check
+
+
+@pytest.mark.slow  # a job on its own local Ray in a subprocess
+def test_the_end_of_a_run_stops_its_own_ray_and_nothing_else_of_the_caller(tmp_path, ray_dir, shards):
+    """A program that runs a job (its own Ray) keeps its other child processes; the Ray is gone."""
+    script = f"""
+import subprocess, sys
+from pipeline.cli import main
+other = subprocess.Popen(["sleep", "120"])
+code = main(["caption", "--input", {shards!r}, "--output", {str(tmp_path / "out")!r}, "--config", {TINY!r},
+             "--set", "run.progress=none"])
+print("PROBE", code, other.poll())
+other.kill()
+"""
+    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=subprocess_env(ray_dir), capture_output=True,
+                          text=True, timeout=300)
+    assert "PROBE 0 None" in done.stdout, done.stdout + done.stderr  # the job ran; the caller's `sleep` lives on
+    assert leftovers(str(ray_dir)) == []
