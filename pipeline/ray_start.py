@@ -92,8 +92,8 @@ def _ray_processes() -> list[Any]:
 def _alive(p: Any) -> bool:
     import psutil
 
-    try:
-        return p.status() != psutil.STATUS_ZOMBIE
+    try:  # is_running: False too for a pid the system gave to a new process since
+        return p.is_running() and p.status() != psutil.STATUS_ZOMBIE
     except psutil.Error:  # gone
         return False
 
