@@ -107,8 +107,9 @@ class _OnArrow:
     def __init__(self, *args: Any, **kwargs: Any):
         constructed = time.monotonic()
         self.stage = self.stage_cls(*args, **kwargs)
-        self.start_report = actor_start(self.stage_cls.__name__, constructed, time.monotonic()) if self.actor else {}
+        self.start_report: dict[str, float] = {}
         if self.actor:
+            self.start_report = actor_start(self.stage_cls.__name__, constructed, time.monotonic())
             _exit_without_teardown()
 
     def __call__(self, table: pa.Table) -> pa.Table:

@@ -10,6 +10,7 @@ import os
 import time
 from typing import Any
 
+import psutil
 import ray
 
 from pipeline import quiet
@@ -55,8 +56,6 @@ def shutdown() -> None:
     autoscaler's monitor; the monitor spends that second trying to report its own termination to the GCS
     that is gone (ray/autoscaler/_private/monitor.py, `_signal_handler`) and is then killed: 1 s of every
     command. A Ray of one run has nothing to autoscale, so the monitor is killed first."""
-    import psutil
-
     processes = _ray_processes()
     for p in processes:
         with contextlib.suppress(psutil.Error):  # gone already
@@ -74,14 +73,12 @@ def shutdown() -> None:
         time.sleep(0.02)
 
 
-def _ray_processes() -> list[Any]:
+def _ray_processes() -> list[psutil.Process]:
     """The processes of the Ray this process started: those ray.init started (GCS, raylet, monitor, dashboard,
     log monitor: their programs are in Ray's package) and theirs (the workers and agents the raylet
     started). Not this process's other children, which are not Ray's to stop."""
-    import psutil
-
     ray_dir = os.path.dirname(ray.__file__)
-    found: list[Any] = []
+    found: list[psutil.Process] = []
     for child in psutil.Process().children():
         with contextlib.suppress(psutil.Error):
             if any(arg.startswith(ray_dir) for arg in child.cmdline()):
@@ -89,9 +86,7 @@ def _ray_processes() -> list[Any]:
     return found
 
 
-def _alive(p: Any) -> bool:
-    import psutil
-
+def _alive(p: psutil.Process) -> bool:
     try:  # is_running: False too for a pid the system gave to a new process since
         return p.is_running() and p.status() != psutil.STATUS_ZOMBIE
     except psutil.Error:  # gone
