@@ -315,6 +315,16 @@ def _apply(ds: Any, spec: StageSpec, keep: list[str] | None = None, prebuilt: bo
         return ds.map_batches(fn, compute=compute, scheduling_strategy="SPREAD", max_retries=TASK_RETRIES, **kwargs)
 
 
+def stream(ds: Any) -> Iterator[pa.Table]:
+    """The dataset's output blocks, each as soon as it is done. Ray Data's iterator, with its default
+    `prefetch_batches=1`, hands a block over only once the next one is ready too (or the stream has ended):
+    every block reached the driver a block late — the first of a small job ~0.6 s after it was done, a
+    shard's last block (its commit, its progress) waiting on the next shard's first. Blocks here are
+    small (the last stage keeps the output columns, never pixels), so fetching each as it is asked for
+    costs nothing the executor, which runs on in its own thread, waits on."""
+    return iter(ds.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=0))
+
+
 class Execution:
     """A job's stages over some shards as one Ray Data pipeline; `blocks()` streams its output.
     `keep_warm_s` > 0 (ray_start.keep_warm_s): the model stages run on warm actors that outlive the run
@@ -342,7 +352,7 @@ class Execution:
         self.ds = ds
 
     def blocks(self) -> Iterator[pa.Table]:
-        return iter(self.ds.iter_batches(batch_size=None, batch_format="pyarrow"))
+        return stream(self.ds)
 
     def stage_times(self) -> dict[str, dict[str, float]]:
         """Time spent in each operator of a finished run, from Ray Data's own stats: `busy_s` sums its

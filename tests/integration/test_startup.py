@@ -156,3 +156,35 @@ other.kill()
                           text=True, timeout=300)
     assert "PROBE 0 None" in done.stdout, done.stdout + done.stderr  # the job ran; the caller's `sleep` lives on
     assert leftovers(str(ray_dir)) == []
+
+
+@pytest.mark.slow  # a dataset on the session's Ray
+def test_each_block_reaches_the_driver_while_the_next_is_still_being_made(ray_local, tmp_path):
+    """ray_adapter.stream hands the driver each block as soon as it is done: the second of two blocks is
+    made only once the driver has the first (a file it creates), or after 20 s without it. Ray Data's
+    default iterator held the first until the second existed, so the second would wait out the 20 s."""
+    import ray
+
+    from pipeline.ray_adapter import stream
+
+    received = tmp_path / "first-received"
+
+    def make(batch: dict) -> dict:
+        import time
+
+        if batch["i"][0] == 1:
+            deadline = time.monotonic() + 20
+            while not received.exists() and time.monotonic() < deadline:
+                time.sleep(0.02)
+        batch["driver_had_the_first"] = [received.exists()]
+        return batch
+
+    ds = ray.data.from_items([{"i": 0}, {"i": 1}], override_num_blocks=2)
+    ds = ds.map_batches(make, batch_size=None, num_cpus=0.1)  # the two blocks' tasks run side by side
+    seen = {}
+    for block in stream(ds):
+        i = block["i"][0].as_py()
+        seen[i] = block["driver_had_the_first"][0].as_py()
+        if i == 0:
+            received.touch()
+    assert seen == {0: False, 1: True}
