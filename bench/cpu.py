@@ -443,7 +443,8 @@ def cpu_suite(quick: bool, work: Path, parts: tuple[str, ...] = CPU_PARTS) -> di
         res["parquet_memory"] = bench_parquet_memory(work, int(512 * scale) or 32, 100_000)
     if not {"small", "tiny", "memory", "faults", "estimate", "vlm"} & set(parts):
         return res  # no pipeline runs: no Ray
-    ray_start.init_ray(load_config(None, ["run.num_cpus=2"]))  # as the jobs start it
+    ray_cfg = load_config(None, ["run.num_cpus=2"])
+    ray_start.init_ray(ray_cfg)  # as the jobs start it
     try:
         warm = write_shards(datas[:4], work / "warm", 4)
         bench_pipeline(warm, work / "out-warm", "tiny:blip", 1, 4)  # start Ray's workers once
@@ -492,7 +493,7 @@ def cpu_suite(quick: bool, work: Path, parts: tuple[str, ...] = CPU_PARTS) -> di
             res["driver_memory"] = bench_driver_memory(work, int(5120 * scale) or 640, int(256 * scale) or 32,
                                                        int(256 * scale) or 32)
     finally:
-        ray_start.shutdown()
+        ray_start.shutdown(ray_cfg)
     return res
 
 def _params(model_dir: str) -> float:

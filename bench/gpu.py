@@ -137,7 +137,8 @@ def e2e_suite(device: str, tiny: bool, scale: float, work: Path, names: tuple[st
     per_shard = 16 if tiny else 500
     write_shards((pool[i % len(pool)] for i in range(per_shard)), work / "e2e-src", per_shard)
     res: dict[str, Any] = {}
-    ray_start.init_ray(load_config(None, [f"run.num_cpus={os.cpu_count()}"]))  # as the jobs start it
+    ray_cfg = load_config(None, [f"run.num_cpus={os.cpu_count()}"])
+    ray_start.init_ray(ray_cfg)  # as the jobs start it
     specs = job_specs()
     runs: list[tuple[str, str, list[str]]] = [(n, n, []) for n in (names or DEFAULT_E2E)]
     for v in variants:
@@ -179,5 +180,5 @@ def e2e_suite(device: str, tiny: bool, scale: float, work: Path, names: tuple[st
             print(e2e_row(label, res[label]), flush=True)
             save(res)
     finally:
-        ray_start.shutdown()
+        ray_start.shutdown(ray_cfg)
     return res

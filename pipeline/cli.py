@@ -116,10 +116,11 @@ def _retry_args(args: argparse.Namespace, specs: dict[str, JobSpec]) -> tuple[Jo
 
 
 
-def main(argv: Sequence[str] | None = None, *, command: bool | None = None) -> int:
+def main(argv: Sequence[str] | None = None, *, command: bool | None = None, exiting: bool = False) -> int:
     """`capfilt …`. `command`: this process is the command (its time counts from the process's start, as
     a stopwatch around it would); by default so when the arguments come from the command line (argv None),
-    not when a running Python program passes them."""
+    not when a running Python program passes them. `exiting`: the process ends when this returns (entry),
+    so a job leaves a running Ray it attached to by that exit (run_job)."""
     phases = Phases(from_process_start=argv is None if command is None else command)  # run.json's `phases`
     specs = job_specs()
     args = parser(specs).parse_args(argv)
@@ -169,7 +170,7 @@ def main(argv: Sequence[str] | None = None, *, command: bool | None = None) -> i
             # Everything a user can get wrong fails here, in one line with exit 2, before Ray starts: the
             # config, the models (build_job), the inputs and the output (run_job plans before it starts Ray).
             job = build_job(spec, cfg, options)
-        summary = run_job(job, inputs, args.output, cfg, retry=retry, phases=phases)
+        summary = run_job(job, inputs, args.output, cfg, retry=retry, phases=phases, exiting=exiting)
     except (ConfigError, OutputError, FileNotFoundError, ValueError) as e:
         print(f"capfilt: {e}", file=sys.stderr)
         return 2
@@ -194,7 +195,7 @@ def entry() -> None:
     add — finalising the modules of pyarrow, Ray and the rest, ~0.35 s on a small job — changes nothing."""
     from pipeline.exits import leave
 
-    leave(main())
+    leave(main(exiting=True))
 
 
 def _ray_unreachable(e: ConnectionError) -> str:

@@ -232,11 +232,12 @@ def new_run_id() -> str:
 
 
 def run_job(job: Job, inputs: list[str], output: str, cfg: Config, retry: bool = False,
-            sample: int | None = None, phases: Phases | None = None) -> Summary:
+            sample: int | None = None, phases: Phases | None = None, exiting: bool = False) -> Summary:
     """Plans shards (skipping committed ones), streams them through the stages, commits per shard.
     `retry`: runs the retryable rows of committed shards again instead (retry_plan); `sample`: about this
     many images of the input (sample_plan, `capfilt estimate`). `phases`: the command's phases so far
-    (the CLI's); run.json records them with this run's. A local Ray this starts, it shuts down."""
+    (the CLI's); run.json records them with this run's. A local Ray this starts, it shuts down; from a
+    running Ray it disconnects, unless `exiting` (the process ends when this returns: see ray_start.shutdown)."""
     phases = phases or Phases(from_process_start=False)
     with phases("plan"):
         if sample is not None:
@@ -304,7 +305,7 @@ def run_job(job: Job, inputs: list[str], output: str, cfg: Config, retry: bool =
         from pipeline import ray_start
 
         with phases("shutdown"):
-            ray_start.shutdown()
+            ray_start.shutdown(cfg, exiting)
     extra["phases"] = {**phases.report(), "total": round(phases.elapsed(), 3)}
     if actors:
         extra["actor_start"] = {k: round(v, 3) for k, v in sorted(actors.items())}

@@ -78,12 +78,13 @@ import os, sys
 from pipeline.config import load_config
 from pipeline.ray_start import init_ray, shutdown
 from ray._common.usage import usage_lib
-init_ray(load_config(None, ["run.num_cpus=1"]))
+cfg = load_config(None, ["run.num_cpus=1"])
+init_ray(cfg)
 import psutil
 env = [p.environ().get("RAY_USAGE_STATS_ENABLED") for p in psutil.Process().children(recursive=True)
        if "gcs_server" in " ".join(p.cmdline())]
 print("USAGE", usage_lib.usage_stats_enabled(), env)
-shutdown()
+shutdown(cfg)
 """
 
 

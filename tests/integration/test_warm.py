@@ -28,6 +28,15 @@ print("WARM " + json.dumps(sorted(a["name"] for a in ray.util.list_named_actors(
 """
 
 
+# The jobs a Ray has had, but the asking one: (id, ended). (Ray's public job listing needs its dashboard.)
+JOBS = """
+import json, ray
+ray.init(address={address!r}, logging_level="ERROR")
+me = ray.get_runtime_context().get_job_id()
+print("JOBS " + json.dumps([(j["JobID"], j["IsDead"]) for j in ray._private.state.jobs() if j["JobID"] != me]))
+"""
+
+
 @pytest.fixture()
 def running_ray(model_cache):
     with RunningRay(cpus=2) as r:
@@ -154,3 +163,40 @@ def test_estimate_on_a_running_ray_measures_the_stages_apart(running_ray, shards
     model = [op for op, st in stages.items() if st["model"]]
     assert len(model) == 1 and model[0].endswith("(CaptionImages)") and "DecodeImages" not in model[0]
     assert warm_actors(running_ray) == []
+
+
+def test_a_command_leaves_a_running_ray_by_its_exit_its_job_ended_and_its_workers_gone(running_ray, shards, tmp_path):
+    """`capfilt` on a running Ray does not disconnect before it exits (ray_start.shutdown: the exit does,
+    ~0.3 s sooner): Ray ends the job and stops its task workers all the same; the warm model stays."""
+    import time
+
+    import psutil
+
+    from tests.fixtures.processes import leftovers
+
+    def jobs() -> list[list]:
+        done = subprocess.run([sys.executable, "-c", JOBS.format(address=running_ray.address)], cwd=ROOT,
+                              env=running_ray.client_env(), capture_output=True, text=True, timeout=120)
+        line = next((x for x in done.stdout.splitlines() if x.startswith("JOBS ")), None)
+        assert line, done.stderr[-2000:]
+        return [j for j in json.loads(line.removeprefix("JOBS ")) if j[0] not in checkers]
+
+    def task_workers() -> list[str]:
+        names = []
+        for p in leftovers(str(running_ray.tmp)):
+            try:
+                names += [n for n in [" ".join(p.cmdline())] if n.startswith("ray::IDLE")]
+            except psutil.Error:
+                pass
+        return names
+
+    checkers: set[str] = set()
+    checkers |= {j[0] for j in jobs()}  # before the command: none but an earlier checker's
+    attached(running_ray, "caption", shards, tmp_path / "out")
+    deadline = time.monotonic() + 20
+    while (task_workers() or not all(ended for _, ended in jobs())) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    ran = jobs()
+    assert len(ran) >= 1 and all(ended for _, ended in ran), ran  # the command's (and checkers' since: ended)
+    assert task_workers() == []
+    assert warm_actors(running_ray)
