@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import ray
-from ray.data import ActorPoolStrategy, DataContext, TaskPoolStrategy
+from ray.data import ActorPoolStrategy, DataContext, ExecutionResources, TaskPoolStrategy
 from ray.data.block import BlockMetadata
 from ray.data.datasource import Datasource, ReadTask
 from ray.data.extensions import ArrowTensorArray
@@ -52,8 +52,9 @@ ACTOR_RESTARTS = 10
 BATCH_RETRIES = 2
 
 
-def configure(cfg: Config) -> None:
-    """Sets Ray Data up for capfilt (Execution does, for every run)."""
+def configure(cfg: Config, limits: tuple[float, float] | None = None) -> None:
+    """Sets Ray Data up for capfilt (Execution does, for every run). `limits`: the CPUs and GPUs its
+    pipeline may use (ray_start.spare), or None: the cluster's."""
     ctx = DataContext.get_current()
     ctx.enable_progress_bars = False  # our own line shows images, img/s and ETA
     ctx.print_on_execution_start = False
@@ -65,6 +66,15 @@ def configure(cfg: Config) -> None:
     # default, or RAY_DATA_EXECUTION_NO_PROGRESS_TIMEOUT_S) would otherwise raise first whenever ours is
     # longer or off, and end the run with an ordinary traceback and exit 1.
     ctx.execution_no_progress_timeout_s = -1
+    # Ray Data budgets the cluster's CPUs and GPUs among its operators. Warm model actors hold some of them
+    # outside its pipeline: counted as free, they let it run more decode tasks than there are CPUs for (a
+    # task waiting on a warm actor gives its CPU back to Ray, which starts a new worker process for the
+    # next: ~1 CPU-s of Python and Ray Data while the model works). Its own limit for all but those.
+    if limits is not None:
+        cpus, gpus = limits
+        ctx.execution_options.resource_limits = ExecutionResources.for_limits(cpu=max(cpus, cfg.decode.num_cpus), gpu=gpus)
+    else:
+        ctx.execution_options.resource_limits = ExecutionResources.for_limits()  # Ray Data's: the cluster's
     logging.getLogger("ray.data").setLevel(logging.WARNING if cfg.run.verbose else logging.ERROR)
 
 
@@ -329,11 +339,12 @@ class Execution:
     """A job's stages over some shards as one Ray Data pipeline; `blocks()` streams its output.
     `keep_warm_s` > 0 (ray_start.keep_warm_s): the model stages run on warm actors that outlive the run
     (`warm`: stage → "started" or "reused"); else on Ray Data's actor pools, started for this run.
-    `model_env`: the model actors' runtime env (ray_start.model_env)."""
+    `model_env`: the model actors' runtime env (ray_start.model_env); `limits`: the CPUs and GPUs of the
+    Ray Data pipeline (configure)."""
 
     def __init__(self, job: Job, shards: list[Shard], cfg: Config, keep_warm_s: float = 0.0,
-                 model_env: dict[str, Any] | None = None):
-        configure(cfg)
+                 model_env: dict[str, Any] | None = None, limits: tuple[float, float] | None = None):
+        configure(cfg, limits)
         ds = _read(ShardDatasource(shards, cfg.input, cfg.storage), len(shards), cfg)
         self.warm: dict[str, str] = {}
         alive, used = warm_alive(), set()  # on a running Ray, earlier runs' warm actors may idle there

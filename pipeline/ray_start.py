@@ -15,6 +15,7 @@ import ray
 
 from pipeline import quiet
 from pipeline.config import Config
+from pipeline.job import Job
 
 
 def init_ray(cfg: Config) -> bool:
@@ -128,6 +129,20 @@ def keep_warm_s(cfg: Config) -> float:
     if cfg.run.keep_warm_s <= 0 or not _attached(cfg):
         return 0.0
     return cfg.run.keep_warm_s if sum(1 for n in ray.nodes() if n.get("Alive")) == 1 else 0.0
+
+
+def model_resources(job: Job) -> tuple[float, float]:
+    """The CPUs and GPUs of the job's model actors, all of them."""
+    models = [s for s in job.stages if s.actor]
+    return (sum(s.num_cpus * (s.concurrency or 1) for s in models),
+            sum(s.num_gpus * (s.concurrency or 1) for s in models))
+
+
+def spare(held: tuple[float, float]) -> tuple[float, float]:
+    """The Ray's CPUs and GPUs but those `held` (by warm model actors: model_resources): what the run's
+    Ray Data pipeline may use."""
+    total = ray.cluster_resources()
+    return max(total.get("CPU", 0.0) - held[0], 0.0), max(total.get("GPU", 0.0) - held[1], 0.0)
 
 
 def _ready() -> None:

@@ -260,13 +260,17 @@ def run_job(job: Job, inputs: list[str], output: str, cfg: Config, retry: bool =
 
             started_ray = ray_start.init_ray(cfg)
             keep_warm_s = ray_start.keep_warm_s(cfg)
+            # Warm model actors hold their CPUs (and GPUs) outside the Ray Data pipeline: its limits are the rest
+            limits = ray_start.spare(ray_start.model_resources(job)) if keep_warm_s else None
             # With warm models the first block waits for the job's task workers (on a Ray of its own, for
-            # the model actor, whose imports theirs would slow on few cores: BENCHMARKS.md)
-            if started_ray and keep_warm_s:
-                ray_start.prestart_workers(min(len(p.todo), 8), cfg.decode.num_cpus)
+            # the model actor, whose imports theirs would slow on few cores: BENCHMARKS.md): they start now,
+            # as many as there are decode tasks beside the warm actors (Ray Data runs no more)
+            if started_ray and limits is not None:
+                slots = max(int(limits[0] / cfg.decode.num_cpus), 1)
+                ray_start.prestart_workers(min(len(p.todo), 8, slots), cfg.decode.num_cpus)
             from pipeline import ray_adapter  # Ray Data, while Ray starts those workers
         streaming = time.monotonic()
-        execution = ray_adapter.Execution(job, p.todo, cfg, keep_warm_s, ray_start.model_env(cfg))
+        execution = ray_adapter.Execution(job, p.todo, cfg, keep_warm_s, ray_start.model_env(cfg), limits)
         # the filter after Ray's processes started: they keep the real stderr
         with Watchdog(cfg.run.stall_timeout_s) as watchdog, Stop(cfg.run.grace_s) as stop, quiet.filtered(cfg.run.verbose):
             for block in execution.blocks():

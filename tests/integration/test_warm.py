@@ -152,6 +152,46 @@ def test_a_warm_actor_that_crashes_or_vanishes_gets_the_block_again(ray_local, t
                 pass
 
 
+def test_beside_warm_actors_ray_data_runs_only_the_decode_tasks_their_cpus_leave_room_for(ray_local):
+    """A decode task waiting on a warm actor gives its CPU back to Ray; Ray Data, counting the warm actors'
+    CPUs as free, ran more such tasks at once (each a worker process to start on few cores). With the
+    limits a run sets (ray_adapter.configure, from ray_start.spare): no more than fit beside the actors."""
+    import time
+
+    import ray
+
+    from pipeline.config import load_config
+    from pipeline.ray_adapter import configure, stream
+
+    @ray.remote(num_cpus=0)
+    class Model:  # a warm actor's stand-in: its CPU is not Ray Data's to count
+        def run(self, x: int) -> int:
+            time.sleep(1.5)  # long enough for Ray to start a worker process for another task meanwhile
+            return x
+
+    model = Model.remote()
+
+    def call(batch: dict) -> dict:  # as a warm stage's task (_WarmCall): the block to the actor, waiting
+        start = time.time()
+        ray.get(model.run.remote(0))
+        return {"start": [start], "end": [time.time()]}
+
+    def most_at_once(limits: tuple[float, float] | None) -> int:
+        configure(cfg, limits)
+        ds = ray.data.from_items([{"i": i} for i in range(6)], override_num_blocks=6)
+        spans = [(b["start"][0].as_py(), b["end"][0].as_py())
+                 for b in stream(ds.map_batches(call, batch_size=None, num_cpus=cfg.decode.num_cpus))]
+        return max(sum(1 for s, e in spans if s <= t < e) for t, _ in spans)
+
+    cfg = load_config(TINY)  # decode tasks of 0.5 CPU; the session's Ray has 2 CPUs
+    try:
+        assert most_at_once((1.0, 0.0)) == 2  # 2 CPUs, 1 of them the actor's
+        assert most_at_once(None) > 2  # the check sees more where Ray Data counts every CPU
+    finally:
+        configure(cfg)
+        ray.kill(model)
+
+
 def test_estimate_on_a_running_ray_measures_the_stages_apart(running_ray, shards):
     """Its sample runs in Ray Data's actor pools, as a run on a cluster: the model stage's seconds are its
     own, not fused into the decode tasks' (and it leaves no warm actor behind)."""
