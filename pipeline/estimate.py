@@ -90,7 +90,7 @@ def estimate(job: Job, inputs: list[str], cfg: Config, sample: int, actors: int 
         # the last stage of an op's name is the one that names it: `ReadReadShards->MapBatches(DecodeImages)`
         spec = next((s for s in job.stages if f"({getattr(s.fn, '__name__', '')})" in op.split("->")[-1]), None)
         model = spec is not None and spec.actor
-        workers = (spec.concurrency or 1) if model and spec is not None else decode_workers
+        workers = spec.actors if model and spec is not None else decode_workers
         per_worker = summary.rows / busy if busy > 0 else math.inf
         stages[op] = {"busy_s": busy, "img_s_per_worker": per_worker, "workers": workers, "model": model,
                       "capacity_img_s": per_worker * workers, "num_gpus": spec.num_gpus if spec is not None else 0.0}

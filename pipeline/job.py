@@ -32,6 +32,11 @@ class StageSpec:
     num_gpus: float = 0.0
     concurrency: int | None = None
 
+    @property
+    def actors(self) -> int:
+        """How many actors a model stage runs: `concurrency`, one by default."""
+        return self.concurrency or 1
+
 
 def model_target(section: str, cfg: ModelConfig, storage: dict[str, Any]) -> Target:
     """The decode target of a model that reads pixels: its image processor's size (no weights loaded)."""

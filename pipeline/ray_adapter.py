@@ -184,7 +184,7 @@ def warm_names(spec: StageSpec, keep: list[str] | None) -> list[str]:
     key = repr((spec.fn.__module__, spec.fn.__qualname__, spec.args, sorted(spec.kwargs.items()), keep,
                 spec.batch_size, spec.num_cpus, spec.num_gpus, _code_version()))
     base = f"capfilt-{spec.fn.__name__}-{hashlib.sha256(key.encode()).hexdigest()[:16]}"
-    return [f"{base}-{i}" for i in range(spec.concurrency or 1)]
+    return [f"{base}-{i}" for i in range(spec.actors)]
 
 
 class _WarmStage:
@@ -315,7 +315,7 @@ def _apply(ds: Any, spec: StageSpec, keep: list[str] | None = None, prebuilt: bo
                 kwargs["runtime_env"] = runtime_env
             # A crashed actor is restarted and its batch retried, but not forever (see ACTOR_RESTARTS).
             return ds.map_batches(_on_arrow(spec.fn, keep, actor=True), fn_constructor_args=spec.args,
-                                  fn_constructor_kwargs=spec.kwargs, compute=ActorPoolStrategy(size=spec.concurrency or 1),
+                                  fn_constructor_kwargs=spec.kwargs, compute=ActorPoolStrategy(size=spec.actors),
                                   max_restarts=ACTOR_RESTARTS, max_task_retries=BATCH_RETRIES, **kwargs)
         # a stateless stage: built once here, shipped to the tasks
         fn = spec.fn if prebuilt else _on_arrow(spec.fn, keep)(*spec.args, **spec.kwargs)

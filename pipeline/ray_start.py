@@ -134,8 +134,7 @@ def keep_warm_s(cfg: Config) -> float:
 def model_resources(job: Job) -> tuple[float, float]:
     """The CPUs and GPUs of the job's model actors, all of them."""
     models = [s for s in job.stages if s.actor]
-    return (sum(s.num_cpus * (s.concurrency or 1) for s in models),
-            sum(s.num_gpus * (s.concurrency or 1) for s in models))
+    return sum(s.num_cpus * s.actors for s in models), sum(s.num_gpus * s.actors for s in models)
 
 
 def spare(held: tuple[float, float]) -> tuple[float, float]:
