@@ -73,6 +73,7 @@ JOB = JobSpec(
     defaults={"caption": {"strategy": "sample", "num_captions": 3}},
     finish=finish,
     commit_hook=commit_hook,
+    alt_text=lambda cfg: True,  # CapFilt judges the web alt-text against the image
     flags=(Flag("--embed", "also write CLIP embeddings (same pass)", override="clean.embed=true"),),
 )
 

@@ -29,6 +29,7 @@ JOB = JobSpec(
     help="CLIP image embeddings (and alt-text embeddings)",
     steps=lambda cfg: [ModelStep(EmbedImages, "clip", options=lambda cfg: {"embed": cfg.embed}, uses=("embed",))],
     tables=tables,
+    alt_text=lambda cfg: cfg.embed.text,
 )
 
 

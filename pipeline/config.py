@@ -25,9 +25,13 @@ class ConfigError(ValueError):
 @dataclass(frozen=True)
 class InputConfig:
     format: Literal["auto", "webdataset", "parquet", "folder"] = "auto"
-    image_column: str = "jpg"  # Parquet: the image-bytes column (img2dataset writes `jpg`)
-    text_column: str = "txt"  # Parquet: the alt-text column, if present
-    key_column: str = "key"  # Parquet: the key column, if present (else `<shard>/<row>`)
+    # Where a sample's image, alt-text and key are (io/layout.py): "auto" finds them by common names
+    # (img2dataset's `jpg` + `caption`, Hugging Face's `image` struct + `text`/`caption`, LAION's `TEXT`, ...).
+    image_column: str = "auto"  # Parquet: bytes, or a struct with a `bytes` field (Hugging Face's Image)
+    # Parquet: the alt-text column; webdataset: the alt-text member (`txt`); null: the input has no alt-text
+    text_column: str | None = "auto"
+    text_field: str | None = None  # webdataset: the alt-text is this field of KEY.json instead of a member
+    key_column: str = "auto"  # Parquet: the key column (`key`, `uid`), else `<file>/<row>`
     image_extensions: tuple[str, ...] = ("jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff")
     rows_per_block: int = 64  # rows per block a read task yields (a block streams, a shard never loads whole)
     max_image_bytes: int = 64 * 2**20  # a larger member/file is not read: its row gets `too_large`
@@ -209,6 +213,10 @@ class Config:
                 for wiring in ("batch_size", "num_gpus", "num_cpus", "num_threads", "concurrency", "rows_per_block",
                                "read_retries", "retry_backoff_s", "timeout_s", "files_per_shard", "rows_per_part"):
                     section.pop(wiring, None)
+        # Where the alt-text and images are read from is not a setting of the output: a rerun that fixes a
+        # column name resumes the same output (each shard's marker records the columns it was read by).
+        for where in ("image_column", "text_column", "text_field", "key_column"):
+            d.get("input", {}).pop(where, None)
         return hashlib.sha1(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:10]
 
 

@@ -113,6 +113,9 @@ class JobSpec:
     flags: tuple[Flag, ...] = ()
     # (config, output, config digest) → the committer's decide-at-commit hook, or None (calibration.py)
     commit_hook: Callable[[Config, str, str], Any] | None = None
+    # Whether the job scores the alt-text (for this config): an input without one is then an error before
+    # Ray starts, unless the config says there is none (input.text_column: null)
+    alt_text: Callable[[Config], bool] | None = None
 
 
 @dataclass(frozen=True)
@@ -128,6 +131,7 @@ class Job:
     finish: Callable[[Finished], dict[str, Any]] | None = None
     options: dict[str, Any] = field(default_factory=dict)  # the job's own flags' values
     commit_hook: Callable[[Config, str, str], Any] | None = None
+    alt_text: bool = False  # the job scores the alt-text (JobSpec.alt_text)
 
     def columns(self) -> list[str]:
         # key/source/status/meta always travel to the driver: the committer reads shard-end rows from them.
@@ -193,4 +197,5 @@ def build_job(spec: JobSpec, cfg: Config, options: dict[str, Any] | None = None)
     sections = tuple(dict.fromkeys(x for s in steps for x in (s.section, *(s.uses if isinstance(s, ModelStep) else ()))))
     return Job(name=spec.name, stages=stages, tables=spec.tables(cfg), sections=sections,
                models={ms.section: getattr(cfg, ms.section).model for ms in models}, revisions=revisions,
-               finish=spec.finish, options=dict(options or {}), commit_hook=spec.commit_hook)
+               finish=spec.finish, options=dict(options or {}), commit_hook=spec.commit_hook,
+               alt_text=bool(spec.alt_text and spec.alt_text(cfg)))

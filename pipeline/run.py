@@ -10,7 +10,7 @@ import threading
 import time
 import uuid
 from collections import Counter
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import pyarrow as pa
@@ -19,6 +19,7 @@ import pyarrow.parquet as pq
 
 from pipeline import quiet
 from pipeline.config import Config
+from pipeline.io.layout import check_inputs, describe
 from pipeline.io.shards import Shard, list_shards
 from pipeline.io.storage import get_fs, join
 from pipeline.io.writer import ShardCommitter, check_writable, committed_shards, shard_ids
@@ -134,16 +135,18 @@ class Stopped(RuntimeError):
 
 
 class ShardsFailed(RuntimeError):
-    """Shards that failed on infrastructure errors past their retries: nothing of them is committed."""
+    """Shards that failed on infrastructure errors past their retries, or whose columns do not fit the config
+    (io/layout.py): nothing of them is committed."""
 
     EXIT_CODE = 4
 
     def __init__(self, failed: dict[str, str], summary: Summary):
         self.failed, self.summary = failed, summary
         lines = [f"  {uri}: {why}" for uri, why in sorted(failed.items())]
-        super().__init__(f"{len(failed)} shard(s) failed on infrastructure errors after their retries "
-                         "(input.read_retries); nothing of them was committed. Rerun the same command to read "
-                         "them again; committed shards are kept.\n" + "\n".join(lines))
+        super().__init__(f"{len(failed)} shard(s) failed, on infrastructure errors after their retries "
+                         "(input.read_retries) or on columns that do not fit the config; nothing of them was committed. "
+                         "Rerun the same command (with the setting it names fixed) to read them again; committed shards "
+                         "are kept.\n" + "\n".join(lines))
 
 
 @dataclass(frozen=True)
@@ -153,12 +156,25 @@ class Plan:
     digest: str
     ids: dict[str, str]  # shard URI → output name, never one of another input's markers
     done: dict[str, dict[str, Any]]  # markers already in the output (all runs): URI → marker
+    columns: dict[str, Any] = field(default_factory=dict)  # what the inputs are read by (io/layout.py)
+
+
+def list_checked(job: Job, inputs: list[str], cfg: Config) -> tuple[list[Shard], dict[str, Any]]:
+    """The inputs' shards, and the columns they are read by: each input's first Parquet footer (or tar
+    sample) checked against the config before Ray starts (InputLayoutError, one line)."""
+    firsts: list[Shard] = []
+    shards = list_shards(inputs, cfg.input.format, cfg.storage, cfg.input.image_extensions, cfg.input.files_per_shard,
+                         firsts=firsts)
+    columns = check_inputs(shards, firsts, cfg.input, cfg.storage, job.alt_text)
+    log.info("reading %d shard(s): %s", len(shards), describe(columns))
+    return shards, columns
 
 
 def plan(job: Job, inputs: list[str], output: str, cfg: Config) -> Plan:
     """Everything that can be checked before Ray starts: the inputs match shards (FileNotFoundError,
-    ValueError), the output can be written (OutputError), and it holds no shard of another config."""
-    shards = list_shards(inputs, cfg.input.format, cfg.storage, cfg.input.image_extensions, cfg.input.files_per_shard)
+    ValueError), their columns fit the config (InputLayoutError), the output can be written (OutputError),
+    and it holds no shard of another config."""
+    shards, columns = list_checked(job, inputs, cfg)
     check_writable(output, cfg.storage)
     digest = cfg.digest(job.sections)
     done = committed_shards(output, cfg.storage)
@@ -175,7 +191,7 @@ def plan(job: Job, inputs: list[str], output: str, cfg: Config) -> Plan:
     if len(todo) < len(shards):
         log.info("resume: %d of %d shards already committed in %s; %d to do", len(shards) - len(todo), len(shards),
                  output, len(todo))
-    return Plan(shards, todo, digest, shard_ids(shards, {m["name"]: uri for uri, m in done.items()}), done)
+    return Plan(shards, todo, digest, shard_ids(shards, {m["name"]: uri for uri, m in done.items()}), done, columns)
 
 
 RETRYABLE = (DECODE_TIMEOUT, MODEL_ERROR, MODEL_OOM)  # what `capfilt retry` runs again
@@ -201,7 +217,7 @@ def retry_plan(job: Job, inputs: list[str], output: str, cfg: Config) -> Plan:
     todo = [replace(s, keys=wanted[s.uri]) for s in p.shards if s.uri in wanted]
     log.info("retry: %d rows (%s) in %d shards of %s", sum(len(k) for k in wanted.values()), ", ".join(RETRYABLE),
              len(todo), output)
-    return Plan(p.shards, todo, p.digest, {uri: m["name"] for uri, m in p.done.items()}, p.done)
+    return Plan(p.shards, todo, p.digest, {uri: m["name"] for uri, m in p.done.items()}, p.done, p.columns)
 
 
 def sample_shards(shards: list[Shard], images: int) -> list[Shard]:
@@ -213,10 +229,10 @@ def sample_shards(shards: list[Shard], images: int) -> list[Shard]:
 
 
 def sample_plan(job: Job, inputs: list[str], output: str, cfg: Config, images: int) -> Plan:
-    shards = list_shards(inputs, cfg.input.format, cfg.storage, cfg.input.image_extensions, cfg.input.files_per_shard)
+    shards, columns = list_checked(job, inputs, cfg)
     check_writable(output, cfg.storage)
     todo = sample_shards(shards, images)
-    return Plan(todo, todo, cfg.digest(job.sections), shard_ids(todo), {})
+    return Plan(todo, todo, cfg.digest(job.sections), shard_ids(todo), {}, columns)
 
 
 def _changed(shard: Shard, marker: dict[str, Any]) -> bool:
@@ -297,14 +313,14 @@ def run_job(job: Job, inputs: list[str], output: str, cfg: Config, retry: bool =
             raise RuntimeError(f"shards not complete at the end of the run: {committer.incomplete()}")
     else:
         log.info("nothing to do: all %d shards of %s are committed", len(p.shards), output)
-    extra: dict[str, Any] = {}
+    extra: dict[str, Any] = {"input_columns": p.columns}
     if committer.failed:  # the post-run hook needs every shard (a top-fraction cut over part is wrong)
         extra["failed_shards"] = dict(sorted(committer.failed.items()))
     if stopped is not None:
         extra["stopped"] = {"signal": stopped, "uncommitted_shards": committer.incomplete()}
     elif not committer.failed and job.finish is not None:
         with phases("finish"):
-            extra = job.finish(Finished(cfg, output, p.digest, job.options))
+            extra.update(job.finish(Finished(cfg, output, p.digest, job.options)))
     if started_ray:
         from pipeline import ray_start
 

@@ -17,6 +17,7 @@ from tests.fixtures.hostile import POISON
 # Offline always: any download attempt fails fast instead of hanging on a closed network.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 # Fault injection (see pipeline/decode/image.py): images starting with this marker kill the decoder process.
 os.environ["CAPFILT_FAILPOINT_DECODE_CRASH"] = POISON.decode()
 logging.getLogger("werkzeug").setLevel(logging.WARNING)  # moto's request log

@@ -28,6 +28,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipeline.config import InputConfig
+from pipeline.io.layout import InputLayoutError, ParquetColumns, json_text, parquet_columns, wds_text
 from pipeline.io.shards import Shard, folder_samples
 from pipeline.io.storage import get_fs
 from pipeline.schema import (
@@ -73,6 +74,7 @@ class _Blocks:
         self.count = 0
         self.skip = skip  # a re-read after a transient error: the first `skip` rows were yielded already
         self.seen: dict[str, int] = {}
+        self.columns: dict[str, Any] | None = None  # what the reader read the samples from (the shard's marker)
 
     def add(
         self,
@@ -92,7 +94,9 @@ class _Blocks:
             self.seen[key] = 0
         if self.keys is not None and key not in self.keys:
             return None
-        if text is not None and len(text) > self.max_text:
+        if text is not None and not text.strip():
+            text = None  # an empty alt-text is none (img2dataset writes an empty KEY.txt for a null caption)
+        elif text is not None and len(text) > self.max_text:
             text = text[: self.max_text]
         self.count += 1
         if self.count <= self.skip:
@@ -116,6 +120,8 @@ class _Blocks:
         meta: dict[str, Any] = {"rows": self.count}
         if input_rows is not None and self.keys is None:
             meta["input_rows"] = input_rows
+        if self.columns is not None:
+            meta["columns"] = self.columns
         self.rows.append(_end_row(self.source, meta))
         table = pa.Table.from_pylist(self.rows, schema=READ_SCHEMA)
         self.rows = []
@@ -167,7 +173,8 @@ class _Guarded:
         self._f.close()
 
 
-def _open(fs: Any, path: str) -> _Guarded:
+def open_input(fs: Any, path: str) -> _Guarded:
+    """An input file whose filesystem errors come out as InfraError (see _Guarded)."""
     return _Guarded(_infra(fs.open, path, "rb"))
 
 
@@ -187,11 +194,16 @@ def read_webdataset(shard: Shard, cfg: InputConfig, options: dict[str, Any], blo
     """Streams a tar member by member (never extracted to disk); consecutive members share a key."""
     image_exts = set(cfg.image_extensions)
     fs, path = get_fs(shard.uri, options)
+    text_member, text_field = wds_text(cfg)
 
     def emit(key: str, parts: dict[str, bytes | None]) -> pa.Table | None:
         ext = next((e for e in parts if e in image_exts), None)
-        text = _text(parts["txt"]) if parts.get("txt") is not None else None  # type: ignore[arg-type]
         meta = _text(parts["json"]) if parts.get("json") is not None else None  # type: ignore[arg-type]
+        if text_field:
+            text = json_text(meta, text_field)
+        else:
+            data = parts.get(text_member) if text_member else None
+            text = _text(data) if data is not None else None
         if ext is None and key in links:
             return blocks.add(key, None, text, meta, READ_ERROR, "the image member is a link: links are never followed")
         if ext is None:
@@ -204,7 +216,7 @@ def read_webdataset(shard: Shard, cfg: InputConfig, options: dict[str, Any], blo
     parts: dict[str, bytes | None] = {}
     links: set[str] = set()
     try:
-        with _open(fs, path) as f, tarfile.open(fileobj=f, mode="r|*") as tar:
+        with open_input(fs, path) as f, tarfile.open(fileobj=f, mode="r|*") as tar:
             for member in tar:
                 if not (member.isfile() or member.issym() or member.islnk()):
                     continue  # directories, devices, fifos: not samples
@@ -244,13 +256,15 @@ def read_webdataset(shard: Shard, cfg: InputConfig, options: dict[str, Any], blo
 
 
 def read_parquet(shard: Shard, cfg: InputConfig, options: dict[str, Any], blocks: _Blocks) -> Iterator[pa.Table]:
-    """Streams a Parquet file by record batches: image bytes, optional text and key columns; the rest → meta."""
+    """Streams a Parquet file by record batches: the image, alt-text and key columns (io/layout.py: named,
+    or found from the schema); the other columns → meta. A sample the writer marked failed (img2dataset: a
+    null image with `status` and `error_message`) keeps the writer's reason in `error`."""
     fs, path = get_fs(shard.uri, options)
     stem = posixpath.splitext(posixpath.basename(path))[0]
     row = 0
     input_rows: int | None = None
     try:
-        with _open(fs, path) as f:
+        with open_input(fs, path) as f:
             # No pre-buffering of whole column chunks, 1 MB reads: pyarrow then decodes one data page at a
             # time, so a read holds a few pages, whatever the row group's size (make bench: 25 MB vs 250 MB
             # row groups in small pages). The pages are the writer's: pyarrow's defaults put 1,024 rows in a
@@ -258,27 +272,32 @@ def read_parquet(shard: Shard, cfg: InputConfig, options: dict[str, Any], blocks
             pf = pq.ParquetFile(f, buffer_size=1 << 20, pre_buffer=False)
             input_rows = pf.metadata.num_rows
             schema = pf.schema_arrow
-            if cfg.image_column not in schema.names:
-                raise ValueError(f"no image column {cfg.image_column!r} (columns: {', '.join(schema.names)}); "
-                                 "set input.image_column")
-            image_type = schema.field(cfg.image_column).type
-            wrong_type = (None if _is_bytes(image_type)
-                          else f"input.image_column {cfg.image_column!r} holds {image_type}, not bytes")
+            # A file whose columns do not fit the config fails whole, uncommitted (read_shard): the rerun
+            # with the setting fixed reads it, where rows of it committed as errors would be skipped.
+            columns = parquet_columns(schema, cfg, shard.uri)
+            blocks.columns = columns.describe()
             for batch in pf.iter_batches(batch_size=cfg.rows_per_block):
                 cols = batch.to_pydict()
-                images = cols.pop(cfg.image_column)
+                images = cols.pop(columns.image)
                 masks = cols.pop(cfg.mask_column, None) if _bytes_column(schema, cfg.mask_column) else None
-                texts = cols.pop(cfg.text_column, None)
-                keys = cols.pop(cfg.key_column, None)
-                for i, image in enumerate(images):
+                texts = cols.pop(columns.text) if columns.text else None
+                keys = cols.pop(columns.key) if columns.key else None
+                for i, cell in enumerate(images):
                     key = str(keys[i]) if keys is not None and keys[i] is not None else f"{stem}/{row:09d}"
                     text = _as_text(texts[i]) if texts is not None else None
-                    meta = json.dumps({k: v[i] for k, v in cols.items()}, default=str) if cols else None
+                    fields = {k: v[i] for k, v in cols.items()}
+                    image, why = cell, None
+                    if columns.image_field is not None:  # Hugging Face's Image: {bytes, path}
+                        image = cell.get(columns.image_field) if cell is not None else None
+                        if cell is not None and cell.get("path") is not None:
+                            fields["path" if "path" not in fields else f"{columns.image}.path"] = cell["path"]
+                            if image is None:  # `datasets` keeps an image it loaded from a file as its path
+                                image, why = _external(cell["path"], options, cfg.max_image_bytes)
+                    meta = json.dumps(fields, default=str) if fields else None
                     row += 1
-                    if wrong_type:
-                        t = blocks.add(key, None, text, meta, READ_ERROR, wrong_type)
-                    elif image is None:
-                        t = blocks.add(key, None, text, meta, MISSING_IMAGE, f"null {cfg.image_column!r}")
+                    if image is None:
+                        t = blocks.add(key, None, text, meta, TOO_LARGE if why and "max_image_bytes" in why else MISSING_IMAGE,
+                                       why or _why_missing(columns, fields))
                     elif len(image) > cfg.max_image_bytes:
                         t = blocks.add(key, None, text, meta, TOO_LARGE, f"over input.max_image_bytes={cfg.max_image_bytes}")
                     else:
@@ -286,7 +305,7 @@ def read_parquet(shard: Shard, cfg: InputConfig, options: dict[str, Any], blocks
                     if t is not None:
                         yield t
     except (OSError, ValueError, pa.ArrowException) as e:
-        if isinstance(e, InfraError):  # the infrastructure's: read_shard reads the shard again
+        if isinstance(e, InfraError | InputLayoutError):  # the infrastructure's, or the config's: not rows
             raise
         t = blocks.add(f"{stem}/{READ_ERROR}", None, None, None, READ_ERROR,
                        f"shard unreadable after {row} rows: {type(e).__name__}: {e}")
@@ -295,6 +314,32 @@ def read_parquet(shard: Shard, cfg: InputConfig, options: dict[str, Any], blocks
     if (t := blocks.flush()) is not None:
         yield t
     yield blocks.end(input_rows=input_rows)
+
+
+def _external(path: str, options: dict[str, Any], limit: int) -> tuple[bytes | None, str | None]:
+    """The image file a Hugging Face Image cell names instead of holding its bytes (`datasets` writes a
+    file-backed image that way): (bytes, None), or (None, why) where the path is relative (to a machine we do
+    not know), gone, or too large."""
+    if not (path.startswith("/") or "://" in path):
+        return None, f"the image is a relative path {path!r}, not bytes: write the Parquet with the images embedded"
+    fs, p = get_fs(path, options)
+    try:
+        if fs.size(p) > limit:
+            return None, f"{path!r} is over input.max_image_bytes={limit}"
+        return fs.cat_file(p), None
+    except FileNotFoundError:
+        return None, f"the image is a path, not bytes, and {path!r} does not exist"
+    except OSError as e:
+        raise InfraError(f"{type(e).__name__}: {e}") from e
+
+
+def _why_missing(columns: ParquetColumns, fields: dict[str, Any]) -> str:
+    """Why a row has no image: the writer's own reason where it gave one (img2dataset: `status`
+    failed_to_download / failed_to_resize and `error_message`, e.g. an HTTP 404)."""
+    source_status, message = fields.get("status"), fields.get("error_message")
+    if isinstance(message, str) and message:
+        return f"{source_status}: {message}" if isinstance(source_status, str) and source_status else message
+    return f"null {columns.image}{'.' + columns.image_field if columns.image_field else ''}"
 
 
 def _bytes_column(schema: pa.Schema, name: str) -> bool:
@@ -322,7 +367,7 @@ def read_folder(shard: Shard, cfg: InputConfig, options: dict[str, Any], blocks:
     samples = shard.files if shard.files is not None else _infra(folder_samples, fs, root, cfg.image_extensions)
     for key, image, txt in samples:
         try:
-            text = _text(fs.cat_file(txt)) if txt else None
+            text = _text(fs.cat_file(txt)) if txt and cfg.text_column is not None else None
             if not image:
                 t = blocks.add(key, None, text, None, MISSING_IMAGE, "no image file for this text")
             elif fs.size(image) > cfg.max_image_bytes:
@@ -367,6 +412,11 @@ def read_shard(shard: Shard, cfg: InputConfig, options: dict[str, Any]) -> Itera
                     return
                 yielded += table.num_rows
                 yield table
+            return
+        except InputLayoutError as e:  # the shard's columns do not fit the config: reading again won't help
+            log.warning("shard %s not read: %s", shard.uri, e)
+            yield pa.Table.from_pylist([_end_row(shard.uri, {"failed": str(e), "attempts": attempt + 1})],
+                                       schema=READ_SCHEMA)
             return
         except InfraError as e:
             why = (str(e).splitlines() or [type(e).__name__])[0][:300]

@@ -91,13 +91,40 @@ def _format_of(path: str, isdir: bool, fmt: str) -> str | None:
     return None
 
 
+def _sidecar(path: str, stems: set[str]) -> bool:
+    """img2dataset writes its metadata (no images) as X.parquet beside each X.tar shard and X/ folder."""
+    return path.endswith(".parquet") and path.removesuffix(".parquet") in stems
+
+
+def _shard_stems(found: list[tuple[str, dict[str, Any]]]) -> set[str]:
+    return {p.rstrip("/").removesuffix(".tar") for p, info in found if info.get("type") == "directory" or p.endswith(".tar")}
+
+
+def _shard_files_of_folders(fs: Any, found: list[tuple[str, dict[str, Any]]], fmt: str) -> list[tuple[str, dict[str, Any]]]:
+    """A folder that holds .tar or .parquet shards (a Hugging Face dataset's `data/`, img2dataset's output
+    folder) stands for them, not for a folder of images; a folder of images stays one."""
+    out: list[tuple[str, dict[str, Any]]] = []
+    for p, info in found:
+        if info.get("type") != "directory" or fmt == "folder":
+            out.append((p, info))
+            continue
+        children = [(c["name"], c) for c in sorted(fs.ls(p, detail=True), key=lambda c: c["name"])]
+        stems = _shard_stems(children)
+        shards = [(name, c) for name, c in children if c.get("type") != "directory" and not _sidecar(name, stems)
+                  and _format_of(name, False, "auto") in ((fmt,) if fmt != "auto" else ("webdataset", "parquet"))]
+        out.extend(shards or [(p, info)])
+    return out
+
+
 def list_shards(inputs: list[str], fmt: str = "auto", options: dict[str, Any] | None = None,
                 image_extensions: tuple[str, ...] = ("jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff"),
-                files_per_shard: int = 0) -> list[Shard]:
+                files_per_shard: int = 0, firsts: list[Shard] | None = None) -> list[Shard]:
     """Lists every shard the inputs name (a folder as shards of `files_per_shard` samples; 0: whole);
-    raises FileNotFoundError naming a pattern that matched nothing."""
+    raises FileNotFoundError naming a pattern that matched nothing. `firsts`: gets the first shard of each
+    input and of each format in it (what io/layout.check_inputs reads before Ray starts)."""
     shards: dict[str, Shard] = {}
     for raw in inputs:
+        mine: dict[str, Shard] = {}
         for pattern in expand_braces(raw):
             fs, path = get_fs(pattern, options)
             if any(c in path for c in "*?["):
@@ -108,10 +135,15 @@ def list_shards(inputs: list[str], fmt: str = "auto", options: dict[str, Any] | 
                 found = []
             if not found:
                 raise FileNotFoundError(f"input {pattern!r} matched nothing")
+            found = _shard_files_of_folders(fs, found, fmt)
             readable = 0
+            stems = _shard_stems(found)
             for p, info in found:
                 isdir = info.get("type") == "directory"
                 f = _format_of(p, isdir, fmt)
+                if f == "parquet" and fmt == "auto" and _sidecar(p, stems):
+                    readable += 1
+                    continue
                 if f is None:
                     if len(found) > 1:
                         continue  # a glob also matched files we do not read (e.g. img2dataset's _stats.json)
@@ -121,13 +153,19 @@ def list_shards(inputs: list[str], fmt: str = "auto", options: dict[str, Any] | 
                     raise ValueError(f"input {pattern!r}: input.format is 'folder' but this is a file")
                 uri = unstrip(fs, p)
                 if f == "folder" and files_per_shard:
-                    shards.update((part.uri, part) for part in _folder_parts(fs, p, uri, image_extensions, files_per_shard))
+                    mine.update((part.uri, part) for part in _folder_parts(fs, p, uri, image_extensions, files_per_shard))
                     continue
                 etag = info.get("ETag") or info.get("etag")
-                shards[uri] = Shard(uri=uri, format=f, size=info.get("size"), etag=str(etag).strip('"') if etag else None)
+                mine[uri] = Shard(uri=uri, format=f, size=info.get("size"), etag=str(etag).strip('"') if etag else None)
             if not readable:  # e.g. a glob that matches only .tar.gz: not one shard, and that is no success
                 names = ", ".join(posixpath.basename(p.rstrip("/")) for p, _ in found[:3])
                 raise ValueError(f"input {pattern!r} matched {len(found)} object(s) ({names}{', ...' if len(found) > 3 else ''}) "
                                  "but none that capfilt reads: .tar (uncompressed webdataset), .parquet, or a folder; "
                                  "set input.format if they are one of these")
+        if firsts is not None:
+            by_format: dict[str, Shard] = {}
+            for shard in sorted(mine.values(), key=lambda s: s.uri):
+                by_format.setdefault(shard.format, shard)
+            firsts.extend(by_format.values())
+        shards.update(mine)
     return sorted(shards.values(), key=lambda s: s.uri)

@@ -164,6 +164,7 @@ class _Pending:
     rows: int = 0
     expected: int | None = None
     input_rows: int | None = None  # what the input says it holds (a Parquet footer), where it says
+    columns: dict[str, Any] | None = None  # the columns (members) the reader read it by (io/layout.py)
     parts: int = 0  # parts spilled to OUT/_staging/<name>/ (a shard larger than output.rows_per_part)
     buffered: int = 0  # rows held here, not spilled
     counts: Counter[str] = field(default_factory=Counter)  # statuses of the spilled rows
@@ -217,6 +218,7 @@ class ShardCommitter:
                 continue
             self.pending[source].expected = end["rows"]
             self.pending[source].input_rows = end.get("input_rows")
+            self.pending[source].columns = end.get("columns")
         if rows.num_rows:
             for source in pc.unique(rows[SOURCE]).to_pylist():
                 if source in self.failed:
@@ -360,7 +362,7 @@ class ShardCommitter:
             raise RuntimeError(f"shard {source}: {p.rows} rows for the {p.input_rows} its footer lists")
         has_flags = any(CAPTION_FLAGS in schema.names for schema in self.tables.values())
         if self._mark(source, name, shard_counts, p.input_rows, retried=p.rows if self.merge else None,
-                      flags=flags if has_flags else None):
+                      flags=flags if has_flags else None, columns=p.columns):
             self.counts.update(counts)
             self.flags.update(flags)
         else:  # another driver's marker won the race (this run wrote the same rows to the same file)
@@ -427,7 +429,8 @@ class ShardCommitter:
         return pa.concat_tables([old.filter(keep), new]).sort_by(KEY)
 
     def _mark(self, source: str, name: str, counts: Counter[str], input_rows: int | None = None,
-              retried: int | None = None, flags: Counter[str] | None = None) -> bool:
+              retried: int | None = None, flags: Counter[str] | None = None,
+              columns: dict[str, Any] | None = None) -> bool:
         """Writes the shard's marker: write-once, so that of two drivers on one output only one commits a
         shard (a retry rewrites its own). False: another driver's marker was there."""
         marker: dict[str, Any] = {"source": source, "name": name, "rows": sum(counts.values()), "counts": dict(counts),
@@ -440,6 +443,8 @@ class ShardCommitter:
             marker["input_rows"] = input_rows
         if retried is not None:
             marker["retried_rows"] = retried
+        if columns is not None:
+            marker["columns"] = columns
         shard = self.inputs.get(source)
         if shard is not None:
             marker.update(size=shard.size, etag=shard.etag)

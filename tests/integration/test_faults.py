@@ -59,7 +59,7 @@ def test_expired_credentials_mid_shard_commit_nothing_and_a_rerun_completes(ray_
         s3_server.expired = False
     err = capsys.readouterr().err
     assert code == 4, err[-2000:]
-    assert "3 shard(s) failed on infrastructure errors" in err and "Rerun the same command" in err
+    assert "3 shard(s) failed, on infrastructure errors" in err and "Rerun the same command" in err
     assert all(f"s3://capfilt-expired/in/{i:05d}.tar: " in err for i in range(3))
     assert "ExpiredToken" in err or "expired" in err.lower() or "Forbidden" in err or "PermissionError" in err
     assert not s3.exists("capfilt-expired/out/_committed") or s3.ls("capfilt-expired/out/_committed") == []

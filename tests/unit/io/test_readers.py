@@ -31,14 +31,28 @@ def test_a_glob_of_only_unreadable_files_is_an_error_naming_what_it_matched(tmp_
 
 
 def test_parquet_columns_of_any_type_never_crash_the_read(tmp_path):
-    pq.write_table(pa.table({"key": [1, 2], "jpg": [10, 20], "txt": [["a", "b"], None]}), tmp_path / "ints.parquet")
-    got = rows(Shard(str(tmp_path / "ints.parquet"), "parquet"))
-    assert [r["status"] for r in got] == [READ_ERROR, READ_ERROR] and [r["key"] for r in got] == ["1", "2"]
-    assert got[0]["error"] == "input.image_column 'jpg' holds int64, not bytes"
-    assert got[0]["text"] == '["a", "b"]' and got[1]["text"] is None  # a list text column: kept, as JSON
+    pq.write_table(pa.table({"key": [1, 2], "jpg": [b"x", None], "txt": [["a", "b"], None]}), tmp_path / "ints.parquet")
+    got = rows(Shard(str(tmp_path / "ints.parquet"), "parquet"), InputConfig(rows_per_block=3, text_column="txt"))
+    assert [r["key"] for r in got] == ["1", "2"] and [r["status"] for r in got] == [OK, MISSING_IMAGE]
+    assert got[0]["text"] == '["a", "b"]' and got[1]["text"] is None  # a list text column named: kept, as JSON
     pq.write_table(pa.table({"jpg": [jpeg(np.zeros((8, 8, 3), np.uint8))], "txt": [7]}), tmp_path / "num.parquet")
-    got = rows(Shard(str(tmp_path / "num.parquet"), "parquet"))
+    got = rows(Shard(str(tmp_path / "num.parquet"), "parquet"), InputConfig(text_column="txt"))
     assert got[0]["status"] == OK and got[0]["text"] == "7"
+    # found by name, a column must hold text: a number column is no alt-text
+    assert rows(Shard(str(tmp_path / "num.parquet"), "parquet"))[0]["text"] is None
+
+
+def test_a_parquet_image_column_of_another_type_fails_the_shard_uncommitted(tmp_path):
+    """Columns that do not fit the config are the config's mistake, not rows: the shard ends `failed` at once
+    (no retries), so nothing of it commits and the rerun with the setting fixed reads it."""
+    pq.write_table(pa.table({"key": [1, 2], "jpg": [10, 20]}), tmp_path / "ints.parquet")
+    tables = list(read_shard(Shard(str(tmp_path / "ints.parquet"), "parquet"), InputConfig(image_column="jpg"), {}))
+    (end,) = pa.concat_tables(tables).to_pylist()
+    assert end["status"] == SHARD_END
+    meta = json.loads(end["meta"])
+    assert meta["attempts"] == 1 and "input.image_column 'jpg' holds int64, not image bytes" in meta["failed"]
+    tables = list(read_shard(Shard(str(tmp_path / "ints.parquet"), "parquet"), CFG, {}))  # auto: none to find
+    assert "no column of image bytes (columns: key (int64), jpg (int64))" in json.loads(tables[-1]["meta"][0].as_py())["failed"]
 
 
 def test_zero_byte_objects_are_rows(tmp_path):
@@ -52,7 +66,8 @@ def test_a_parquet_shard_end_says_what_its_footer_lists(tmp_path):
     write_parquet(tmp_path / "p.parquet", 5, size=32)
     tables = list(read_shard(Shard(str(tmp_path / "p.parquet"), "parquet"), CFG, {}))
     end = pa.concat_tables(tables).to_pylist()[-1]
-    assert json.loads(end["meta"]) == {"rows": 5, "input_rows": 5}
+    assert json.loads(end["meta"]) == {"rows": 5, "input_rows": 5,
+                                       "columns": {"image": "jpg", "text": "caption", "key": "key"}}
 
 
 def test_a_folder_is_listed_as_parts_of_files_per_shard_samples(tmp_path):
@@ -84,7 +99,9 @@ def test_list_shards_globs_braces_and_errors(tmp_path):
     assert len(list_shards([str(tmp_path / "{00000..00001}.tar")])) == 2
     with pytest.raises(FileNotFoundError, match="00006.tar"):
         list_shards([str(tmp_path / "{00006..00007}.tar")])
-    assert list_shards([str(tmp_path)])[0].format == "folder"
+    assert list_shards([str(tmp_path)]) == by_glob  # a folder of shards stands for its shards
+    write_folder(tmp_path / "imgs", 2, size=32)
+    assert [s.format for s in list_shards([str(tmp_path / "imgs")])] == ["folder"]  # a folder of images is one
 
 
 def test_webdataset_groups_members_by_key(tmp_path, photos):
@@ -126,12 +143,14 @@ def test_parquet_reader(tmp_path):
 
 def test_parquet_without_key_or_text_and_with_null_image(tmp_path):
     path = tmp_path / "x.parquet"
-    pq.write_table(pa.table({"img": [b"abc", None]}), path)
-    out = rows(Shard(str(path), "parquet"), InputConfig(image_column="img"))
-    assert [r["key"] for r in out] == ["x/000000000", "x/000000001"]
-    assert [r["status"] for r in out] == [OK, MISSING_IMAGE]
-    bad = rows(Shard(str(path), "parquet"))  # image column `jpg` is not there
-    assert bad[0]["status"] == READ_ERROR and "input.image_column" in bad[0]["error"]
+    pq.write_table(pa.table({"img": [b"abc", None], "n": [1, 2]}), path)
+    for cfg in (InputConfig(image_column="img"), CFG):  # named, or found: the one bytes column
+        out = rows(Shard(str(path), "parquet"), cfg)
+        assert [r["key"] for r in out] == ["x/000000000", "x/000000001"]
+        assert [r["status"] for r in out] == [OK, MISSING_IMAGE] and out[1]["error"] == "null img"
+    tables = list(read_shard(Shard(str(path), "parquet"), InputConfig(image_column="jpg"), {}))
+    assert "no image column 'jpg' (columns: img (binary), n (int64)); set input.image_column" in \
+        json.loads(tables[-1]["meta"][0].as_py())["failed"]
 
 
 def test_folder_reader(tmp_path):
