@@ -27,7 +27,7 @@ CAPTION = ModelStep(CaptionImages, "caption", target=caption_target)  # the capt
 
 JOB = JobSpec(
     name="caption",
-    help="caption every image (BLIP, BLIP-2, ViT-GPT2)",
+    help="caption every image (BLIP, BLIP-2, ViT-GPT2, LLaVA, Florence-2, Qwen2-VL, SmolVLM)",
     steps=lambda cfg: [CAPTION],
     tables=lambda cfg: {"captions": CAPTIONS_SCHEMA},
 )

@@ -10,6 +10,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from pipeline import quiet
 from pipeline.config import ConfigError, load_config
 from pipeline.job import JobSpec
 from pipeline.progress import fmt_rate
@@ -130,6 +131,7 @@ def main(argv: Sequence[str] | None = None, *, command: bool | None = None, exit
         from pipeline.models.alpha_clip import convert
         from pipeline.models.loading import resolve_model
 
+        quiet.apply_switches(args.verbose)  # --base tiny:clip is built on first use
         try:
             out = convert(args.checkpoint, args.out_dir, resolve_model(args.base))
         except (ConfigError, FileNotFoundError, ValueError) as e:
@@ -138,14 +140,14 @@ def main(argv: Sequence[str] | None = None, *, command: bool | None = None, exit
         print(f"capfilt convert: Alpha-CLIP → {out} (load it as any CLIP; pixel_values get a 4th, alpha channel)")
         return 0
     overrides = list(args.overrides)
+    if args.verbose:
+        overrides.append("run.verbose=true")
     if args.job == "inspect":
         return _inspect(args, overrides)
     if args.job == "estimate":
         return _estimate(args, overrides, specs)
     if args.address:
         overrides.append(f"run.address={args.address}")
-    if args.verbose:
-        overrides.append("run.verbose=true")
     retry = args.job == "retry"
     options: dict[str, Any] = {}
     from pipeline.io.writer import OutputError
@@ -167,6 +169,7 @@ def main(argv: Sequence[str] | None = None, *, command: bool | None = None, exit
                     options[flag.dest] = value
         with phases("config_models"):
             cfg = load_config(args.config, overrides, defaults=defaults)
+            quiet.apply_switches(cfg.run.verbose)  # before build_job: it builds tiny models on first use
             # Everything a user can get wrong fails here, in one line with exit 2, before Ray starts: the
             # config, the models (build_job), the inputs and the output (run_job plans before it starts Ray).
             job = build_job(spec, cfg, options)
@@ -222,6 +225,7 @@ def _estimate(args: argparse.Namespace, overrides: list[str], specs: dict[str, J
             raise ConfigError(f"estimate: --sample must be at least 1, got {args.sample}")
         spec = specs[args.estimate_job]
         cfg = load_config(args.config, overrides, defaults=spec.defaults)
+        quiet.apply_switches(cfg.run.verbose)
         job = build_job(spec, cfg)
         result = estimate(job, args.input, cfg, args.sample, args.actors, args.cpus)
     except (ConfigError, FileNotFoundError, ValueError) as e:
@@ -240,6 +244,7 @@ def _inspect(args: argparse.Namespace, overrides: list[str]) -> int:
         if args.keep is not None and not 0 < args.keep <= 1:
             raise ConfigError(f"inspect: --keep must be a fraction in (0, 1], got {args.keep}")
         cfg = load_config(args.config, overrides)
+        quiet.apply_switches(cfg.run.verbose)  # --html loads the run's scorers and draws with matplotlib
         report = inspect_output(args.output, cfg.storage, keep=args.keep)
     except (ConfigError, InspectError, FileNotFoundError) as e:
         print(f"capfilt: {e}", file=sys.stderr)
@@ -259,7 +264,7 @@ def _print_summary(job: str, summary: Summary) -> None:
     failed = len(summary.extra.get("failed_shards", {}))
     t = summary.extra.get("timing") or {}
     split = ""
-    if t.get("startup_s") is not None:
+    if all(t.get(k) is not None for k in ("startup_s", "work_s", "shutdown_s")):
         split = f" (start-up {t['startup_s']:.1f}s, work {t['work_s']:.1f}s, shutdown {t['shutdown_s']:.1f}s)"
     steady = f"{fmt_rate(summary.steady_images_per_s)} img/s" if summary.steady_images_per_s is not None else "n/a"
     print(f"capfilt {job}: {summary.rows} rows ({counts}) from {summary.shards_done} shards "

@@ -167,10 +167,15 @@ def _num(x: float | None, digits: int = 4) -> str:
     return "-" if x is None else f"{x:.{digits}f}"
 
 
+def _na(x: Any, unit: str = "") -> str:
+    """A value of run.json as printed, "n/a" where it has none (no steady window, an older or partial run.json)."""
+    return "n/a" if x is None else f"{x}{unit}"
+
+
 def render(d: dict[str, Any]) -> str:
     """The summary a person reads."""
-    lines = [f"capfilt inspect {d['output']}: job {d['job']}, {d['rows']} rows from {d['shards_committed']} "
-             f"committed shards"]
+    lines = [f"capfilt inspect {d['output']}: job {d['job'] or 'unknown (no run.json)'}, {d['rows']} rows from "
+             f"{d['shards_committed']} committed shards"]
     lines.append("  status: " + ", ".join(f"{k} {v} ({v / d['rows']:.1%})" for k, v in d["counts"].items())
                  if d["rows"] else "  status: no rows")
     if "caption_flags" in d:
@@ -204,10 +209,11 @@ def render(d: dict[str, Any]) -> str:
             lines.append(f"  {table}: " + ", ".join(info["embeddings"]))
     r = d.get("run")
     if r:
-        lines.append(f"  last run {r.get('run_id')}: {r.get('seconds')} s, {r.get('images_per_s')} img/s "
-                     f"(steady {r.get('steady_images_per_s')}), first block after {r.get('first_block_s')} s")
+        lines.append(f"  last run {_na(r.get('run_id'))}: {_na(r.get('seconds'), ' s')}, "
+                     f"{_na(r.get('images_per_s'), ' img/s')} (steady {_na(r.get('steady_images_per_s'), ' img/s')}), "
+                     f"first block after {_na(r.get('first_block_s'), ' s')}")
         for op, t in (r.get("stages") or {}).items():
-            lines.append(f"    {op}: busy {t.get('busy_s', 0):.1f} s")
+            lines.append(f"    {op}: busy {t.get('busy_s') or 0:.1f} s")
         for section, model in (r.get("models") or {}).items():
             rev = (r.get("revisions") or {}).get(section)
             lines.append(f"    model {section}: {model}" + (f" @ {rev}" if rev else ""))

@@ -16,12 +16,13 @@ from contextlib import contextmanager
 # The libraries' own switches, for this process and the workers of a local Ray it starts (they inherit
 # its environment); a value the user set wins.
 ENV = {
-    "HF_HUB_DISABLE_PROGRESS_BARS": "1",  # transformers' "Loading weights" bar, in every model actor
+    "HF_HUB_DISABLE_PROGRESS_BARS": "1",  # transformers' bars: "Loading weights" (every model actor), "Writing model shards"
     "TRANSFORMERS_VERBOSITY": "error",
 }
-# Loggers whose warnings are notices (Ray's token-auth notice, Ray Data's "Progress bars disabled" and
-# "experimental" remarks); their errors still show.
-LOGGERS = ("ray", "ray.data")
+# Loggers and the level they show from: Ray's warnings are notices (its token-auth notice, Ray Data's
+# "Progress bars disabled" and "experimental" remarks), their errors still show; matplotlib's INFO lines
+# (`inspect --html`: "generated new fontManager" on its first use) are notes on its own cache.
+LOGGERS = {"ray": logging.ERROR, "ray.data": logging.ERROR, "matplotlib": logging.WARNING}
 
 # Ray Data passes each actor its map function by reference, and Ray's core worker logs an error for every
 # restartable actor created so (ray-project/ray#53727): a false alarm here, as the operator holds the
@@ -30,13 +31,28 @@ DROP = (re.compile(rb"core_worker\.cc:\d+: Actor with class name: .* has constru
 
 
 def apply_switches(verbose: bool) -> None:
-    """Before Ray starts: the environment for its workers and the loggers' levels."""
+    """Before a command loads or builds a model, and before Ray starts: the environment for this process
+    and Ray's workers, and the loggers' levels."""
     if verbose:
         return
     for k, v in ENV.items():
         os.environ.setdefault(k, v)
-    for name in LOGGERS:
-        logging.getLogger(name).setLevel(logging.ERROR)
+    for name, level in LOGGERS.items():
+        logging.getLogger(name).setLevel(level)
+    # transformers and huggingface_hub read ENV once, when imported: a process that imported them already
+    # (a program calling cli.main, a test session) gets their own switches. Neither is imported for this
+    # (`capfilt --help` and `inspect` of a job without models stay fast).
+    if "huggingface_hub" in sys.modules and os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] == "1":
+        from huggingface_hub.utils import disable_progress_bars
+
+        disable_progress_bars()
+    if "transformers" in sys.modules:
+        from transformers.utils import logging as hf_logging
+
+        if os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] == "1":
+            hf_logging.disable_progress_bar()  # "Loading weights", "Writing model shards"
+        if os.environ["TRANSFORMERS_VERBOSITY"] == "error":
+            hf_logging.set_verbosity_error()
 
 
 class StderrFilter:

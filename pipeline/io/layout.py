@@ -31,6 +31,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.config import InputConfig
+from pipeline.io.files import InfraError, open_input
 from pipeline.io.shards import Shard
 from pipeline.io.storage import get_fs
 
@@ -150,8 +151,6 @@ def json_text(meta: str | None, field: str) -> str | None:
 def _first_sample(shard: Shard, options: dict[str, Any]) -> tuple[str, dict[str, bytes]] | None:
     """The members of a tar's first sample (key, extension → bytes of its small members): reads only the
     tar's first few blocks."""
-    from pipeline.io.readers import open_input  # the readers use this module: imported here, not at the top
-
     fs, path = get_fs(shard.uri, options)
     key, parts = None, {}
     try:
@@ -198,8 +197,8 @@ def check_inputs(shards: list[Shard], firsts: list[Shard], cfg: InputConfig, opt
             used.setdefault("parquet", {**cols.describe(), "from": name})
         elif shard.format == "webdataset":
             member, field = wds_text(cfg)
-            desc = {"image": "|".join(cfg.image_extensions), "text": f"json.{field}" if field else member,
-                    "key": "member name", "from": name}
+            desc = {"image": "KEY.<image extension>", "text": f"KEY.json[{field!r}]" if field else member and f"KEY.{member}",
+                    "key": "KEY", "from": name}
             if alt_text and (member or field):
                 first = _first_sample(shard, options)
                 if first is not None:
@@ -217,16 +216,14 @@ def check_inputs(shards: list[Shard], firsts: list[Shard], cfg: InputConfig, opt
             if alt_text and cfg.text_column is not None and shard.files is not None \
                     and not any(txt for _, _, txt in shard.files):
                 raise InputLayoutError(f"input {shard.uri.split('#', 1)[0]}: this job scores the alt-text, and no image "
-                                       f"has a same-name .txt{none_hint}")
-            used.setdefault("folder", {"image": "|".join(cfg.image_extensions),
-                                       "text": None if cfg.text_column is None else "txt", "key": "path", "from": name})
+                                       "has a same-name .txt; set input.text_column=null if the input has no alt-text")
+            used.setdefault("folder", {"image": "image files", "text": None if cfg.text_column is None else "same-name .txt",
+                                       "key": "path", "from": name})
     return used
 
 
 def _footer_schema(shard: Shard, options: dict[str, Any]) -> pa.Schema | None:
     """A Parquet file's schema from its footer (a read from the end of the file), None if unreadable."""
-    from pipeline.io.readers import InfraError, open_input
-
     fs, path = get_fs(shard.uri, options)
     try:
         with open_input(fs, path) as f:

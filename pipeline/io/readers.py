@@ -28,6 +28,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipeline.config import InputConfig
+from pipeline.io.files import InfraError, infra, open_input
 from pipeline.io.layout import InputLayoutError, ParquetColumns, json_text, parquet_columns, wds_text
 from pipeline.io.shards import Shard, folder_samples
 from pipeline.io.storage import get_fs
@@ -131,51 +132,6 @@ class _Blocks:
 def _end_row(source: str, meta: dict[str, Any]) -> dict[str, Any]:
     return {KEY: f"{SHARD_END}:{source}", SOURCE: source, IMAGE: None, TEXT: None, META: json.dumps(meta),
             STATUS: SHARD_END, ERROR: None, MASK: None}
-
-
-class InfraError(OSError):
-    """An OSError of the filesystem, not of parsing: the shard is read again (see read_shard)."""
-
-
-def _infra(fn: Any, *args: Any) -> Any:
-    try:
-        return fn(*args)
-    except InfraError:
-        raise
-    except OSError as e:
-        raise InfraError(f"{type(e).__name__}: {e}") from e
-
-
-class _Guarded:
-    """A file whose filesystem errors come out as InfraError. The parsers' own errors must stay data
-    errors, and they cannot be told apart by type: pyarrow raises a plain OSError for corrupt Parquet
-    metadata, the same type s3fs raises for a 503 or an expired token."""
-
-    def __init__(self, f: Any):
-        self._f = f
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._f, name)
-
-    def read(self, *args: Any) -> Any:
-        return _infra(self._f.read, *args)
-
-    def readinto(self, buf: Any) -> Any:
-        return _infra(self._f.readinto, buf)
-
-    def seek(self, *args: Any) -> Any:
-        return _infra(self._f.seek, *args)
-
-    def __enter__(self) -> _Guarded:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._f.close()
-
-
-def open_input(fs: Any, path: str) -> _Guarded:
-    """An input file whose filesystem errors come out as InfraError (see _Guarded)."""
-    return _Guarded(_infra(fs.open, path, "rb"))
 
 
 def _text(data: bytes) -> str:
@@ -364,7 +320,7 @@ def read_folder(shard: Shard, cfg: InputConfig, options: dict[str, Any], blocks:
     """A folder (or a part of one: see shards.py) of images with optional same-name `.txt`; keys are
     paths relative to the folder."""
     fs, root = get_fs(shard.root or shard.uri, options)
-    samples = shard.files if shard.files is not None else _infra(folder_samples, fs, root, cfg.image_extensions)
+    samples = shard.files if shard.files is not None else infra(folder_samples, fs, root, cfg.image_extensions)
     for key, image, txt in samples:
         try:
             text = _text(fs.cat_file(txt)) if txt and cfg.text_column is not None else None

@@ -1,10 +1,13 @@
 """What every run prints is true and quiet: the end line's seconds are the command's, a short run claims no
-steady rate or ETA, stderr holds capfilt's own lines unless --verbose, and the local Ray capfilt starts
-reports no usage statistics unless the user says so. Each in a subprocess, as a user runs it."""
+steady rate or ETA, stderr holds capfilt's own lines unless --verbose (a first run that builds its tiny
+models, `inspect --html` that loads the run's scorers and draws), nothing reads "None", `--help` names
+every captioner family, and the local Ray capfilt starts reports no usage statistics unless the user says
+so. Each in a subprocess, as a user runs it."""
 
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -13,12 +16,17 @@ import time
 import pytest
 
 from pipeline import quiet
-from tests.fixtures.paths import ROOT, TINY
+from pipeline.models.captioner import FAMILIES
+from tests.fixtures.paths import CONFIGS, ROOT, TINY
 from tests.fixtures.processes import cli, subprocess_env
 from tests.fixtures.samples import write_webdataset
 
-# capfilt's own stderr: its log lines (logging's default format as the CLI sets it) and its one-line errors
-CAPFILT_LINE = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ (DEBUG|INFO|WARNING|ERROR) capfilt[.:\w]*|capfilt: )")
+# capfilt's own stderr: its log lines (logging's default format as the CLI sets it; its modules log as
+# `pipeline.*`) and its one-line errors
+CAPFILT_LINE = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ (DEBUG|INFO|WARNING|ERROR) (capfilt|pipeline)[.:\w]*|capfilt: )")
+# How `capfilt --help` names each captioner family (pipeline/models/captioner.py: FAMILIES)
+FAMILY_NAMES = {"blip": "BLIP", "blip-2": "BLIP-2", "vision-encoder-decoder": "ViT-GPT2", "llava": "LLaVA",
+                "florence2": "Florence-2", "qwen2_vl": "Qwen2-VL", "smolvlm": "SmolVLM"}
 
 
 @pytest.fixture()
@@ -33,13 +41,31 @@ def run(args: list[str], env: dict[str, str]) -> tuple[subprocess.CompletedProce
     return done, time.perf_counter() - start
 
 
-@pytest.mark.slow  # two jobs, each on its own local Ray
+def not_capfilts(stderr: str) -> list[str]:
+    return [x for x in stderr.splitlines() if x.strip() and not CAPFILT_LINE.match(x)]
+
+
+def test_help_names_every_captioner_family():
+    assert set(FAMILY_NAMES) == set(FAMILIES)  # a new family: name it in jobs/caption.py's help and here
+    done = subprocess.run(cli("--help"), cwd=ROOT, env={**os.environ, "COLUMNS": "200"}, capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0, done.stderr
+    caption = next(x for x in done.stdout.splitlines() if x.strip().startswith("caption "))
+    assert [n for n in FAMILY_NAMES.values() if not re.search(rf"[( ]{re.escape(n)}[,)]", caption)] == [], caption
+
+
+@pytest.mark.slow  # three jobs, each on its own local Ray, and an inspect
 def test_the_end_line_is_the_commands_time_and_stderr_is_capfilts_own(tmp_path, ray_dir, shards):
-    # a user's environment: without the switches an earlier in-process run of this session set (quiet.ENV)
+    # a user's environment: without the switches an earlier in-process run of this session set (quiet.ENV),
+    # and a first run: an empty model cache (the tiny models are built, by transformers' save_pretrained)
     env = {k: v for k, v in subprocess_env(ray_dir).items() if k not in quiet.ENV}
-    args = ["caption", "--input", shards, "--config", TINY, "--set", "run.progress=log", "--set", "run.log_every_s=0"]
+    env["CAPFILT_CACHE"] = str(tmp_path / "cache")
+    # clean: three models to build, and two scorers for `inspect --html` to load
+    args = ["clean", "--input", shards, "--config", str(CONFIGS / "tiny-clean.yaml"), "--set", "run.progress=log",
+            "--set", "run.log_every_s=0"]
     done, wall = run([*args, "--output", str(tmp_path / "out")], env)
     assert done.returncode == 0, done.stderr
+    assert "building tiny model" in done.stderr and "None" not in done.stdout
     end = next(x for x in done.stdout.splitlines() if " rows (" in x)
     seconds = float(re.search(r" in ([\d.]+)s \(start-up ([\d.]+)s, work ([\d.]+)s, shutdown ([\d.]+)s\)", end).group(1))
     assert abs(seconds - wall) <= 1.0, (seconds, wall)  # the stopwatch's figure, not the loop's
@@ -47,8 +73,14 @@ def test_the_end_line_is_the_commands_time_and_stderr_is_capfilts_own(tmp_path, 
     progress = [x for x in done.stderr.splitlines() if "progress:" in x]
     assert progress and all("steady rate n/a yet | ETA n/a" in x or x.split("progress: ")[1].startswith("starting")
                             for x in progress)
-    others = [x for x in done.stderr.splitlines() if x.strip() and not CAPFILT_LINE.match(x)]
-    assert others == [], others
+    assert not_capfilts(done.stderr) == []  # no "Writing model shards" bar, no "Loading weights"
+
+    # The report of that run, by a matplotlib that has no font cache yet (its first use on a machine).
+    page = tmp_path / "report.html"
+    shown, _ = run(["inspect", str(tmp_path / "out"), "--html", str(page)], {**env, "MPLCONFIGDIR": str(tmp_path / "mpl")})
+    assert shown.returncode == 0, shown.stderr
+    assert page.exists() and "(steady n/a)" in shown.stdout and "None" not in shown.stdout  # the page's summary too
+    assert not_capfilts(shown.stderr) == []  # no "Loading weights" bar, no matplotlib INFO line
 
     # Long enough for a steady window of 0.3 s: 16 shards, whose captions reach the driver a shard at a time
     # (beam 4, 24 tokens). The steady rate is the rows after the first block over the time since.
@@ -66,9 +98,10 @@ def test_the_end_line_is_the_commands_time_and_stderr_is_capfilts_own(tmp_path, 
     assert rate < report["rows"] / t["work_s"] * 1.01 and report["images_per_s"] < rate  # start-up not in it
     assert f"steady {rate:.1f} img/s" in next(x for x in steady.stdout.splitlines() if " rows (" in x)
 
-    loud, _ = run([*args, "--output", str(tmp_path / "out-verbose"), "--verbose"], env)
+    loud, _ = run([*args, "--output", str(tmp_path / "out-verbose"), "--verbose"], {**env, "CAPFILT_CACHE": str(tmp_path / "c2")})
     assert loud.returncode == 0, loud.stderr
-    libraries = [x for x in loud.stderr.splitlines() if x.strip() and not CAPFILT_LINE.match(x)]
+    libraries = not_capfilts(loud.stderr)
+    assert any("Writing model shards" in x for x in libraries)  # transformers' bar, building the tiny models
     assert any("Loading weights" in x for x in libraries)  # transformers' bar, from the model actor
     assert any("core_worker.cc" in x for x in libraries)  # Ray's C++ line, written straight to fd 2
 

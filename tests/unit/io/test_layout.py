@@ -164,7 +164,7 @@ def test_the_check_reads_a_tars_first_sample_for_the_alt_text(tmp_path):
     shards = list_shards([str(tmp_path / "a.tar")], firsts=firsts)
     with pytest.raises(InputLayoutError, match=r"its first sample has no member k1.txt \(members: jpg, json\)"):
         check_inputs(shards, firsts, InputConfig(), {}, alt_text=True)
-    assert check_inputs(shards, firsts, InputConfig(text_field="alt"), {}, True)["webdataset"]["text"] == "json.alt"
+    assert check_inputs(shards, firsts, InputConfig(text_field="alt"), {}, True)["webdataset"]["text"] == "KEY.json['alt']"
     assert check_inputs(shards, firsts, InputConfig(text_column=None), {}, True)["webdataset"]["text"] is None
 
 
