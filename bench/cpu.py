@@ -412,7 +412,7 @@ def bench_vlm(work: Path, name: str, n: int, batch: int) -> dict[str, Any]:
             "pipeline_vs_model_alone": stage / alone_img_s, "same_captions": same}
 
 
-CPU_PARTS = ("startup", "decode", "cross", "small", "tiny", "memory", "faults", "estimate", "vlm")
+CPU_PARTS = ("startup", "plan", "decode", "cross", "small", "tiny", "memory", "faults", "estimate", "vlm")
 
 EXTRA_PARTS = ("cross-base",)  # only when asked for (`--only cross-base`): full-size BLIP-base and ViT-GPT2, ~3 min
 
@@ -430,6 +430,10 @@ def cpu_suite(quick: bool, work: Path, parts: tuple[str, ...] = CPU_PARTS) -> di
         from bench.startup import bench_startup
 
         res["startup"] = bench_startup(work, quick)
+    if "plan" in parts:  # no Ray: the driver's plan against S3 (moto)
+        from bench.plan import bench_plan
+
+        res["plan"] = bench_plan(4000 if quick else 40_000)
     if "decode" in parts:
         res["decode"] = bench_decode(datas, small, secs)
     if "cross" in parts:

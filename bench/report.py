@@ -70,6 +70,14 @@ def cpu_table(res: dict[str, Any]) -> str:
         b = res["bad_rows"]
         lines.append(f"| cost of a bad row: {b['rows']} undecodable images through DecodeImages (ms per row; good web "
                      f"JPEGs beside) | {b['good_ms_per_row']:.2f} | {b['bad_ms_per_row']:.2f} | | ≤ 5 ms |")
+    if "plan" in res:
+        pl = res["plan"]
+        lines.append(f"| the plan of {pl['shards']:,} shards on S3 (moto), {pl['committed']:,} committed: seconds (requests), "
+                     f"markers read one by one → from the runs' indexes; a brace range: {pl['brace']['seconds']:.1f} s "
+                     f"({pl['brace']['requests']}) | {pl['glob_no_index']['seconds']:.1f} "
+                     f"({pl['glob_no_index']['requests']:,}) | "
+                     f"{pl['glob']['seconds']:.1f} ({pl['glob']['requests']}) | "
+                     f"{pl['glob_no_index']['seconds'] / max(pl['glob']['seconds'], 1e-9):.0f}× | seconds, bounded requests |")
     if "estimate" in res:
         e = res["estimate"]
         lines.append(f"| `capfilt estimate` on {e['sample']} images, then the {e['images']}-image caption run it predicts "

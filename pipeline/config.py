@@ -86,7 +86,9 @@ class ModelConfig:
     num_gpus: float = 0.0  # per actor; fractional packs several models on one GPU
     num_cpus: float = 1.0
     num_threads: int | None = None  # torch threads per actor on CPU; null = ceil(num_cpus)
-    concurrency: int = 1  # actors in the pool
+    # Actors in the pool. null: on GPUs (num_gpus > 0), from one up to one per GPU of the cluster (for each
+    # set of the job's models: Ray Data's autoscaling pool); on CPUs, one
+    concurrency: int | None = None
     compile: bool = False  # torch.compile the vision tower on a GPU (first batches pay the compile)
 
 

@@ -7,7 +7,8 @@ images per second of one worker (rows / the stage's busy seconds, from Ray Data'
 size in images comes from what the listing knows: Parquet footers and folder listings exactly; tar
 shards by their bytes, at the sample's bytes per sample (tar headers read up to the sampled members).
 
-Projection: as sampled (this config, this cluster): start-up + images / steady rate. With `--actors A`
+Projection: as sampled (this config, this cluster): start-up + images / steady rate, the rate at most
+the bottleneck stage's capacity. With `--actors A`
 (model actors per model stage: GPUs, on a GPU box) and `--cpus C` (CPUs for the read+decode tasks), each
 stage's capacity is its per-worker rate × its workers; the slowest stage is the bottleneck and sets the
 rate; GPU-hours = wall hours × A × the GPUs each actor asks for, summed over model stages.
@@ -90,11 +91,18 @@ def estimate(job: Job, inputs: list[str], cfg: Config, sample: int, actors: int 
         # the last stage of an op's name is the one that names it: `ReadReadShards->MapBatches(DecodeImages)`
         spec = next((s for s in job.stages if f"({getattr(s.fn, '__name__', '')})" in op.split("->")[-1]), None)
         model = spec is not None and spec.actor
-        workers = spec.actors if model and spec is not None else decode_workers
+        # a model stage's workers: its pool's most actors on the cluster the sample ran on
+        pool = summary.extra.get("actor_pools", {}).get(getattr(spec.fn, "__name__", "") if spec else "")
+        workers = (pool[1] if pool else spec.most_actors) if model and spec is not None else decode_workers
         per_worker = summary.rows / busy if busy > 0 else math.inf
         stages[op] = {"busy_s": busy, "img_s_per_worker": per_worker, "workers": workers, "model": model,
                       "capacity_img_s": per_worker * workers, "num_gpus": spec.num_gpus if spec is not None else 0.0}
     bottleneck = min(stages, key=lambda op: stages[op]["capacity_img_s"]) if stages else None
+    # The sample's rate after its first block overstates a short sample where decode ran ahead while the
+    # model loaded (its blocks queued, then drained at once): the whole run cannot go faster than its
+    # slowest stage's capacity.
+    if bottleneck is not None and stages[bottleneck]["capacity_img_s"] < steady:
+        steady = stages[bottleneck]["capacity_img_s"]
     out: dict[str, Any] = {
         "sample": {"images": summary.rows, "shards": len(sampled), "seconds": summary.seconds, "startup_s": startup,
                    "steady_img_s": steady},

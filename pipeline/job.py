@@ -31,11 +31,24 @@ class StageSpec:
     num_cpus: float = 1.0
     num_gpus: float = 0.0
     concurrency: int | None = None
+    # A model stage with no `concurrency` on GPUs: its pool grows from one actor up to this many (Ray Data's
+    # autoscaling actor pool), set for the cluster it runs on (with_cluster_gpus); None: `actors`, fixed.
+    max_actors: int | None = None
 
     @property
     def actors(self) -> int:
-        """How many actors a model stage runs: `concurrency`, one by default."""
+        """How many actors a model stage starts with: `concurrency`, one by default."""
         return self.concurrency or 1
+
+    @property
+    def most_actors(self) -> int:
+        """How many actors a model stage may run: its pool's upper bound."""
+        return max(self.max_actors or 0, self.actors)
+
+    @property
+    def autoscales(self) -> bool:
+        """A model stage on GPUs whose config names no `concurrency`: one actor per GPU the cluster has."""
+        return self.actor and self.concurrency is None and self.num_gpus > 0
 
 
 def model_target(section: str, cfg: ModelConfig, storage: dict[str, Any]) -> Target:
@@ -132,6 +145,15 @@ class Job:
     options: dict[str, Any] = field(default_factory=dict)  # the job's own flags' values
     commit_hook: Callable[[Config, str, str], Any] | None = None
     alt_text: bool = False  # the job scores the alt-text (JobSpec.alt_text)
+
+    def with_cluster_gpus(self, gpus: float) -> Job:
+        """The job with its autoscaling model stages bounded by a cluster of `gpus` GPUs: each may grow to as
+        many actors as there are sets of the job's models (their `num_gpus`, summed) that the GPUs hold."""
+        per_set = sum(s.num_gpus for s in self.stages if s.actor)
+        if not per_set:
+            return self
+        most = max(1, int(gpus / per_set + 1e-9))
+        return replace(self, stages=[replace(s, max_actors=most) if s.autoscales else s for s in self.stages])
 
     def columns(self) -> list[str]:
         # key/source/status/meta always travel to the driver: the committer reads shard-end rows from them.

@@ -178,13 +178,13 @@ def _code_version() -> str:
 
 
 def warm_names(spec: StageSpec, keep: list[str] | None) -> list[str]:
-    """The names of a model stage's warm actors (`concurrency` of them): equal for equal stages (class, model
+    """The names of a model stage's warm actors (its pool's most: warm pools are fixed): equal for equal stages (class, model
     config, pixel column, options, batch size, resources, output columns) under the same code, so only
     such a run reuses them."""
     key = repr((spec.fn.__module__, spec.fn.__qualname__, spec.args, sorted(spec.kwargs.items()), keep,
                 spec.batch_size, spec.num_cpus, spec.num_gpus, _code_version()))
     base = f"capfilt-{spec.fn.__name__}-{hashlib.sha256(key.encode()).hexdigest()[:16]}"
-    return [f"{base}-{i}" for i in range(spec.actors)]
+    return [f"{base}-{i}" for i in range(spec.most_actors)]
 
 
 class _WarmStage:
@@ -315,7 +315,7 @@ def _apply(ds: Any, spec: StageSpec, keep: list[str] | None = None, prebuilt: bo
                 kwargs["runtime_env"] = runtime_env
             # A crashed actor is restarted and its batch retried, but not forever (see ACTOR_RESTARTS).
             return ds.map_batches(_on_arrow(spec.fn, keep, actor=True), fn_constructor_args=spec.args,
-                                  fn_constructor_kwargs=spec.kwargs, compute=ActorPoolStrategy(size=spec.actors),
+                                  fn_constructor_kwargs=spec.kwargs, compute=pool(spec),
                                   max_restarts=ACTOR_RESTARTS, max_task_retries=BATCH_RETRIES, **kwargs)
         # a stateless stage: built once here, shipped to the tasks
         fn = spec.fn if prebuilt else _on_arrow(spec.fn, keep)(*spec.args, **spec.kwargs)
@@ -323,6 +323,15 @@ def _apply(ds: Any, spec: StageSpec, keep: list[str] | None = None, prebuilt: bo
         # The read's retries and SPREAD scheduling: equal remote args let Ray fuse this stage with the
         # read (see _read).
         return ds.map_batches(fn, compute=compute, scheduling_strategy="SPREAD", max_retries=TASK_RETRIES, **kwargs)
+
+
+def pool(spec: StageSpec) -> ActorPoolStrategy:
+    """A model stage's actor pool: fixed at `concurrency`, or Ray Data's autoscaling pool, from one actor up
+    to one per GPU the cluster has for it (Job.with_cluster_gpus): Ray Data adds actors while their inputs
+    queue and the GPUs are free, and removes idle ones."""
+    if spec.most_actors > spec.actors:
+        return ActorPoolStrategy(min_size=spec.actors, max_size=spec.most_actors)
+    return ActorPoolStrategy(size=spec.actors)
 
 
 def stream(ds: Any) -> Iterator[pa.Table]:

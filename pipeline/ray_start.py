@@ -134,7 +134,12 @@ def keep_warm_s(cfg: Config) -> float:
 def model_resources(job: Job) -> tuple[float, float]:
     """The CPUs and GPUs of the job's model actors, all of them."""
     models = [s for s in job.stages if s.actor]
-    return sum(s.num_cpus * s.actors for s in models), sum(s.num_gpus * s.actors for s in models)
+    return sum(s.num_cpus * s.most_actors for s in models), sum(s.num_gpus * s.most_actors for s in models)
+
+
+def cluster_gpus() -> float:
+    """The GPUs of the Ray this run is on (all its nodes')."""
+    return float(ray.cluster_resources().get("GPU", 0.0))
 
 
 def spare(held: tuple[float, float]) -> tuple[float, float]:

@@ -270,11 +270,14 @@ def run_job(job: Job, inputs: list[str], output: str, cfg: Config, retry: bool =
     actors: dict[str, float] = {}  # "<stage>.worker_s" / "<stage>.load_s" → the slowest actor's
     warm: dict[str, str] = {}  # a model stage → whether its warm actors were "started" or "reused"
     started_ray = False
+    pools: dict[str, list[int]] = {}  # a model stage → its actor pool's [least, most] actors
     if p.todo:
         with phases("ray_start"):  # importing Ray too
             from pipeline import ray_start
 
             started_ray = ray_start.init_ray(cfg)
+            job = job.with_cluster_gpus(ray_start.cluster_gpus())  # model pools up to one actor per GPU
+            pools = {s.fn.__name__: [s.actors, s.most_actors] for s in job.stages if s.actor}
             keep_warm_s = ray_start.keep_warm_s(cfg)
             # Warm model actors hold their CPUs (and GPUs) outside the Ray Data pipeline: its limits are the rest
             limits = ray_start.spare(ray_start.model_resources(job)) if keep_warm_s else None
@@ -305,6 +308,7 @@ def run_job(job: Job, inputs: list[str], output: str, cfg: Config, retry: bool =
                     break
         if stopped is None:
             committer.release()  # shards held for a calibration that fewer shards than it asked for reached
+        committer.write_index()
         progress.close()
         if progress.first_at is not None:
             phases.add("rest_of_stream", time.monotonic() - progress.first_at)
@@ -327,6 +331,8 @@ def run_job(job: Job, inputs: list[str], output: str, cfg: Config, retry: bool =
         with phases("shutdown"):
             ray_start.shutdown(cfg, exiting)
     extra["phases"] = {**phases.report(), "total": round(phases.elapsed(), 3)}
+    if pools:
+        extra["actor_pools"] = pools
     if actors:
         extra["actor_start"] = {k: round(v, 3) for k, v in sorted(actors.items())}
     if warm:

@@ -32,6 +32,8 @@ from pipeline.sketch import SKETCHED, table_sketches, with_sketches
 
 log = logging.getLogger(__name__)
 COMMITTED = "_committed"
+INDEX = "_index"  # OUT/_index/<run id>-<k>.json: the markers a run committed, a part per INDEX_EVERY
+INDEX_EVERY = 1000
 STAGING = "_staging"  # parts of shards larger than output.rows_per_part, until their commit (`_`: readers skip it)
 
 
@@ -200,6 +202,8 @@ class ShardCommitter:
         # every table with a `keep` column at its commit (pipeline/calibration.py; None: write as is).
         self.calibration = calibration
         self.held: list[str] = []
+        self.unindexed: list[dict[str, Any]] = []  # markers committed since the last part of this run's index
+        self.index_parts = 0
 
     def add(self, batch: pa.Table) -> int:
         """Takes a block from the pipeline; returns how many samples (not shard-end rows) it held."""
@@ -455,7 +459,19 @@ class ShardCommitter:
             return False
         self.markers[source] = marker
         self.committed.append(source)
+        self.unindexed.append(marker)
+        if len(self.unindexed) >= INDEX_EVERY:
+            self.write_index()
         return True
+
+    def write_index(self) -> None:
+        """The markers committed since the last part, as one part of this run's index (committed_shards
+        reads the markers from these: a request per INDEX_EVERY shards, not per shard)."""
+        if not self.unindexed or not self.run_id:
+            return
+        uri = join(self.output, INDEX, f"{self.run_id}-{self.index_parts:05d}.json")
+        write_atomic(uri, json.dumps(self.unindexed).encode(), self.options)
+        self.unindexed, self.index_parts = [], self.index_parts + 1
 
     def incomplete(self) -> list[str]:
         return sorted(self.pending)
@@ -472,15 +488,34 @@ def flag_counts(rows: pa.Table) -> Counter[str]:
 
 
 def committed_shards(output: str, options: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """Markers of previous runs: shard URI → marker (with its `name`, the output file's stem)."""
+    """Markers of previous runs: shard URI → marker (with its `name`, the output file's stem).
+
+    One listing of `_committed/` (S3: a request per 1,000 markers) and the runs' marker indexes
+    (`_index/`, a part per INDEX_EVERY commits: ShardCommitter.write_index) give them; only a
+    marker that no index holds as it is now (a run cut short before its index part, a retry's rewrite: the
+    listed size tells) is read on its own, concurrently. A resume over LAION-400M's 40,000 shards then
+    takes ~80 requests, not 40,000."""
     fs, path = get_fs(join(output, COMMITTED), options)
     try:
-        names = fs.glob(path.rstrip("/") + "/*.json")
+        listed = fs.glob(path.rstrip("/") + "/*.json", detail=True)
     except FileNotFoundError:
         return {}
+    ifs, ipath = get_fs(join(output, INDEX), options)
+    try:
+        parts = sorted(ifs.glob(ipath.rstrip("/") + "/*.json"))
+    except FileNotFoundError:
+        parts = []
+    indexed: dict[str, bytes] = {}  # marker name → its bytes as the index holds them (later runs win)
+    if parts:
+        for _, data in sorted(ifs.cat(parts).items()):
+            for marker in json.loads(data):
+                indexed[marker["name"]] = json.dumps(marker).encode()
+    names = {p: posixpath.basename(p)[: -len(".json")] for p in listed}
+    unread = [p for p, name in names.items() if len(indexed.get(name, b"")) != listed[p].get("size")]
+    read = fs.cat(unread) if unread else {}
     out = {}
-    for name in names:
-        marker = json.loads(fs.cat_file(name))
-        marker.setdefault("name", posixpath.basename(name)[: -len(".json")])
+    for p in sorted(listed):
+        marker = json.loads(read[p] if p in read else indexed[names[p]])
+        marker.setdefault("name", names[p])
         out[marker["source"]] = marker
     return out

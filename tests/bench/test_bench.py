@@ -120,3 +120,15 @@ def test_startup_reports_the_median_run_with_its_phases_and_every_run():
                               "| 15.0 (6.7) | 10.0 (10.0) | 1.50× |")
     assert rows[1] == "| runs, s (the median's phases below) | 16.0, 15.0 | 11.0, 9.0, 10.0 | | |"
     assert "first_block 6.0" in rows[2]
+
+
+def test_the_plan_part_counts_a_bounded_number_of_requests():
+    """The plan bench on its own moto: with the runs' marker indexes, the requests do not grow with the
+    shards (a listing per 1,000); without them, one per committed marker; the row renders."""
+    from bench.plan import bench_plan
+    from bench.report import cpu_table
+
+    res = bench_plan(1200)
+    assert res["brace"]["requests"] == res["glob"]["requests"] <= 12
+    assert res["glob_no_index"]["requests"] >= 600  # the 600 committed markers, each read on its own
+    assert "the plan of 1,200 shards on S3" in cpu_table({"plan": res})

@@ -45,3 +45,22 @@ def test_the_digest_sections_are_todays():
     assert set(embed.sections) == {"clip", "embed"}
     assert set(prompts.sections) == {"caption", "text_embed", "embed"}
     assert prompts.stages[2].args[1] is None  # the prompt embedder reads no pixels
+
+
+def test_a_gpu_model_stage_without_concurrency_autoscales_up_to_the_clusters_gpus():
+    from pipeline.ray_adapter import pool
+
+    def stages(*overrides: str, gpus: float) -> dict[str, tuple[int, int]]:
+        cfg = load_config(str(CONFIGS / "tiny-clean.yaml"), list(overrides), defaults=CLEAN.defaults)
+        job = build_job(CLEAN, cfg).with_cluster_gpus(gpus)
+        return {s.fn.__name__: (pool(s).min_size, pool(s).max_size) for s in job.stages if s.actor}
+
+    # on CPUs: one actor each, whatever the cluster
+    assert set(stages(gpus=8).values()) == {(1, 1)}
+    # three models packed on a GPU (0.4 + 0.3 + 0.3): one of each per GPU
+    packed = ["caption.num_gpus=0.4", "itm.num_gpus=0.3", "clip.num_gpus=0.3"]
+    assert stages(*packed, gpus=8) == {"CaptionImages": (1, 8), "ScoreItm": (1, 8), "ScoreClip": (1, 8)}
+    assert stages(*packed, gpus=1) == {"CaptionImages": (1, 1), "ScoreItm": (1, 1), "ScoreClip": (1, 1)}
+    assert stages(*packed, gpus=0) == {"CaptionImages": (1, 1), "ScoreItm": (1, 1), "ScoreClip": (1, 1)}
+    # a fixed concurrency wins
+    assert stages(*packed, "caption.concurrency=2", gpus=8)["CaptionImages"] == (2, 2)

@@ -200,3 +200,40 @@ def test_keep_fraction_holds_shards_until_it_can_decide_and_decides_them_all(tmp
     assert {(r["source"][-5], r["key"]): r["keep_text"] for r in got} == {
         ("a", "k0"): True, ("a", "k1"): False, ("a", "k2"): True, ("b", "k0"): False, ("b", "k1"): False, ("b", "k2"): True}
     assert all(r["keep"] == r["keep_text"] and (r["caption"] == r["text"] if r["keep"] else r["caption"] is None) for r in got)
+
+
+def test_markers_are_read_from_the_runs_indexes_and_only_those_no_index_holds_as_they_are(tmp_path, monkeypatch):
+    """A resume reads the markers from the index parts the runs wrote (a request per INDEX_EVERY shards), and
+    on its own only a marker that no index holds as it now is: one of a run cut short before its index
+    part, or one a retry rewrote."""
+    import fsspec
+
+    from pipeline.io import writer
+
+    monkeypatch.setattr(writer, "INDEX_EVERY", 4)
+    shards = [Shard(f"s3://b/{i:05d}.tar", "webdataset") for i in range(10)]
+    ids = shard_ids(shards)
+    c = ShardCommitter(str(tmp_path), {"captions": CAPTIONS_SCHEMA}, ids, {}, "d", run_id="20261206T000000Z-aaaaaa")
+    for s in shards[:9]:
+        c.add(block(s.uri, [s.uri[-9:-4]], end={"rows": 1}))
+    c.write_index()  # the run's end: 9 markers in parts of 4, 4, 1
+    assert sorted(p.name for p in (tmp_path / "_index").iterdir()) == [
+        f"20261206T000000Z-aaaaaa-0000{k}.json" for k in range(3)]
+    cut = ShardCommitter(str(tmp_path), {"captions": CAPTIONS_SCHEMA}, ids, {}, "d", run_id="20261206T010000Z-bbbbbb")
+    cut.add(block(shards[9].uri, ["00009"], end={"rows": 1}))  # ...and no write_index: the run was killed
+    retried = json.loads((tmp_path / "_committed" / "00003.json").read_text())
+    retried["retried_rows"] = 1
+    (tmp_path / "_committed" / "00003.json").write_text(json.dumps(retried))  # a retry rewrote this one
+    reads: list[str] = []
+    cat = fsspec.implementations.local.LocalFileSystem.cat
+
+    def counted(self, path, *args, **kwargs):  # type: ignore[no-untyped-def]
+        reads.extend([path] if isinstance(path, str) else path)
+        return cat(self, path, *args, **kwargs)
+
+    monkeypatch.setattr(fsspec.implementations.local.LocalFileSystem, "cat", counted)
+    markers = writer.committed_shards(str(tmp_path), {})
+    assert sorted(markers) == sorted(s.uri for s in shards) and markers[shards[3].uri]["retried_rows"] == 1
+    assert all(m == json.loads((tmp_path / "_committed" / f"{m['name']}.json").read_text()) for m in markers.values())
+    singles = sorted(p.rsplit("/", 1)[1] for p in reads if "/_index/" not in p)
+    assert singles == ["00003.json", "00009.json"]  # 10 markers: 3 index parts and 2 markers read
