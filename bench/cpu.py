@@ -412,7 +412,7 @@ def bench_vlm(work: Path, name: str, n: int, batch: int) -> dict[str, Any]:
             "pipeline_vs_model_alone": stage / alone_img_s, "same_captions": same}
 
 
-CPU_PARTS = ("startup", "plan", "decode", "cross", "small", "tiny", "memory", "faults", "estimate", "vlm")
+CPU_PARTS = ("startup", "plan", "feed", "decode", "cross", "small", "tiny", "memory", "faults", "estimate", "vlm")
 
 EXTRA_PARTS = ("cross-base",)  # only when asked for (`--only cross-base`): full-size BLIP-base and ViT-GPT2, ~3 min
 
@@ -434,6 +434,10 @@ def cpu_suite(quick: bool, work: Path, parts: tuple[str, ...] = CPU_PARTS) -> di
         from bench.plan import bench_plan
 
         res["plan"] = bench_plan(4000 if quick else 40_000)
+    if "feed" in parts:  # its own Ray (2 CPUs), before the suite's
+        from bench.feed import bench_feed
+
+        res["feed"] = bench_feed(work, int(2400 * scale) or 256, secs)
     if "decode" in parts:
         res["decode"] = bench_decode(datas, small, secs)
     if "cross" in parts:

@@ -6,6 +6,7 @@ resume check against the markers) and how many requests it sends, with the marke
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import time
 from collections import Counter
@@ -40,6 +41,7 @@ def bench_plan(n_shards: int) -> dict[str, Any]:
     from tests.fixtures.paths import CONFIGS
     from tests.fixtures.samples import tar_bytes
 
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # moto's server logs every request
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]

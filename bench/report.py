@@ -70,6 +70,20 @@ def cpu_table(res: dict[str, Any]) -> str:
         b = res["bad_rows"]
         lines.append(f"| cost of a bad row: {b['rows']} undecodable images through DecodeImages (ms per row; good web "
                      f"JPEGs beside) | {b['good_ms_per_row']:.2f} | {b['bad_ms_per_row']:.2f} | | ≤ 5 ms |")
+    if "feed" in res:
+        f = res["feed"]
+        for shape, what in (("blip", "BLIP-shaped (beam 3, batch 256)"), ("clip", "CLIP-shaped (image features, batch 256)")):
+            if shape not in f:
+                continue
+            c = f[shape]
+            m, d = c["model_bound"], c["decode_bound"]
+            lines += [
+                f"| feed, {what}, simulated device at 0.6× the decode capacity ({m['device_img_s']:.0f} img/s): device "
+                f"busy in the steady window ({m['window_s']:.1f} s) | | {m['busy']:.2f} | | ≥ 0.9 |",
+                f"| feed, {what}, device at 3×: img/s in the steady window vs the decode capacity "
+                f"({c['decode_img_s_per_core']:.0f} img/s per core × {f['decode_cores']:g}) | {c['decode_capacity_img_s']:.0f} | "
+                f"{d['window_img_s']:.0f} | {d['vs_capacity']:.2f}× | ≥ 0.85× |",
+            ]
     if "plan" in res:
         pl = res["plan"]
         lines.append(f"| the plan of {pl['shards']:,} shards on S3 (moto), {pl['committed']:,} committed: seconds (requests), "

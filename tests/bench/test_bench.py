@@ -132,3 +132,31 @@ def test_the_plan_part_counts_a_bounded_number_of_requests():
     assert res["brace"]["requests"] == res["glob"]["requests"] <= 12
     assert res["glob_no_index"]["requests"] >= 600  # the 600 committed markers, each read on its own
     assert "the plan of 1,200 shards on S3" in cpu_table({"plan": res})
+
+
+def test_the_simulated_device_replaces_only_the_models_math(tmp_path):
+    """The feed bench's device: the real CaptionImages and EmbedImages stages around it (pixel staging,
+    processor, token decoding, normalisation), a wait per image in place of the model, each call logged."""
+    import numpy as np
+
+    from bench.feed import busy_fraction, load_simulated_captioner, load_simulated_clip
+    from pipeline.config import CaptionConfig, ClipConfig
+    from pipeline.stages.caption import CaptionImages
+    from pipeline.stages.embed import EmbedImages
+
+    log = str(tmp_path / "device.log")
+    batch = {"status": np.array(["ok"] * 3 + ["decode_error"], dtype=object), "text": np.array([None] * 4, dtype=object),
+             "pixels_caption": np.zeros((4, 64, 64, 3), np.uint8), "pixels_clip": np.zeros((4, 48, 48, 3), np.uint8)}
+    cap = CaptionImages(CaptionConfig(model="tiny:blip", strategy="beam", num_beams=3, device="cpu"), "pixels_caption",
+                        load=lambda cfg, opts: load_simulated_captioner(cfg, opts, per_image_s=0.01, log=log))
+    out = cap(dict(batch))
+    assert list(out["caption"][:3]) == ["a photograph of a dog running on the grass in the park"] * 3
+    assert out["caption"][3] is None
+    emb = EmbedImages(ClipConfig(model="tiny:clip", device="cpu"), "pixels_clip",
+                      load=lambda cfg, opts: load_simulated_clip(cfg, opts, per_image_s=0.01, log=log))
+    got = emb(dict(batch))
+    assert np.allclose(np.linalg.norm(np.stack(list(got["image_embedding"][:3])).astype(np.float32), axis=1), 1, atol=1e-2)
+    calls = [line.split() for line in open(log).read().splitlines()]
+    assert [int(c[2]) for c in calls] == [3, 3] and all(float(c[1]) - float(c[0]) >= 0.03 for c in calls)
+    (tmp_path / "b.log").write_text("0 1 8\n1 2 8\n3 4 8\n4 5 8\n")  # busy 2 of the 3 s from 1 to 4
+    assert busy_fraction(str(tmp_path / "b.log"))["busy"] == pytest.approx(2 / 3)
