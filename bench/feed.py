@@ -108,7 +108,7 @@ def decode_capacity(datas: list[bytes], targets: tuple[Any, ...], seconds: float
     return rate(run, seconds)[0]
 
 
-def shaped_job(shape: str, per_image_s: float, log: str) -> tuple[Any, Any]:
+def shaped_job(shape: str, per_image_s: float, log: str, overlap: bool = True) -> tuple[Any, Any]:
     """(job, config) of a stage shape, its model stage loading the simulated device."""
     from dataclasses import replace
 
@@ -123,25 +123,27 @@ def shaped_job(shape: str, per_image_s: float, log: str) -> tuple[Any, Any]:
     if shape == "blip":
         spec, config = CAPTION, "tiny.yaml"
         over = ["caption.strategy=beam", "caption.num_beams=3", "caption.batch_size=256", f"caption.num_cpus={MODEL_CPUS}",
-                "caption.num_threads=1"]
+                "caption.num_threads=1", f"caption.overlap={str(overlap).lower()}"]
         load = functools.partial(load_simulated_captioner, per_image_s=per_image_s, log=log)
     else:
         spec, config = EMBED, "tiny-embed.yaml"
-        over = ["clip.batch_size=256", f"clip.num_cpus={MODEL_CPUS}", "clip.num_threads=1", "embed.text=false"]
+        over = ["clip.batch_size=256", f"clip.num_cpus={MODEL_CPUS}", "clip.num_threads=1", "embed.text=false",
+                f"clip.overlap={str(overlap).lower()}"]
         load = functools.partial(load_simulated_clip, per_image_s=per_image_s, log=log)
     cfg = load_config(str(CONFIGS / config), [*over, *common], defaults=spec.defaults)
     job = build_job(spec, cfg)
     return replace(job, stages=[replace(s, kwargs={**s.kwargs, "load": load}) if s.actor else s for s in job.stages]), cfg
 
 
-def run_shape(shape: str, shards: str, work: Path, per_image_s: float) -> dict[str, Any]:
+def run_shape(shape: str, shards: str, work: Path, per_image_s: float, overlap: bool = True) -> dict[str, Any]:
     from pipeline.run import run_job
 
-    log = str(work / f"device-{shape}-{per_image_s:.6f}.log")
+    name = f"{shape}-{per_image_s:.6f}-{'overlap' if overlap else 'serial'}"
+    log = str(work / f"device-{name}.log")
     if os.path.exists(log):
         os.remove(log)
-    job, cfg = shaped_job(shape, per_image_s, log)
-    summary = run_job(job, [shards], str(work / f"out-feed-{shape}-{per_image_s:.6f}"), cfg)
+    job, cfg = shaped_job(shape, per_image_s, log, overlap)
+    summary = run_job(job, [shards], str(work / f"out-feed-{name}"), cfg)
     timing = summary.extra.get("timing", {})
     return {"rows": summary.rows, "img_s": summary.images_per_s, "steady_img_s": summary.steady_images_per_s,
             "after_first_block_img_s": timing.get("after_first_block_img_s"), **busy_fraction(log)}
@@ -165,8 +167,10 @@ def bench_feed(work: Path, images: int, seconds: float) -> dict[str, Any]:
             capacity = per_core * (RAY_CPUS - MODEL_CPUS)
             out[shape] = {"decode_img_s_per_core": per_core, "decode_capacity_img_s": capacity,
                           "targets": [f"{t.name} {t.height}x{t.width}" for t in targets]}
-            for label, factor in (("model_bound", 0.6), ("decode_bound", 3.0)):
-                r = run_shape(shape, shards, work, 1.0 / (factor * capacity))
+            # model-bound also one batch at a time in the actor (overlap off): what the overlap gives
+            for label, factor, overlap in (("model_bound", 0.6, True), ("decode_bound", 3.0, True),
+                                           ("model_bound_serial", 0.6, False)):
+                r = run_shape(shape, shards, work, 1.0 / (factor * capacity), overlap)
                 r["device_img_s"] = factor * capacity
                 r["vs_capacity"] = r["window_img_s"] / capacity  # the images the device got per second, steady
                 out[shape][label] = r

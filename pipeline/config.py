@@ -90,6 +90,9 @@ class ModelConfig:
     # set of the job's models: Ray Data's autoscaling pool); on CPUs, one
     concurrency: int | None = None
     compile: bool = False  # torch.compile the vision tower on a GPU (first batches pay the compile)
+    # Two batches in each actor: one's CPU work (staging, processor, copies, token decoding) while the other
+    # is on the device (models/turns.py); false: one batch at a time
+    overlap: bool = True
 
 
 @dataclass(frozen=True)
@@ -212,7 +215,7 @@ class Config:
         d = {k: v for k, v in d.items() if k in keep + ("input", "decode", "output")}
         for section in d.values():
             if isinstance(section, dict):
-                for wiring in ("batch_size", "num_gpus", "num_cpus", "num_threads", "concurrency", "rows_per_block",
+                for wiring in ("batch_size", "num_gpus", "num_cpus", "num_threads", "concurrency", "overlap", "rows_per_block",
                                "read_retries", "retry_backoff_s", "timeout_s", "files_per_shard", "rows_per_part"):
                     section.pop(wiring, None)
         # Where the alt-text and images are read from is not a setting of the output: a rerun that fixes a

@@ -34,6 +34,7 @@ class StageSpec:
     # A model stage with no `concurrency` on GPUs: its pool grows from one actor up to this many (Ray Data's
     # autoscaling actor pool), set for the cluster it runs on (with_cluster_gpus); None: `actors`, fixed.
     max_actors: int | None = None
+    overlap: bool = False  # a model stage: two batches in each actor at once (models/turns.py)
 
     @property
     def actors(self) -> int:
@@ -213,7 +214,7 @@ def build_job(spec: JobSpec, cfg: Config, options: dict[str, Any] | None = None)
             m: ModelConfig = getattr(cfg, s.section)
             stages.append(StageSpec(s.stage, (m, pixels.get(s.section), cfg.storage), s.options(cfg), actor=True,
                                     batch_size=m.batch_size, num_cpus=m.num_cpus, num_gpus=m.num_gpus,
-                                    concurrency=m.concurrency))
+                                    concurrency=m.concurrency, overlap=m.overlap))
         else:
             stages.append(StageSpec(s.stage, (getattr(cfg, s.section),), batch_size=s.batch_size, num_cpus=s.num_cpus))
     sections = tuple(dict.fromkeys(x for s in steps for x in (s.section, *(s.uses if isinstance(s, ModelStep) else ()))))

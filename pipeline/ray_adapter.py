@@ -328,10 +328,14 @@ def _apply(ds: Any, spec: StageSpec, keep: list[str] | None = None, prebuilt: bo
 def pool(spec: StageSpec) -> ActorPoolStrategy:
     """A model stage's actor pool: fixed at `concurrency`, or Ray Data's autoscaling pool, from one actor up
     to one per GPU the cluster has for it (Job.with_cluster_gpus): Ray Data adds actors while their inputs
-    queue and the GPUs are free, and removes idle ones."""
+    queue and the GPUs are free, and removes idle ones. With `overlap`, each actor takes two batches at once
+    on two threads, which take turns on the device and in the tokenizer (models/turns.py): the next batch's
+    CPU work runs while the device works on this one. (Ray Data's default runs one call at a time and
+    overlaps only its own block fetching.)"""
+    calls: dict[str, Any] = {"max_concurrent_calls_per_actor": 2, "enable_true_multi_threading": True} if spec.overlap else {}
     if spec.most_actors > spec.actors:
-        return ActorPoolStrategy(min_size=spec.actors, max_size=spec.most_actors)
-    return ActorPoolStrategy(size=spec.actors)
+        return ActorPoolStrategy(min_size=spec.actors, max_size=spec.most_actors, **calls)
+    return ActorPoolStrategy(size=spec.actors, **calls)
 
 
 def stream(ds: Any) -> Iterator[pa.Table]:

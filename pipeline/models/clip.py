@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.config import ClipConfig
+from pipeline.models import turns
 from pipeline.models.loading import config_value, load_pretrained, pretrained_kwargs, resolve_model, setup_torch
 from pipeline.models.pixels import Images, model_pixel_values
 
@@ -35,7 +36,7 @@ class ClipEmbedder:
             from pipeline.models.alpha_clip import with_alpha
 
             pv = with_alpha(pv)
-        with torch.inference_mode():
+        with turns.DEVICE, torch.inference_mode():
             out = self.model.get_image_features(pixel_values=pv).pooler_output
             return normalize(out.float(), dim=-1)
 
@@ -51,7 +52,7 @@ class ClipEmbedder:
             return torch.zeros((0, self.dim), device=self.device)
         pv = model_pixel_values(self.image_processor, pixels, self.device, self.dtype)
         alpha = torch.from_numpy(np.ascontiguousarray(masks)).to(self.device, torch.float32) / 255.0
-        with torch.inference_mode():
+        with turns.DEVICE, torch.inference_mode():
             out = self.model.get_image_features(pixel_values=with_alpha(pv, alpha.to(pv.dtype))).pooler_output
             return normalize(out.float(), dim=-1)
 
@@ -62,9 +63,11 @@ class ClipEmbedder:
 
         if len(texts) == 0:
             return torch.zeros((0, self.dim), device=self.device)
-        tok = self.tokenizer(list(texts), padding="longest", truncation=True, max_length=self.max_length,
-                             return_tensors="pt").to(self.device)
-        with torch.inference_mode():
+        with turns.TOKENIZER:
+            tok = self.tokenizer(list(texts), padding="longest", truncation=True, max_length=self.max_length,
+                                 return_tensors="pt")
+        tok = tok.to(self.device)
+        with turns.DEVICE, torch.inference_mode():
             out = self.model.get_text_features(input_ids=tok.input_ids, attention_mask=tok.attention_mask).pooler_output
             return normalize(out.float(), dim=-1)
 

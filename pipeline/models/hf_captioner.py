@@ -15,7 +15,7 @@ from contextlib import nullcontext
 from typing import Any
 
 from pipeline.config import CaptionConfig
-from pipeline.models import blip_attention
+from pipeline.models import blip_attention, turns
 from pipeline.models.flags import candidate_flags
 from pipeline.models.generation import beam_cache, generate_kwargs
 from pipeline.models.loading import load_pretrained, pretrained_kwargs, setup_torch
@@ -73,20 +73,24 @@ class HFCaptioner:
         import torch
 
         images = pixels
-        inputs = {k: v.to(self.device) for k, v in self.inputs(images).items()}
+        with turns.TOKENIZER if self.cfg.prompt else nullcontext():  # a prompt is tokenised with the pixels
+            raw = self.inputs(images)
+        inputs = {k: v.to(self.device) for k, v in raw.items()}
         inputs["pixel_values"] = inputs["pixel_values"].to(self.dtype)
-        if self.cfg.strategy == "sample":
-            torch.manual_seed(self.cfg.seed)  # same batch, same seed → same candidates
-        session = self.shared_cross.session(len(images)) if self.shared_cross else nullcontext()
         extra = {}
         if self.family == "vision-encoder-decoder" and self.cfg.strategy == "beam" and self.cfg.cache == "dynamic":
             extra["past_key_values"] = beam_cache()  # no per-step copy of the cross-attention cache
-        with torch.inference_mode(), session:
-            out = self.model.generate(**inputs, **self.gen_kwargs, **extra)
+        with turns.DEVICE:
+            if self.cfg.strategy == "sample":
+                torch.manual_seed(self.cfg.seed)  # same batch, same seed → same candidates
+            session = self.shared_cross.session(len(images)) if self.shared_cross else nullcontext()
+            with torch.inference_mode(), session:
+                out = self.model.generate(**inputs, **self.gen_kwargs, **extra)
         if self.decoder_only and "input_ids" in inputs and out.shape[1] >= inputs["input_ids"].shape[1]:
             out = out[:, inputs["input_ids"].shape[1] :]  # the LM echoes its input: keep what it wrote
         decoder = self.tokenizer if self.family == "vision-encoder-decoder" else self.processor
-        texts = [t.strip() for t in decoder.batch_decode(out, skip_special_tokens=True)]
+        with turns.TOKENIZER:
+            texts = [t.strip() for t in decoder.batch_decode(out, skip_special_tokens=True)]
         fed = inputs.get("decoder_input_ids" if self.family == "vision-encoder-decoder" else "input_ids")
         if self.family == "blip":  # BLIP generates after [DEC] and the prompt without its [CLS]/[SEP]
             lead = fed.shape[1] - 1 if fed is not None else 1

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.config import ItmConfig
-from pipeline.models import blip_attention
+from pipeline.models import blip_attention, turns
 from pipeline.models.loading import load_pretrained, pretrained_kwargs, resolve_model, setup_torch
 from pipeline.models.pixels import Images, model_pixel_values
 
@@ -37,12 +37,14 @@ class BlipItm:
         if not pairs:
             return [[] for _ in texts], [[] for _ in texts]
         m = self.model
-        with torch.inference_mode():
-            pv = model_pixel_values(self.processor.image_processor, pixels, self.device, self.dtype)
+        with turns.TOKENIZER:
+            tok = self.processor.tokenizer([t for _, t in pairs], padding="longest", truncation=True,
+                                           max_length=self.cfg.max_text_tokens, return_tensors="pt")
+        tok = tok.to(self.device)
+        pv = model_pixel_values(self.processor.image_processor, pixels, self.device, self.dtype)
+        with turns.DEVICE, torch.inference_mode():
             image_embeds = m.vision_model(pixel_values=pv).last_hidden_state
             idx = torch.tensor([i for i, _ in pairs], device=self.device)
-            tok = self.processor.tokenizer([t for _, t in pairs], padding="longest", truncation=True,
-                                           max_length=self.cfg.max_text_tokens, return_tensors="pt").to(self.device)
             with self.shared.session(len(image_embeds), rows=idx):  # image K/V once per image, not per text
                 q = m.text_encoder(input_ids=tok.input_ids, attention_mask=tok.attention_mask,
                                    encoder_hidden_states=image_embeds).last_hidden_state

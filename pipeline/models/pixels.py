@@ -9,6 +9,7 @@ own (float64 rescale, float32 normalise), so pixel values equal the processor's 
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from typing import Any
 
@@ -71,7 +72,9 @@ def to_host(pixels: Any) -> Any:
     return pixels.cpu().numpy() if hasattr(pixels, "cpu") else pixels
 
 
-_PINNED: dict[tuple[int, ...], Any] = {}  # page-locked staging buffers of this process, by batch shape
+# Page-locked staging buffers, by batch shape, of each thread: an actor holds two batches on two threads
+# (models/turns.py), and each thread reads its results back before it stages its next batch
+_LOCAL = threading.local()
 
 
 def to_device(x: Any, device: str) -> Any:
@@ -80,17 +83,18 @@ def to_device(x: Any, device: str) -> Any:
     make `non_blocking` a synchronous copy through a hidden staging buffer.
 
     Reusing the buffer is safe because every caller reads its results back to the CPU (which waits for
-    the GPU) before it stages the next batch."""
+    the GPU) before it stages the next batch; the buffers are the calling thread's own."""
     import torch
 
     if not str(device).startswith("cuda") or not torch.cuda.is_available():
         return (torch.from_numpy(np.array(x)) if isinstance(x, np.ndarray) else x).to(device)
     key = tuple(x.shape)
-    buf = _PINNED.get(key)
+    pinned: dict[tuple[int, ...], Any] = _LOCAL.__dict__.setdefault("pinned", {})
+    buf = pinned.get(key)
     if buf is None:
-        if len(_PINNED) >= 4:  # a run has one batch shape and a last, shorter batch per block
-            _PINNED.clear()
-        buf = _PINNED[key] = torch.empty(key, dtype=torch.uint8).pin_memory()
+        if len(pinned) >= 4:  # a run has one batch shape and a last, shorter batch per block
+            pinned.clear()
+        buf = pinned[key] = torch.empty(key, dtype=torch.uint8).pin_memory()
     if isinstance(x, np.ndarray):
         buf.numpy()[...] = x  # NumPy copies a read-only array in; no tensor is made over it
     else:

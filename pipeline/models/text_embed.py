@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.config import TextEmbedConfig
+from pipeline.models import turns
 from pipeline.models.loading import config_value, resolve_model, setup_torch
 
 
@@ -23,8 +24,9 @@ class TextEmbedder:
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         if len(texts) == 0:
             return np.zeros((0, self.dim), np.float32)
-        out = self.model.encode(list(texts), batch_size=self.cfg.batch_size, convert_to_numpy=True,
-                                show_progress_bar=False)
+        with turns.TOKENIZER, turns.DEVICE:  # sentence-transformers tokenises and runs the model in one call
+            out = self.model.encode(list(texts), batch_size=self.cfg.batch_size, convert_to_numpy=True,
+                                    show_progress_bar=False)
         return np.asarray(out, dtype=np.float32)
 
     @property

@@ -20,6 +20,7 @@ from __future__ import annotations
 from typing import Any
 
 from pipeline.config import CaptionConfig
+from pipeline.models import turns
 from pipeline.models.flags import candidate_flags
 from pipeline.models.generation import generate_kwargs
 from pipeline.models.loading import load_pretrained, pretrained_kwargs, setup_torch
@@ -80,8 +81,11 @@ class VLMCaptioner:
 
     def caption_with_flags(self, pixels: Images) -> tuple[list[list[str]], list[list[list[str]]]]:
         """(candidates per image, best first; each candidate's flags: models/flags.py)."""
-        out = self._generate(self.inputs(pixels))
-        texts = [t.strip() for t in self.processor.batch_decode(out, skip_special_tokens=True)]
+        with turns.TOKENIZER:  # the processor tokenises the prompt with the images
+            inputs = self.inputs(pixels)
+        out = self._generate(inputs)
+        with turns.TOKENIZER:
+            texts = [t.strip() for t in self.processor.batch_decode(out, skip_special_tokens=True)]
         flags = [candidate_flags(ids, text, self.eos, self.pad, self.special, self.cfg.min_new_tokens, self.prompt,
                                  self.family) for ids, text in zip(out.tolist(), texts, strict=True)]
         n = len(texts) // len(pixels)
@@ -101,10 +105,11 @@ class VLMCaptioner:
 
             mask = None if alpha is None else torch.from_numpy(alpha).to(self.device, self.dtype) / 255.0
             inputs["pixel_values"] = with_alpha(inputs["pixel_values"], mask)
-        if self.cfg.strategy == "sample":
-            torch.manual_seed(self.cfg.seed)  # same batch, same seed → same candidates
-        with torch.inference_mode():
-            out = self.model.generate(**inputs, **self.gen_kwargs)
+        with turns.DEVICE:
+            if self.cfg.strategy == "sample":
+                torch.manual_seed(self.cfg.seed)  # same batch, same seed → same candidates
+            with torch.inference_mode():
+                out = self.model.generate(**inputs, **self.gen_kwargs)
         return new_tokens(self.model, inputs, out)
 
     def caption_regions(self, pixels: Images, regions: list[tuple[list[list[float]], Any, tuple[int, int]]]) -> list[list[str]]:
@@ -114,14 +119,18 @@ class VLMCaptioner:
         repeat = [i for i, (boxes, _, _) in enumerate(regions) for _ in boxes]
         if self.family == "florence2":
             texts = [REGION_TASK + location_tokens(self.processor, b, size) for boxes, _, size in regions for b in boxes]
-            out = self._generate(vlm_inputs(self.processor, self.family, [images[i] for i in repeat], texts))
+            with turns.TOKENIZER:
+                inputs = vlm_inputs(self.processor, self.family, [images[i] for i in repeat], texts)
+            out = self._generate(inputs)
         else:  # LLaVA with an Alpha-CLIP tower: the instruction, the region as the alpha channel
             import numpy as np
 
             alpha = np.concatenate([maps for _, maps, _ in regions])
-            out = self._generate(vlm_inputs(self.processor, self.family, [images[i] for i in repeat],
-                                            [self.text] * len(repeat)), alpha)
-        texts = [t.strip() for t in self.processor.batch_decode(out, skip_special_tokens=True)]
+            with turns.TOKENIZER:
+                inputs = vlm_inputs(self.processor, self.family, [images[i] for i in repeat], [self.text] * len(repeat))
+            out = self._generate(inputs, alpha)
+        with turns.TOKENIZER:
+            texts = [t.strip() for t in self.processor.batch_decode(out, skip_special_tokens=True)]
         per = len(texts) // max(1, len(repeat))  # candidates per region: the best comes first
         best = iter(texts[::per] if per else [])
         return [[next(best) for _ in boxes] for boxes, _, _ in regions]

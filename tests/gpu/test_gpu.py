@@ -5,7 +5,7 @@ import pytest
 
 from pipeline.config import load_config
 from pipeline.models.captioner import load_captioner
-from pipeline.models.pixels import _PINNED, pixel_values
+from pipeline.models.pixels import _LOCAL, pixel_values
 from tests.fixtures.samples import jpeg
 
 pytestmark = pytest.mark.gpu
@@ -19,7 +19,7 @@ def test_pixels_staged_through_pinned_memory_equal_the_cpu_path():
     arr = np.random.default_rng(0).integers(0, 256, (5, 64, 64, 3), dtype=np.uint8)
     cpu = pixel_values(ip, arr, "cpu", torch.float32)
     gpu = pixel_values(ip, arr, "cuda", torch.float32)
-    assert gpu.device.type == "cuda" and _PINNED[(5, 64, 64, 3)].is_pinned()
+    assert gpu.device.type == "cuda" and _LOCAL.pinned[(5, 64, 64, 3)].is_pinned()
     torch.testing.assert_close(gpu.cpu(), cpu, atol=1e-5, rtol=0)
     again = pixel_values(ip, arr[::-1].copy(), "cuda", torch.float32)  # the buffer is reused, not stale
     torch.testing.assert_close(again.cpu(), cpu.flip(0), atol=1e-5, rtol=0)
