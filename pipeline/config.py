@@ -220,7 +220,7 @@ class Config:
                     section.pop(wiring, None)
         # Where the alt-text and images are read from is not a setting of the output: a rerun that fixes a
         # column name resumes the same output (each shard's marker records the columns it was read by).
-        for where in ("image_column", "text_column", "text_field", "key_column"):
+        for where in ("image_column", "text_column", "text_field"):
             d.get("input", {}).pop(where, None)
         return hashlib.sha1(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:10]
 

@@ -78,6 +78,9 @@ def estimate(job: Job, inputs: list[str], cfg: Config, sample: int, actors: int 
     # The sample runs its models in Ray Data's actor pools, as a run on a cluster does: warm actors
     # (run.keep_warm_s) fuse the model calls into the decode tasks, and the stages' seconds with them.
     cfg = replace(cfg, run=replace(cfg.run, keep_warm_s=0.0))
+    # One batch per actor in the sample: with two (`overlap`), a call's seconds include its wait for the other's
+    # turn on the device, and the stage's busy seconds would count that time twice
+    job = replace(job, stages=[replace(s, overlap=False) for s in job.stages])
     with tempfile.TemporaryDirectory(prefix="capfilt-estimate-") as tmp:
         summary = run_job(job, inputs, tmp, cfg, sample=sample)
     total, counted = input_images(shards, sampled, cfg.storage)

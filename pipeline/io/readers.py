@@ -231,6 +231,9 @@ def read_parquet(shard: Shard, cfg: InputConfig, options: dict[str, Any], blocks
             # A file whose columns do not fit the config fails whole, uncommitted (read_shard): the rerun
             # with the setting fixed reads it, where rows of it committed as errors would be skipped.
             columns = parquet_columns(schema, cfg, shard.uri)
+            if cfg.text_column not in (None, "auto") and columns.text is None:
+                raise InputLayoutError(f"input {shard.uri}: no alt-text column {cfg.text_column!r} (columns: "
+                                       f"{', '.join(schema.names)}); set input.text_column")
             blocks.columns = columns.describe()
             for batch in pf.iter_batches(batch_size=cfg.rows_per_block):
                 cols = batch.to_pydict()
@@ -278,13 +281,16 @@ def _external(path: str, options: dict[str, Any], limit: int) -> tuple[bytes | N
     not know), gone, or too large."""
     if not (path.startswith("/") or "://" in path):
         return None, f"the image is a relative path {path!r}, not bytes: write the Parquet with the images embedded"
-    fs, p = get_fs(path, options)
     try:
-        if fs.size(p) > limit:
+        fs, p = get_fs(path, options)
+        size = fs.size(p)
+        if size is not None and size > limit:
             return None, f"{path!r} is over input.max_image_bytes={limit}"
         return fs.cat_file(p), None
-    except FileNotFoundError:
-        return None, f"the image is a path, not bytes, and {path!r} does not exist"
+    except (FileNotFoundError, IsADirectoryError, PermissionError):
+        return None, f"the image is a path, not bytes, and {path!r} cannot be read as a file"
+    except (ImportError, ValueError, TypeError) as e:  # a protocol fsspec has no filesystem for, and the like
+        return None, f"the image is a path, not bytes, and {path!r} cannot be read: {type(e).__name__}: {e}"
     except OSError as e:
         raise InfraError(f"{type(e).__name__}: {e}") from e
 

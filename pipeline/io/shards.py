@@ -11,6 +11,7 @@ from typing import Any
 from pipeline.io.storage import get_fs, unstrip
 
 FORMATS = ("webdataset", "parquet", "folder")
+IMAGE_EXTENSIONS = frozenset({"jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff"})
 _SUFFIX_FORMAT = {".tar": "webdataset", ".parquet": "parquet"}
 _BRACE = re.compile(r"\{([^{}]*)\}")
 
@@ -109,6 +110,9 @@ def _shard_files_of_folders(fs: Any, found: list[tuple[str, dict[str, Any]]], fm
             out.append((p, info))
             continue
         children = [(c["name"], c) for c in sorted(fs.ls(p, detail=True), key=lambda c: c["name"])]
+        if any(name.rsplit(".", 1)[-1].lower() in IMAGE_EXTENSIONS for name, c in children if c.get("type") != "directory"):
+            out.append((p, info))  # images of its own: an image folder (a .tar or .parquet beside them is not read)
+            continue
         stems = _shard_stems(children)
         shards = [(name, c) for name, c in children if c.get("type") != "directory" and not _sidecar(name, stems)
                   and _format_of(name, False, "auto") in ((fmt,) if fmt != "auto" else ("webdataset", "parquet"))]

@@ -174,3 +174,19 @@ def test_a_later_shard_without_the_image_column_fails_uncommitted_not_as_one_row
     shard = list_shards([str(tmp_path / "pq" / "00001.parquet")])[0]
     (end,) = pa.concat_tables(list(read_shard(shard, InputConfig(), {}))).to_pylist()
     assert end["status"] == SHARD_END and "no column of image bytes" in json.loads(end["meta"])["failed"]
+
+
+def test_a_folder_of_images_with_a_shard_beside_them_stays_an_image_folder(tmp_path):
+    from tests.fixtures.samples import tar_bytes, write_folder
+
+    write_folder(tmp_path / "mix", 3, size=32)
+    (tmp_path / "mix" / "old.tar").write_bytes(tar_bytes({}))
+    assert [s.format for s in list_shards([str(tmp_path / "mix")])] == ["folder"]
+
+
+def test_a_later_shard_without_the_named_alt_text_column_fails_uncommitted(tmp_path, web):
+    img2dataset.write(tmp_path / "pq", web, "parquet")
+    pq.write_table(pq.read_table(tmp_path / "pq" / "00001.parquet").drop_columns(["caption"]), tmp_path / "pq" / "00001.parquet")
+    shard = list_shards([str(tmp_path / "pq" / "00001.parquet")])[0]
+    (end,) = pa.concat_tables(list(read_shard(shard, InputConfig(text_column="caption"), {}))).to_pylist()
+    assert "no alt-text column 'caption'" in json.loads(end["meta"])["failed"]
