@@ -26,33 +26,19 @@ class Counting:
 
 
 def bench_plan(n_shards: int) -> dict[str, Any]:
-    import os
-    import socket
-
     import s3fs
-    from moto.server import DomainDispatcherApplication, create_backend_app
-    from werkzeug.serving import make_server
 
     from jobs.caption import JOB
     from pipeline.config import load_config
     from pipeline.io.writer import COMMITTED, INDEX, INDEX_EVERY
     from pipeline.job import build_job
     from pipeline.run import plan
+    from tests.fixtures.moto import moto_on_loopback
     from tests.fixtures.paths import CONFIGS
     from tests.fixtures.samples import tar_bytes
 
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # moto's server logs every request
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    app = Counting(DomainDispatcherApplication(create_backend_app))
-    server = make_server("127.0.0.1", port, app, threaded=True)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    env = {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "testing",
-           "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
-    old = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    try:
+    with moto_on_loopback(Counting) as (app, _):
         from moto.s3.models import s3_backends
 
         # Filled through moto's backend, in this process: 60,000 PUTs over HTTP would take minutes
@@ -91,10 +77,3 @@ def bench_plan(n_shards: int) -> dict[str, Any]:
             assert len(p.shards) == n_shards and len(p.todo) == n_shards - done
             rows[label] = {"seconds": round(seconds, 2), "requests": sum(app.counts.values()), "by_method": dict(app.counts)}
         return rows
-    finally:
-        server.shutdown()
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -21,12 +20,6 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 # Fault injection (see pipeline/decode/image.py): images starting with this marker kill the decoder process.
 os.environ["CAPFILT_FAILPOINT_DECODE_CRASH"] = POISON.decode()
 logging.getLogger("werkzeug").setLevel(logging.WARNING)  # moto's request log
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -83,26 +76,11 @@ class FlakyS3:
 @pytest.fixture(scope="session")
 def s3_server() -> Iterator[FlakyS3]:
     """moto in server mode on 127.0.0.1 (what s3fs's own tests use); env points s3fs/boto at it."""
-    from moto.server import DomainDispatcherApplication, create_backend_app
-    from werkzeug.serving import make_server
+    from tests.fixtures.moto import moto_on_loopback
 
-    port = _free_port()
-    flaky = FlakyS3(DomainDispatcherApplication(create_backend_app))
-    server = make_server("127.0.0.1", port, flaky, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    flaky.endpoint = f"http://127.0.0.1:{port}"  # type: ignore[attr-defined]
-    env = {"AWS_ENDPOINT_URL": flaky.endpoint, "AWS_ACCESS_KEY_ID": "testing",  # type: ignore[attr-defined]
-           "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
-    old = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    yield flaky
-    server.shutdown()
-    for k, v in old.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
+    with moto_on_loopback(FlakyS3) as (flaky, endpoint):
+        flaky.endpoint = endpoint
+        yield flaky
 
 
 @pytest.fixture()

@@ -63,7 +63,7 @@ class ParquetColumns:
         return {"image": image, "text": self.text, "key": self.key}
 
 
-def _is_bytes(t: pa.DataType) -> bool:
+def is_bytes(t: pa.DataType) -> bool:
     return pa.types.is_binary(t) or pa.types.is_large_binary(t) or pa.types.is_fixed_size_binary(t)
 
 
@@ -73,11 +73,11 @@ def _is_text(t: pa.DataType) -> bool:
 
 def _bytes_field(t: pa.DataType) -> str | None:
     """How a column of this type holds image bytes: '' as plain bytes, 'bytes' in a struct, None not at all."""
-    if _is_bytes(t):
+    if is_bytes(t):
         return ""
     if pa.types.is_struct(t):
         for i in range(t.num_fields):
-            if t.field(i).name == "bytes" and _is_bytes(t.field(i).type):
+            if t.field(i).name == "bytes" and is_bytes(t.field(i).type):
                 return "bytes"
     return None
 

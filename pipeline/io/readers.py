@@ -29,7 +29,7 @@ import pyarrow.parquet as pq
 
 from pipeline.config import InputConfig
 from pipeline.io.files import InfraError, infra, open_input
-from pipeline.io.layout import InputLayoutError, ParquetColumns, json_text, parquet_columns, wds_text
+from pipeline.io.layout import InputLayoutError, ParquetColumns, is_bytes, json_text, parquet_columns, wds_text
 from pipeline.io.shards import Shard, folder_samples
 from pipeline.io.storage import get_fs
 from pipeline.schema import (
@@ -305,11 +305,7 @@ def _why_missing(columns: ParquetColumns, fields: dict[str, Any]) -> str:
 
 
 def _bytes_column(schema: pa.Schema, name: str) -> bool:
-    return bool(name) and name in schema.names and _is_bytes(schema.field(name).type)
-
-
-def _is_bytes(t: pa.DataType) -> bool:
-    return pa.types.is_binary(t) or pa.types.is_large_binary(t) or pa.types.is_fixed_size_binary(t)
+    return bool(name) and name in schema.names and is_bytes(schema.field(name).type)
 
 
 def _as_text(value: Any) -> str | None:
