@@ -85,6 +85,37 @@ def cpu_table(res: dict[str, Any]) -> str:
                 f"({c['decode_img_s_per_core']:.0f} img/s per core × {f['decode_cores']:g}) | {c['decode_capacity_img_s']:.0f} | "
                 f"{d['window_img_s']:.0f} | {d['vs_capacity']:.2f}× | ≥ 0.85× |",
             ]
+    if "stage" in res:
+        st = res["stage"]
+        pc, lay, sh = st["per_core"], st["layers"], st["shards"]
+        lines += [
+            f"| read+decode stage per core (img/s in its steady window on a Ray of {pc['cores']} CPUs ÷ {pc['cores']}) vs "
+            f"capfilt's decode as the stage calls it (hashes included), in one process, web JPEGs → {st['target']}; "
+            f"the median of {len(pc['ratios'])} runs, each against the in-process rate measured beside it / against the "
+            f"rate measured before Ray started; decode isolated (default) / not | {pc['decode_img_s']:.0f} / "
+            f"{1e3 / lay['decode_hashed_ms']:.0f} | {pc['stage_img_s']:.0f} | {pc['ratio']:.2f}× / "
+            f"{pc['stage_img_s'] * lay['decode_hashed_ms'] / 1e3:.2f}×; not isolated {pc['ratio_plain']:.2f}× | ≥ 0.8× |",
+            f"| its layers in one process, CPU ms per image: decode {lay['decode_ms']:.2f}, with the hashes "
+            f"{lay['decode_hashed_ms']:.2f}; tar streaming + blocks "
+            f"{lay['read_ms']:.2f}; the stage {lay['stage_ms']:.2f}; with the isolated child {lay['stage_isolated_ms']:.2f} "
+            f"| | | | |",
+            f"| {sh['images']:,} images as {sh['many']} shards of {sh['images'] // sh['many']} vs {sh['few']} of "
+            f"{sh['images'] // sh['few']}, read+decode (s); a read task per shard (before) → small shards packed | "
+            f"{sh['few_s']:.1f} | {sh['many_unpacked_s']:.1f} → {sh['many_s']:.1f} | {sh['ratio_unpacked']:.2f}× → "
+            f"{sh['ratio']:.2f}× | ≤ 1.3× |",
+        ]
+    if "dedup" in res:
+        dd = res["dedup"]
+        full, quarter = dd["full"], dd["quarter"]
+        lines += [
+            f"| semantic dedup of {full['rows']:,} synthetic {dd['dim']}-d {dd['dtype']} embeddings ({full['clusters']} "
+            f"clusters, eps {dd['eps']}; {full['duplicates']:,} duplicates): seconds; peak RSS of the largest process "
+            f"(MiB) at {quarter['rows']:,} → {full['rows']:,} | {quarter['seconds']:.0f} s, {quarter['peak_rss'] / 2**20:.0f} | "
+            f"{full['seconds']:.0f} s, {full['peak_rss'] / 2**20:.0f} | {dd['memory_ratio']:.2f}× | ≤ 1.2× |",
+            f"| the same on {dd['check']['rows']:,} rows vs every pair compared: groups found / brute force / in common | "
+            f"{dd['check_groups']['brute_force']} | {dd['check_groups']['found']} | {dd['check_groups']['common']} | "
+            f"{'the same' if dd['check_same_groups'] else 'NOT the same'} |",
+        ]
     if "plan" in res:
         pl = res["plan"]
         lines.append(f"| the plan of {pl['shards']:,} shards on S3 (moto), {pl['committed']:,} committed: seconds (requests), "
@@ -93,10 +124,12 @@ def cpu_table(res: dict[str, Any]) -> str:
                      f"({pl['glob_no_index']['requests']:,}) | "
                      f"{pl['glob']['seconds']:.1f} ({pl['glob']['requests']}) | "
                      f"{pl['glob_no_index']['seconds'] / max(pl['glob']['seconds'], 1e-9):.0f}× | seconds, bounded requests |")
-    if "estimate" in res:
-        e = res["estimate"]
+    for part, what in (("estimate", ""), ("estimate_ahead", ", decode ahead of the loading model")):
+        if part not in res:
+            continue
+        e = res[part]
         lines.append(f"| `capfilt estimate` on {e['sample']} images, then the {e['images']}-image caption run it predicts "
-                     f"(tiny BLIP; wall time, s; images counted {e['images_counted']} of {e['images_actual']}) | "
+                     f"(tiny BLIP{what}; wall time, s; images counted {e['images_counted']} of {e['images_actual']}) | "
                      f"{e['actual_s']:.1f} | {e['predicted_s']:.1f} | {e['error']:+.0%} | within ±25 % |")
     if "parquet_memory" in res:
         q = res["parquet_memory"]

@@ -16,7 +16,7 @@ if __package__ in (None, ""):
 from jobs.caption import CAPTION
 from pipeline.config import Config
 from pipeline.job import CpuStep, Finished, Flag, JobSpec, ModelStep, Step
-from pipeline.schema import IMAGE_EMBEDDING, TEXT_EMBEDDING, clean_schema, embeddings_schema
+from pipeline.schema import IMAGE_EMBEDDING, TEXT_EMBEDDING, clean_schema, embeddings_schema, head_fields
 from pipeline.stages.score import ScoreClip, ScoreItm
 from pipeline.stages.select import SelectCaption
 
@@ -26,18 +26,32 @@ def steps(cfg: Config) -> list[Step]:
     out: list[Step] = [CAPTION]
     if "itm" in c.scorers:
         out.append(ModelStep(ScoreItm, "itm"))
-    if "clip" in c.scorers or c.embed:  # one CLIP forward scores and, with clean.embed, embeds
-        out.append(ModelStep(ScoreClip, "clip", options=lambda cfg: {"embed": cfg.embed if cfg.clean.embed else None},
-                             uses=("embed",) if c.embed else ()))
-    out.append(CpuStep(SelectCaption, "clean"))
+    heads = bool(cfg.curate.heads)
+    if "clip" in c.scorers or c.embed or heads:  # one CLIP forward scores, embeds (clean.embed) and curates
+        out.append(ModelStep(ScoreClip, "clip", options=lambda cfg: {"embed": cfg.embed if cfg.clean.embed else None,
+                                                                     "curate": cfg.curate,
+                                                                     "score": "clip" in cfg.clean.scorers},
+                             uses=(*(("embed",) if c.embed else ()), *(("curate",) if heads else ()))))
+    out.append(CpuStep(SelectCaption, "clean", options=lambda cfg: {"curate": cfg.curate}))
     return out
+
+
+def curated_fields(cfg: Config) -> list[Any]:
+    """The curation heads' columns, each head checked against the CLIP model first (before Ray starts)."""
+    if not cfg.curate.heads:
+        return []
+    from pipeline.models.clip import clip_dim
+    from pipeline.models.heads import check_heads
+
+    check_heads(cfg.curate, clip_dim(cfg.clip, cfg.storage), cfg.clip.model, cfg.storage)
+    return head_fields(list(cfg.curate.heads))
 
 
 def tables(cfg: Config) -> dict[str, Any]:
     from pipeline.models.clip import clip_dim, is_alpha_clip
 
     alpha = "clip" in cfg.clean.scorers and is_alpha_clip(cfg.clip, cfg.storage)
-    out = {"captions": clean_schema(cfg.clean.scorers, regions=alpha)}
+    out = {"captions": clean_schema(cfg.clean.scorers, regions=alpha, curated=curated_fields(cfg))}
     if cfg.clean.embed:
         d = clip_dim(cfg.clip, cfg.storage)
         out["embeddings"] = embeddings_schema({IMAGE_EMBEDDING: d, **({TEXT_EMBEDDING: d} if cfg.embed.text else {})},
@@ -52,7 +66,8 @@ def finish(run: Finished) -> dict[str, Any]:
         return {}
     from pipeline.top_fraction import finish_top_fraction
 
-    return finish_top_fraction(run.output, c.fraction, run.digest, run.cfg.storage, run.cfg.output.compression)
+    return finish_top_fraction(run.output, c.fraction, run.digest, run.cfg.storage, run.cfg.output.compression,
+                               run.cfg.curate)
 
 
 def commit_hook(cfg: Config, output: str, digest: str) -> Any:
@@ -61,7 +76,7 @@ def commit_hook(cfg: Config, output: str, digest: str) -> Any:
         return None
     from pipeline.calibration import KeepFraction
 
-    return KeepFraction(cfg.clean, output, digest, cfg.storage)
+    return KeepFraction(cfg.clean, output, digest, cfg.storage, cfg.curate)
 
 
 JOB = JobSpec(

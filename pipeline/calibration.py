@@ -26,10 +26,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipeline.config import CleanConfig
+from pipeline.config import CleanConfig, CurateConfig
 from pipeline.io.storage import get_fs, join
 from pipeline.io.writer import create_once
-from pipeline.schema import CAPTION, CAPTIONS, KEEP, KEEP_TEXT, SCORE_COLUMNS, STATUS, TEXT, TEXT_SCORE
+from pipeline.schema import CAPTION, CAPTIONS, HEAD_SCORES, KEEP, KEEP_TEXT, SCORE_COLUMNS, STATUS, TEXT, TEXT_SCORE
 
 log = logging.getLogger(__name__)
 CALIBRATION = "_calibration.json"
@@ -38,8 +38,9 @@ CALIBRATION = "_calibration.json"
 class KeepFraction:
     """The committer's hold-and-decide hook for `mode: keep_fraction` (see ShardCommitter.calibration)."""
 
-    def __init__(self, clean: CleanConfig, output: str, digest: str, options: dict[str, Any]):
-        self.clean, self.output, self.digest, self.options = clean, output, digest, options
+    def __init__(self, clean: CleanConfig, output: str, digest: str, options: dict[str, Any],
+                 curate: CurateConfig | None = None):
+        self.clean, self.output, self.digest, self.options, self.curate = clean, output, digest, options, curate
         self.scores: list[np.ndarray] = []
         self.sources: list[str] = []
         self.record: dict[str, Any] | None = None
@@ -85,15 +86,16 @@ class KeepFraction:
                  record["shards"], f"{record['bound']:.2%}" if record["bound"] is not None else "?")
 
     def decide(self, rows: pa.Table) -> pa.Table:
-        """keep_text, keep and caption of every row by the calibrated threshold (SelectCaption's rule)."""
+        """keep_text, keep and caption of every row by the calibrated threshold (SelectCaption's rule, the
+        curation thresholds included)."""
         from pipeline.stages.select import SelectCaption
 
         assert self.record is not None
         cfg = replace(self.clean, mode="threshold", **{f"{self.clean.rank_by}_threshold": self.record["threshold"]})
         needed = {STATUS, TEXT, CAPTIONS, *(c for k in cfg.scorers for c in SCORE_COLUMNS[k]),
-                  *SCORE_COLUMNS[cfg.rank_by]}
+                  *SCORE_COLUMNS[cfg.rank_by], *(c for c in HEAD_SCORES if c in rows.column_names)}
         batch = {c: _objects(rows[c].to_pylist()) for c in needed}
-        out = SelectCaption(cfg)(batch)
+        out = SelectCaption(cfg, self.curate)(batch)
         for col, typ in ((CAPTION, pa.string()), (KEEP, pa.bool_()), (KEEP_TEXT, pa.bool_())):
             rows = rows.set_column(rows.schema.get_field_index(col), col, pa.array(list(out[col]), typ))
         return rows

@@ -66,6 +66,13 @@ def parser(specs: dict[str, JobSpec]) -> argparse.ArgumentParser:
     e.add_argument("--json", action="store_true", help="print everything as JSON")
     e.add_argument("--address", help="Ray cluster to attach to (default: RAY_ADDRESS, else a local Ray)")
     e.add_argument("--verbose", "-v", action="store_true")
+    dd = sub.add_parser("dedup", help=DEDUP_HELP, description=DEDUP_HELP)
+    dd.add_argument("output", metavar="OUT", help="the output folder of a finished run (local or s3://)")
+    dd.add_argument("--config", "-c", metavar="FILE", help="YAML: the dedup section, storage options, run.* wiring")
+    dd.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a config field, e.g. dedup.eps=0.03 or dedup.semantic=false (repeatable)")
+    dd.add_argument("--address", help="Ray cluster to attach to (default: RAY_ADDRESS, else a local Ray)")
+    dd.add_argument("--verbose", "-v", action="store_true")
     c = sub.add_parser("convert", help=CONVERT_HELP, description=CONVERT_HELP)
     c.add_argument("kind", choices=["alpha-clip"], help="what to convert: alpha-clip (a released .pth)")
     c.add_argument("checkpoint", metavar="CKPT", help="the checkpoint file")
@@ -89,6 +96,9 @@ def parser(specs: dict[str, JobSpec]) -> argparse.ArgumentParser:
 
 CONVERT_HELP = ("convert a released Alpha-CLIP checkpoint (OpenAI's key names, conv1_alpha) into a transformers CLIP "
                 "directory with a 4-channel patch embedding (research-only weights: see their licence)")
+
+DEDUP_HELP = ("exact (sha256), perceptual (phash) and semantic (SemDeDup on the image embeddings) duplicates among a "
+              "finished run's rows → OUT/dedup/: every row once, with duplicate_of, method, similarity and keep")
 
 ESTIMATE_HELP = ("run a job's config on a sample of its input (--sample N images) and project the whole run: "
                  "wall time, img/s per stage, the bottleneck, GPU-hours for --actors A")
@@ -146,6 +156,8 @@ def main(argv: Sequence[str] | None = None, *, command: bool | None = None, exit
         return _inspect(args, overrides)
     if args.job == "estimate":
         return _estimate(args, overrides, specs)
+    if args.job == "dedup":
+        return _dedup(args, overrides)
     if args.address:
         overrides.append(f"run.address={args.address}")
     retry = args.job == "retry"
@@ -232,6 +244,27 @@ def _estimate(args: argparse.Namespace, overrides: list[str], specs: dict[str, J
         print(f"capfilt: {e}", file=sys.stderr)
         return 2
     print(json.dumps(result, indent=2, default=str) if args.json else render(result))
+    return 0
+
+
+def _dedup(args: argparse.Namespace, overrides: list[str]) -> int:
+    from pipeline.dedup.run import dedup_output
+
+    if args.address:
+        overrides.append(f"run.address={args.address}")
+    try:
+        cfg = load_config(args.config, overrides)
+        quiet.apply_switches(cfg.run.verbose)
+        s = dedup_output(args.output, cfg)
+    except (ConfigError, FileNotFoundError, ValueError) as e:
+        print(f"capfilt: {e}", file=sys.stderr)
+        return 2
+    except ConnectionError as e:
+        print(f"capfilt: {_ray_unreachable(e)}", file=sys.stderr)
+        return 2
+    dups = ", ".join(f"{m} {n}" for m, n in s["duplicates"].items()) or "none"
+    print(f"capfilt dedup: {s['rows']} rows ({s['ok']} ok): duplicates {dups}; kept {s['kept']} of the {s['run_kept']} "
+          f"the run kept, in {s['seconds']:.1f}s → {args.output}/dedup")
     return 0
 
 

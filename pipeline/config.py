@@ -163,6 +163,39 @@ class EmbedConfig:
 
 
 @dataclass(frozen=True)
+class CurateConfig:
+    """Curation heads on the CLIP image embedding the job computes anyway (models/heads.py), in `clean`
+    and `embed`: each a `.pth`/`.safetensors` path or URI in its released layout, or null (off). They were
+    trained on CLIP ViT-L/14's 768-d space: the CLIP model must project to it."""
+
+    aesthetic: str | None = None  # LAION's improved aesthetic predictor (MLP), or an older linear head
+    nsfw: str | None = None  # LAION's CLIP NSFW detector, PyTorch form
+    aesthetic_min: float | None = None  # keep needs aesthetic_score ≥ this (LAION-Aesthetics: 6 or 7)
+    nsfw_max: float | None = None  # keep needs nsfw_score < this (clip-retrieval: 0.5)
+
+    @property
+    def heads(self) -> dict[str, str]:
+        """The heads that are on: score column → file."""
+        return {c: uri for c, uri in (("aesthetic_score", self.aesthetic), ("nsfw_score", self.nsfw)) if uri}
+
+
+@dataclass(frozen=True)
+class DedupConfig:
+    """`capfilt dedup OUT` (pipeline/dedup): which duplicates to find among a finished run's rows."""
+
+    exact: bool = True  # equal sha256
+    perceptual: bool = True  # phashes within phash_distance bits
+    phash_distance: int = 4  # re-encodes and 0.5×/2× resizes of a photo: 0–4 bits; other photos: ~32
+    semantic: bool | None = None  # SemDeDup on the image embeddings; null: when the output has them
+    eps: float = 0.05  # semantic duplicates: cosine ≥ 1 − eps to an item ranked before, in the same cluster
+    clusters: int | None = None  # k-means clusters; null: one per ~5,000 embeddings
+    sample: int = 100_000  # embeddings the k-means is fitted on (a bounded sample)
+    keep: Literal["hard", "easy", "score"] = "hard"  # which item of a group stays (after rows the run kept)
+    score_column: str = "aesthetic_score"  # keep: score — the column whose highest stays
+    seed: int = 0
+
+
+@dataclass(frozen=True)
 class OutputConfig:
     compression: str = "zstd"
     # The driver holds at most this many rows of an open shard; the rest wait as parts in OUT/_staging/
@@ -198,6 +231,8 @@ class Config:
     text_embed: TextEmbedConfig = field(default_factory=TextEmbedConfig)
     clean: CleanConfig = field(default_factory=CleanConfig)
     embed: EmbedConfig = field(default_factory=EmbedConfig)
+    curate: CurateConfig = field(default_factory=CurateConfig)
+    dedup: DedupConfig = field(default_factory=DedupConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
     run: RunConfig = field(default_factory=RunConfig)
 
@@ -309,7 +344,7 @@ def _build(cls: Any, data: Any, where: str) -> Any:
     return cfg
 
 
-_POSITIVE = {"batch_size", "num_beams", "num_captions", "max_new_tokens", "max_pixels", "rows_per_block",
+_POSITIVE = {"batch_size", "clusters", "sample", "num_beams", "num_captions", "max_new_tokens", "max_pixels", "rows_per_block",
              "concurrency", "top_k", "max_text_tokens", "max_image_bytes", "max_text_chars", "max_memory_mb"}
 _NON_NEGATIVE = {"rows_per_part", "files_per_shard", "grace_s", "timeout_s", "read_retries", "retry_backoff_s",
                  "stall_timeout_s", "steady_window_s", "keep_warm_s",
@@ -334,6 +369,15 @@ def _check_ranges(cfg: Any, where: str) -> None:
                                   f"got {fmt!r}")
     if isinstance(cfg, CleanConfig):
         _check_clean(cfg, where)
+    if isinstance(cfg, DedupConfig):
+        if not 0 <= cfg.phash_distance <= 16:
+            raise ConfigError(f"config: {where}.phash_distance: expected 0..16 bits, got {cfg.phash_distance!r}")
+        if not 0 < cfg.eps < 1:
+            raise ConfigError(f"config: {where}.eps: expected a number in (0, 1), got {cfg.eps!r}")
+    if isinstance(cfg, CurateConfig):
+        for threshold, head in (("aesthetic_min", "aesthetic"), ("nsfw_max", "nsfw")):
+            if getattr(cfg, threshold) is not None and not getattr(cfg, head):
+                raise ConfigError(f"config: {where}.{threshold}: set, but {where}.{head} (the head it thresholds) is not")
     if isinstance(cfg, CaptionConfig):
         if not 0 < cfg.top_p <= 1:
             raise ConfigError(f"config: {where}.top_p: expected a number in (0, 1], got {cfg.top_p!r}")

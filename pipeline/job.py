@@ -78,12 +78,14 @@ class ModelStep:
 
 @dataclass(frozen=True)
 class CpuStep:
-    """A model-free stage: `stage(cfg.<section>)` on CPU tasks."""
+    """A model-free stage: `stage(cfg.<section>, **options(cfg))` on CPU tasks; `uses` as ModelStep's."""
 
     stage: type
     section: str
     batch_size: int = 256
     num_cpus: float = 0.25
+    options: Callable[[Config], dict[str, Any]] = _no_options
+    uses: tuple[str, ...] = ()
 
 
 Step = ModelStep | CpuStep
@@ -216,8 +218,9 @@ def build_job(spec: JobSpec, cfg: Config, options: dict[str, Any] | None = None)
                                     batch_size=m.batch_size, num_cpus=m.num_cpus, num_gpus=m.num_gpus,
                                     concurrency=m.concurrency, overlap=m.overlap))
         else:
-            stages.append(StageSpec(s.stage, (getattr(cfg, s.section),), batch_size=s.batch_size, num_cpus=s.num_cpus))
-    sections = tuple(dict.fromkeys(x for s in steps for x in (s.section, *(s.uses if isinstance(s, ModelStep) else ()))))
+            stages.append(StageSpec(s.stage, (getattr(cfg, s.section),), s.options(cfg), batch_size=s.batch_size,
+                                    num_cpus=s.num_cpus))
+    sections = tuple(dict.fromkeys(x for s in steps for x in (s.section, *s.uses)))
     return Job(name=spec.name, stages=stages, tables=spec.tables(cfg), sections=sections,
                models={ms.section: getattr(cfg, ms.section).model for ms in models}, revisions=revisions,
                finish=spec.finish, options=dict(options or {}), commit_hook=spec.commit_hook,

@@ -32,7 +32,7 @@ from ray.data.extensions import ArrowTensorArray
 from pipeline.columns import to_arrow, to_numpy
 from pipeline.config import Config, InputConfig
 from pipeline.exits import leave
-from pipeline.io.readers import READ_SCHEMA, read_shard
+from pipeline.io.readers import READ_SCHEMA, read_shards
 from pipeline.io.shards import Shard
 from pipeline.job import Job, StageSpec, read_fused
 from pipeline.progress import stage_seconds
@@ -78,15 +78,46 @@ def configure(cfg: Config, limits: tuple[float, float] | None = None) -> None:
     logging.getLogger("ray.data").setLevel(logging.WARNING if cfg.run.verbose else logging.ERROR)
 
 
+# Small shards share a read task up to this many bytes: a task costs its scheduling, a worker's turn and
+# its first block's trip, some ms that 1,000 shards of 4 images would otherwise pay a thousand times.
+PACK_BYTES = 64 << 20
+# ... but never fewer tasks than this many per decode slot of the cluster, so every slot has work and a
+# slow task is not the run's tail.
+TASKS_PER_SLOT = 2
+
+
+def pack(shards: list[Shard], slots: int) -> list[list[Shard]]:
+    """The shards in read tasks, in order: consecutive small shards together, each task up to PACK_BYTES
+    or its share of the input over TASKS_PER_SLOT × `slots` tasks, whichever is less; a shard of unknown
+    size, or one that big, alone. img2dataset's shards (10,000 images, ~0.3–1 GB) stay one a task."""
+    known = [s.size for s in shards if s.size]
+    share = sum(known) // max(TASKS_PER_SLOT * slots, 1) if known else 0
+    most = min(PACK_BYTES, share)
+    tasks: list[list[Shard]] = []
+    group: list[Shard] = []
+    held = 0
+    for s in shards:
+        size = s.size or most + 1
+        if group and held + size > most:
+            tasks.append(group)
+            group, held = [], 0
+        group.append(s)
+        held += size
+    if group:
+        tasks.append(group)
+    return tasks
+
+
 class ShardDatasource(Datasource):
-    """One read task per shard, streaming blocks as our readers yield them.
+    """Read tasks of one shard, or of a few small ones (pack), streaming blocks as our readers yield them.
 
     Ray's own `read_webdataset`/`read_parquet` drop or fail whole files on a bad member and know nothing
-    of our per-row statuses and shard-end rows, so the read tasks call our readers instead."""
+    of our per-row statuses and shard-end rows, so the read tasks call our readers instead. `slots`: the
+    decode tasks the cluster runs at once (see pack)."""
 
-    def __init__(self, shards: list[Shard], cfg: InputConfig, options: dict[str, Any]):
+    def __init__(self, shards: list[Shard], cfg: InputConfig, options: dict[str, Any], slots: int = 1):
         super().__init__()
-        self.shards, self.cfg, self.options = shards, cfg, options
+        self.shards, self.cfg, self.options, self.slots = shards, cfg, options, slots
 
     def estimate_inmemory_data_size(self) -> int | None:
         sizes = [s.size for s in self.shards]
@@ -96,11 +127,12 @@ class ShardDatasource(Datasource):
                        data_context: Any = None) -> list[ReadTask]:
         return [
             ReadTask(
-                partial(read_shard, s, self.cfg, self.options),
-                BlockMetadata(num_rows=None, size_bytes=s.size, exec_stats=None, input_files=(s.uri,)),
+                partial(read_shards, group, self.cfg, self.options),
+                BlockMetadata(num_rows=None, size_bytes=sum(s.size or 0 for s in group) or None, exec_stats=None,
+                              input_files=tuple(s.uri for s in group)),
                 schema=READ_SCHEMA,
             )
-            for s in self.shards
+            for group in pack(self.shards, self.slots)
         ]
 
     def get_name(self) -> str:
@@ -282,21 +314,29 @@ def start_warm(spec: StageSpec, keep: list[str] | None, keep_s: float, runtime_e
     return call, reused
 
 
-def _read(source: Datasource, shards: int, cfg: Config) -> Any:
+def _read(source: ShardDatasource, cfg: Config) -> Any:
     """The read op, set up so that Ray fuses it with the decode stage that follows.
 
-    One block count per shard: Ray would otherwise split each read's output (for parallelism our
+    One block count per read task: Ray would otherwise split each read's output (for parallelism our
     reader already gives, block by block), and a split read is never fused. Same CPUs, concurrency
     and scheduling as the decode tasks (see _apply): fusion needs equal remote args."""
     retries = {"max_retries": TASK_RETRIES}
+    tasks = len(pack(source.shards, source.slots))
     with warnings.catch_warnings():
         # Ray 2.60 deprecates ray_remote_args for reads but has no named parameter for retries.
         warnings.simplefilter("ignore", DeprecationWarning)
         if read_fused(cfg):
-            return ray.data.read_datasource(source, num_cpus=cfg.decode.num_cpus, override_num_blocks=shards,
+            return ray.data.read_datasource(source, num_cpus=cfg.decode.num_cpus, override_num_blocks=tasks,
                                             concurrency=cfg.decode.concurrency, ray_remote_args=retries)
-        return ray.data.read_datasource(source, num_cpus=cfg.input.num_cpus, override_num_blocks=shards,
+        return ray.data.read_datasource(source, num_cpus=cfg.input.num_cpus, override_num_blocks=tasks,
                                         ray_remote_args=retries)
+
+
+def decode_slots(cfg: Config, limits: tuple[float, float] | None) -> int:
+    """How many decode tasks the cluster (or the run's `limits`) runs at once."""
+    cpus = limits[0] if limits is not None else float(ray.cluster_resources().get("CPU", 1.0))
+    slots = int(cpus / cfg.decode.num_cpus) if cfg.decode.num_cpus else 1
+    return max(min(slots, cfg.decode.concurrency or slots), 1)
 
 
 def _apply(ds: Any, spec: StageSpec, keep: list[str] | None = None, prebuilt: bool = False,
@@ -358,7 +398,7 @@ class Execution:
     def __init__(self, job: Job, shards: list[Shard], cfg: Config, keep_warm_s: float = 0.0,
                  model_env: dict[str, Any] | None = None, limits: tuple[float, float] | None = None):
         configure(cfg, limits)
-        ds = _read(ShardDatasource(shards, cfg.input, cfg.storage), len(shards), cfg)
+        ds = _read(ShardDatasource(shards, cfg.input, cfg.storage, decode_slots(cfg, limits)), cfg)
         self.warm: dict[str, str] = {}
         alive, used = warm_alive(), set()  # on a running Ray, earlier runs' warm actors may idle there
         for i, spec in enumerate(job.stages):
@@ -398,3 +438,38 @@ class Execution:
         except Exception as e:  # noqa: BLE001 - see the docstring
             log.debug("no stage times: %s", e)
             return {}
+
+
+class ClusterStages:
+    """`capfilt dedup`'s semantic pass on Ray Data (pipeline/dedup/cluster.py has the logic): `items`
+    (one per file) read by `reader(shared, options)` in a task each, then either filtered (the k-means
+    sample) or assigned to groups and each group handed whole to a function in a task of its own
+    (groupby → map_groups). State the tasks share (masks, centroids) goes through the object store once
+    and is built into the stage once per worker process."""
+
+    def __init__(self, items: list[dict[str, Any]], reader: type, shared: Any, options: dict[str, Any]):
+        self.ds = ray.data.from_items(items, override_num_blocks=max(len(items), 1)).map_batches(
+            _built_once(reader, ray.put(shared), options), batch_size=1, batch_format="numpy")
+
+    def filtered(self, stage: type, state: Any) -> Iterator[dict[str, np.ndarray]]:
+        """The rows `stage(state)` keeps, as numpy batches."""
+        return iter(self.ds.map_batches(_built_once(stage, ray.put(state)), batch_format="numpy")
+                    .iter_batches(batch_format="numpy", batch_size=4096))
+
+    def per_group(self, stage: type, state: Any, key: str, fn: Any) -> Iterator[dict[str, np.ndarray]]:
+        """`stage(state)` adds the `key` column; `fn` runs on each group of equal `key`, whole."""
+        grouped = self.ds.map_batches(_built_once(stage, ray.put(state)), batch_format="numpy").groupby(key)
+        return iter(grouped.map_groups(fn, batch_format="numpy").iter_batches(batch_format="numpy", batch_size=None))
+
+
+def _built_once(cls: type, ref: Any, *args: Any) -> Any:
+    """`cls(ray.get(ref), *args)` as a task function, built once per worker process."""
+    built: dict[str, Any] = {}
+
+    def run(batch: dict[str, np.ndarray]) -> Any:
+        if "fn" not in built:
+            built["fn"] = cls(ray.get(ref), *args)
+        return built["fn"](batch)
+
+    run.__name__ = cls.__name__  # Ray Data's operator names
+    return run

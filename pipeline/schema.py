@@ -26,6 +26,10 @@ def pixel_column(section: str) -> str:
 
 WIDTH = "width"
 HEIGHT = "height"
+# Hashes of duplicates (`capfilt dedup`): the image bytes' sha256 (img2dataset's own, where its shards carry
+# it: of the downloaded file) and a 64-bit perceptual hash as 16 hex digits (imagehash's phash)
+SHA256 = "sha256"
+PHASH = "phash"
 # The sample's regions (decode/regions.py) as boxes [x0, y0, x1, y1] in pixels of the shown image: its
 # boxes, then its mask's box; null where it has none. Per-region outputs are lists aligned with it.
 REGIONS = "regions"
@@ -53,6 +57,11 @@ SCORE_COLUMNS = {  # per scorer: (alt-text score, candidates' scores)
     "itc": ("itc_text_score", "itc_caption_scores"),  # BLIP ITC cosine
     "clip": ("clip_text_score", "clip_caption_scores"),  # CLIP cosine
 }
+
+# Curation (`curate` config, models/heads.py): heads on the CLIP image embedding, in `clean` and `embed`.
+AESTHETIC_SCORE = "aesthetic_score"  # LAION's aesthetic predictor: a ~1–10 rating
+NSFW_SCORE = "nsfw_score"  # LAION's CLIP NSFW detector: the probability of unsafe
+HEAD_SCORES = (AESTHETIC_SCORE, NSFW_SCORE)
 
 # Columns of the embeddings table (fixed-size lists, L2-normalised).
 IMAGE_EMBEDDING = "image_embedding"
@@ -101,6 +110,8 @@ CAPTIONS_SCHEMA = pa.schema(
         pa.field(REGION_CAPTIONS, pa.list_(pa.string())),
         pa.field(WIDTH, pa.int32()),
         pa.field(HEIGHT, pa.int32()),
+        pa.field(SHA256, pa.string()),
+        pa.field(PHASH, pa.string()),
         pa.field(REGIONS, pa.list_(pa.list_(pa.float32()))),
         pa.field(META, pa.string()),
     ]
@@ -112,11 +123,12 @@ COLUMN_TYPES: dict[str, pa.DataType] = {
     KEY: pa.string(), SOURCE: pa.string(), STATUS: pa.string(), ERROR: pa.string(), TEXT: pa.string(),
     META: pa.string(), IMAGE: pa.binary(), BUSY: pa.string(), CAPTION: pa.string(), CAPTIONS: pa.list_(pa.string()),
     CAPTION_FLAGS: pa.list_(pa.list_(pa.string())),
-    WIDTH: pa.int32(), HEIGHT: pa.int32(), MASK: pa.binary(), REGIONS: pa.list_(pa.list_(pa.float32())),
+    WIDTH: pa.int32(), HEIGHT: pa.int32(), SHA256: pa.string(), PHASH: pa.string(),
+    MASK: pa.binary(), REGIONS: pa.list_(pa.list_(pa.float32())),
     REGION_CAPTIONS: pa.list_(pa.string()), REGION_TEXT_SCORES: pa.list_(pa.float32()),
     REGION_CAPTION_SCORES: pa.list_(pa.list_(pa.float32())), REGION_EMBEDDINGS: pa.list_(pa.list_(pa.float32())),
     TEXT_SCORE: pa.float32(), CAPTION_SCORES: pa.list_(pa.float32()), KEEP_TEXT: pa.bool_(), KEEP: pa.bool_(),
-    **{c: pa.float32() for c, _ in SCORE_COLUMNS.values()},
+    **{c: pa.float32() for c, _ in SCORE_COLUMNS.values()}, **{c: pa.float32() for c in HEAD_SCORES},
     **{c: pa.list_(pa.float32()) for _, c in SCORE_COLUMNS.values()},
 }
 
@@ -129,7 +141,7 @@ _BASE = [
 ]
 
 
-def clean_schema(scorers: tuple[str, ...], regions: bool = False) -> pa.Schema:
+def clean_schema(scorers: tuple[str, ...], regions: bool = False, curated: list[pa.Field] | None = None) -> pa.Schema:
     """captions/ of `capfilt clean`: the caption columns, the chosen scorer's scores, keep flags, and
     every scorer's raw scores (`itm` brings `itc` with it: one BLIP forward gives both)."""
     kinds = [k for k in ("itm", "itc", "clip") if k in scorers or (k == "itc" and "itm" in scorers)]
@@ -141,25 +153,33 @@ def clean_schema(scorers: tuple[str, ...], regions: bool = False) -> pa.Schema:
               pa.field(KEEP_TEXT, pa.bool_()), pa.field(KEEP, pa.bool_())]
     for k in kinds:
         fields += [pa.field(SCORE_COLUMNS[k][0], pa.float32()), pa.field(SCORE_COLUMNS[k][1], pa.list_(pa.float32()))]
+    fields += curated or []  # the curation heads' scores (head_fields)
     if regions:  # an Alpha-CLIP scorer: the alt-text and the candidates against each region
         fields += [pa.field(REGION_TEXT_SCORES, pa.list_(pa.float32())),
                    pa.field(REGION_CAPTION_SCORES, pa.list_(pa.list_(pa.float32())))]
-    fields += [pa.field(WIDTH, pa.int32()), pa.field(HEIGHT, pa.int32()),
-               pa.field(REGIONS, pa.list_(pa.list_(pa.float32()))), pa.field(META, pa.string())]
+    fields += [pa.field(WIDTH, pa.int32()), pa.field(HEIGHT, pa.int32()), pa.field(SHA256, pa.string()),
+               pa.field(PHASH, pa.string()), pa.field(REGIONS, pa.list_(pa.list_(pa.float32()))), pa.field(META, pa.string())]
     return pa.schema(fields)
 
 
+def head_fields(heads: tuple[str, ...] | list[str], keep: bool = False) -> list[pa.Field]:
+    """The curation heads' score columns (HEAD_SCORES, those on), and `keep` where thresholds decide it."""
+    return [*(pa.field(c, pa.float32()) for c in HEAD_SCORES if c in heads), *([pa.field(KEEP, pa.bool_())] if keep else [])]
+
+
 def embeddings_schema(dims: dict[str, int], dtype: str = "float16", with_status: bool = False,
-                      regions: bool = False) -> pa.Schema:
-    """embeddings/: `key` and one fixed-size list column per embedding (null where there is none)."""
+                      regions: bool = False, curated: list[pa.Field] | None = None) -> pa.Schema:
+    """embeddings/: `key` and one fixed-size list column per embedding (null where there is none);
+    `curated`: the curation heads' columns (head_fields)."""
     value = pa.float16() if dtype == "float16" else pa.float32()
     fields = [pa.field(KEY, pa.string(), nullable=False)]
     if with_status:
         fields += [pa.field(SOURCE, pa.string(), nullable=False), pa.field(STATUS, pa.string(), nullable=False),
                    pa.field(ERROR, pa.string()), pa.field(TEXT, pa.string()),
-                   pa.field(WIDTH, pa.int32()), pa.field(HEIGHT, pa.int32()),
-                   pa.field(REGIONS, pa.list_(pa.list_(pa.float32())))]
+                   pa.field(WIDTH, pa.int32()), pa.field(HEIGHT, pa.int32()), pa.field(SHA256, pa.string()),
+                   pa.field(PHASH, pa.string()), pa.field(REGIONS, pa.list_(pa.list_(pa.float32())))]
     fields += [pa.field(name, pa.list_(value, d)) for name, d in dims.items()]
+    fields += curated or []
     if regions:  # Alpha-CLIP: an image embedding per region, aligned with `regions`
         fields.append(pa.field(REGION_EMBEDDINGS, pa.list_(pa.list_(value, dims[IMAGE_EMBEDDING]))))
     return pa.schema(fields)

@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 
 from pipeline.io.storage import get_fs, join, unstrip
 from pipeline.io.writer import write_atomic
-from pipeline.schema import CAPTION, CAPTION_SCORES, KEEP, KEEP_TEXT, OK, STATUS, TEXT_SCORE
+from pipeline.schema import CAPTION, CAPTION_SCORES, HEAD_SCORES, KEEP, KEEP_TEXT, OK, STATUS, TEXT_SCORE
 
 log = logging.getLogger(__name__)
 SELECTION = "_selection.json"
@@ -81,8 +81,11 @@ def _fingerprint(fs: Any, pattern: str) -> tuple[list[str], str]:
 
 
 def finish_top_fraction(output: str, fraction: float, digest: str, options: dict[str, Any],
-                        compression: str = "zstd") -> dict[str, Any]:
-    """Sets keep/keep_text in every captions file from the global cut; returns what run.json records."""
+                        compression: str = "zstd", curate: Any = None) -> dict[str, Any]:
+    """Sets keep/keep_text in every captions file from the global cut (a row that misses the `curate`
+    thresholds is not kept whatever its score); returns what run.json records."""
+    from pipeline.stages.score import curate_pass
+
     fs, path = get_fs(join(output, "captions"), options)
     pattern = path.rstrip("/") + "/*.parquet"
     files, now = _fingerprint(fs, pattern)
@@ -106,9 +109,13 @@ def finish_top_fraction(output: str, fraction: float, digest: str, options: dict
     for f in files:
         t = pq.read_table(unstrip(fs, f), filesystem=fs)
         s = row_scores(t)
-        keep = pa.array([None if np.isnan(v) else bool(v >= cut) for v in s], pa.bool_())
+        passes = curate_pass({c: t[c].to_pylist() for c in (STATUS, *HEAD_SCORES) if c in t.column_names}, curate)
+        if passes is None:
+            passes = np.ones(t.num_rows, dtype=bool)
+        keep = pa.array([None if np.isnan(v) else bool(v >= cut and p) for v, p in zip(s, passes, strict=True)], pa.bool_())
         text = t[TEXT_SCORE].to_numpy(zero_copy_only=False).astype(np.float32)
-        keep_text = pa.array([None if np.isnan(v) else bool(v >= cut) for v in text], pa.bool_())
+        keep_text = pa.array([None if np.isnan(v) else bool(v >= cut and p) for v, p in zip(text, passes, strict=True)],
+                             pa.bool_())
         ok = pc.equal(t[STATUS], OK)
         keep_text = pc.if_else(ok, keep_text, pa.nulls(t.num_rows, pa.bool_()))
         # Nothing passes in a row that is not kept, so it has no chosen caption (its candidates and

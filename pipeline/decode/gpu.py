@@ -66,7 +66,7 @@ def decode_on_device(datas: list[bytes], marks: list[int], target: Target, devic
     failed: dict[int, tuple[str, str]] = {}
     cpu = [j for j, o in enumerate(out) if o is None]
     if cpu:
-        for j, (kind, payload, _, _) in zip(cpu, IsolatedDecoder.decode([datas[j] for j in cpu], (target,), CPU_FALLBACK),
+        for j, (kind, payload, _, _, _) in zip(cpu, IsolatedDecoder.decode([datas[j] for j in cpu], (target,), CPU_FALLBACK),
                                             strict=True):
             if kind == OK:
                 out[j] = torch.from_numpy(payload[target.name].copy()).to(device)  # unpickled: read-only

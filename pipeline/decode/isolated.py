@@ -62,12 +62,12 @@ class IsolatedDecoder:
             except TimeoutError:
                 cls.close()
                 log.warning("decoder hung on an image for over decode.timeout_s=%gs; it becomes a row", cfg.timeout_s)
-                out.append((DECODE_TIMEOUT, f"decoding took over decode.timeout_s={cfg.timeout_s:g}s", None, None))
+                out.append((DECODE_TIMEOUT, f"decoding took over decode.timeout_s={cfg.timeout_s:g}s", None, None, None))
             except (EOFError, OSError):
                 cls.close()
                 i = len(out)
                 if i in crashed:
-                    out.append((DECODE_CRASH, "the decoder process died on this image (2 attempts)", None, None))
+                    out.append((DECODE_CRASH, "the decoder process died on this image (2 attempts)", None, None, None))
                 else:
                     log.warning("decoder process died on an image; trying it once more in a new one")
                     crashed.add(i)

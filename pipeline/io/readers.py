@@ -51,6 +51,10 @@ from pipeline.schema import (
 
 log = logging.getLogger(__name__)
 
+# tarfile's stream reads in pieces of this size: its default (10 KiB) makes ~25 reads of a web JPEG, its
+# buffer is copied on each, so 1 MiB is slower still; 64 KiB measured fastest (0.17 → 0.10 ms per sample).
+TAR_BUFSIZE = 1 << 16
+
 READ_SCHEMA = pa.schema(
     [
         pa.field(KEY, pa.string()),
@@ -71,7 +75,8 @@ class _Blocks:
     def __init__(self, source: str, cfg: InputConfig, skip: int = 0, keys: frozenset[str] | None = None):
         self.source, self.size, self.max_text = source, cfg.rows_per_block, cfg.max_text_chars
         self.keys = keys  # only these samples (a retry); the others are read past
-        self.rows: list[dict[str, Any]] = []
+        # Column by column: a table built from lists costs a fifth of one built from row dicts
+        self.rows: dict[str, list[Any]] = {name: [] for name in READ_SCHEMA.names}
         self.count = 0
         self.skip = skip  # a re-read after a transient error: the first `skip` rows were yielded already
         self.seen: dict[str, int] = {}
@@ -102,17 +107,19 @@ class _Blocks:
         self.count += 1
         if self.count <= self.skip:
             return None
-        self.rows.append(
-            {KEY: key, SOURCE: self.source, IMAGE: image, TEXT: text, META: meta, STATUS: status, ERROR: error,
-             MASK: mask if status == OK else None}
-        )
-        return self.flush() if len(self.rows) >= self.size else None
+        self._append({KEY: key, SOURCE: self.source, IMAGE: image, TEXT: text, META: meta, STATUS: status,
+                      ERROR: error, MASK: mask if status == OK else None})
+        return self.flush() if len(self.rows[KEY]) >= self.size else None
+
+    def _append(self, row: dict[str, Any]) -> None:
+        for name, values in self.rows.items():
+            values.append(row[name])
 
     def flush(self) -> pa.Table | None:
-        if not self.rows:
+        if not self.rows[KEY]:
             return None
-        table = pa.Table.from_pylist(self.rows, schema=READ_SCHEMA)
-        self.rows = []
+        table = pa.Table.from_pydict(self.rows, schema=READ_SCHEMA)
+        self.rows = {name: [] for name in READ_SCHEMA.names}
         return table
 
     def end(self, input_rows: int | None = None) -> pa.Table:
@@ -123,9 +130,9 @@ class _Blocks:
             meta["input_rows"] = input_rows
         if self.columns is not None:
             meta["columns"] = self.columns
-        self.rows.append(_end_row(self.source, meta))
-        table = pa.Table.from_pylist(self.rows, schema=READ_SCHEMA)
-        self.rows = []
+        self._append(_end_row(self.source, meta))
+        table = pa.Table.from_pydict(self.rows, schema=READ_SCHEMA)
+        self.rows = {name: [] for name in READ_SCHEMA.names}
         return table
 
 
@@ -172,7 +179,7 @@ def read_webdataset(shard: Shard, cfg: InputConfig, options: dict[str, Any], blo
     parts: dict[str, bytes | None] = {}
     links: set[str] = set()
     try:
-        with open_input(fs, path) as f, tarfile.open(fileobj=f, mode="r|*") as tar:
+        with open_input(fs, path) as f, tarfile.open(fileobj=f, mode="r|*", bufsize=TAR_BUFSIZE) as tar:
             for member in tar:
                 if not (member.isfile() or member.issym() or member.islnk()):
                     continue  # directories, devices, fifos: not samples
@@ -387,3 +394,10 @@ def read_shard(shard: Shard, cfg: InputConfig, options: dict[str, Any]) -> Itera
             log.warning("shard %s: %s; reading it again in %.1fs (attempt %d of %d)", shard.uri, why, delay,
                         attempt + 2, cfg.read_retries + 1)
             time.sleep(delay)
+
+
+def read_shards(shards: list[Shard], cfg: InputConfig, options: dict[str, Any]) -> Iterator[pa.Table]:
+    """Several shards' blocks, one shard after the other (a read task of small shards: see
+    ray_adapter.pack); each ends with its own SHARD_END row, and each is read again on its own."""
+    for shard in shards:
+        yield from read_shard(shard, cfg, options)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
+import json
 
 import numpy as np
 
@@ -11,7 +13,21 @@ from pipeline.decode.geometry import Target
 from pipeline.decode.image import DecodeFailure, Result, decode_many, inspect
 from pipeline.decode.isolated import IsolatedDecoder
 from pipeline.decode.regions import RegionError, mask_box, parse_boxes, read_mask
-from pipeline.schema import BAD_REGION, ERROR, GPU_DECODE, HEIGHT, IMAGE, MASK, META, OK, REGIONS, STATUS, WIDTH
+from pipeline.schema import (
+    BAD_REGION,
+    ERROR,
+    GPU_DECODE,
+    HEIGHT,
+    IMAGE,
+    MASK,
+    META,
+    OK,
+    PHASH,
+    REGIONS,
+    SHA256,
+    STATUS,
+    WIDTH,
+)
 
 
 def _column(t: Target, n: int) -> np.ndarray:
@@ -24,9 +40,24 @@ def _column(t: Target, n: int) -> np.ndarray:
     return col
 
 
+def sha256_of(data: bytes, meta: str | None) -> str:
+    """The image's sha256: img2dataset's own where its row carries one (`compute_hash`, its default: the
+    downloaded file's), else of the bytes read."""
+    if meta and '"sha256"' in meta:
+        try:
+            given = json.loads(meta).get("sha256")
+        except (ValueError, AttributeError):
+            given = None
+        if isinstance(given, str) and len(given) == 64:
+            return given.lower()
+    return hashlib.sha256(data).hexdigest()
+
+
 class DecodeImages:
-    """Adds one pixel column per target, `width`/`height`; drops the bytes. Failed rows get a status.
-    With `decode.device: cuda`: keeps the bytes of ok rows and adds GPU_DECODE instead of pixels."""
+    """Adds one pixel column per target, `width`/`height`, the hashes of exact and perceptual duplicates
+    (`sha256` of every row with image bytes, `phash` of every decoded one); drops the bytes. Failed rows
+    get a status. With `decode.device: cuda`: keeps the bytes of ok rows and adds GPU_DECODE instead of
+    pixels (and no `phash`: the pixels are decoded on the GPU)."""
 
     def __init__(self, cfg: DecodeConfig, targets: tuple[Target, ...], inputs: InputConfig | None = None):
         self.cfg, self.targets, self.inputs = cfg, targets, inputs or InputConfig()
@@ -40,8 +71,13 @@ class DecodeImages:
         mark = np.zeros(n, dtype=np.int8)
         width = np.full(n, None, dtype=object)
         height = np.full(n, None, dtype=object)
+        phashes = np.full(n, None, dtype=object)
         rows = [i for i in range(n) if status[i] == OK]
         datas = [batch[IMAGE][i] for i in rows]
+        metas = batch.get(META, np.full(n, None, dtype=object))
+        sha = np.full(n, None, dtype=object)
+        for i, data in zip(rows, datas, strict=True):
+            sha[i] = sha256_of(data, metas[i])
         results: list[Result] = []
         step = self.cfg.batch_size  # images per call to the decoder (a fused read hands over whole blocks)
         for chunk in (datas[i : i + step] for i in range(0, len(datas), step)):
@@ -49,11 +85,11 @@ class DecodeImages:
                 results += IsolatedDecoder.decode(chunk, self.targets, self.cfg)
             else:
                 results += decode_many(chunk, self.targets, self.cfg)
-        for i, (kind, payload, w, h) in zip(rows, results, strict=True):
+        for i, (kind, payload, w, h, hashed) in zip(rows, results, strict=True):
             if kind != OK:
                 status[i], error[i] = kind, payload
                 continue
-            width[i], height[i] = w, h
+            width[i], height[i], phashes[i] = w, h, hashed
             if on_gpu:
                 mark[i] = payload
                 continue
@@ -68,6 +104,7 @@ class DecodeImages:
         batch.update(pixels)
         batch[REGIONS], batch[MASK] = self._regions(batch, datas, rows, status, error, width, height)
         batch[STATUS], batch[ERROR], batch[WIDTH], batch[HEIGHT] = status, error, width, height
+        batch[SHA256], batch[PHASH] = sha, phashes
         return batch
 
     def _regions(self, batch: dict[str, np.ndarray], datas: list[bytes], rows: list[int], status: np.ndarray,

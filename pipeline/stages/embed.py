@@ -8,22 +8,33 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.config import ClipConfig, EmbedConfig, TextEmbedConfig
+from pipeline.config import ClipConfig, CurateConfig, EmbedConfig, TextEmbedConfig
 from pipeline.models.clip import ClipEmbedder, load_clip
 from pipeline.models.text_embed import TextEmbedder, load_text_embedder
-from pipeline.schema import CAPTION, PROMPT_EMBEDDING, STATUS
+from pipeline.schema import CAPTION, KEEP, OK, PROMPT_EMBEDDING, STATUS
 from pipeline.stages.rows import ok_rows, run_model, scatter
-from pipeline.stages.score import ScoreClip
+from pipeline.stages.score import ScoreClip, curate_pass, thresholded
 
 
 class EmbedImages(ScoreClip):
-    """CLIP image embeddings of ok rows and text embeddings of their alt-text: ScoreClip without scores."""
+    """CLIP image embeddings of ok rows and text embeddings of their alt-text: ScoreClip without scores;
+    with `curate`, the heads' scores, and `keep` (an ok row that clears their thresholds) where thresholded."""
 
     score = False
 
     def __init__(self, cfg: ClipConfig, pixels: str, storage_options: dict[str, Any] | None = None,
-                 embed: EmbedConfig | None = None, load: Callable[..., ClipEmbedder] = load_clip):
-        super().__init__(cfg, pixels, storage_options, embed or EmbedConfig(), load)
+                 embed: EmbedConfig | None = None, load: Callable[..., ClipEmbedder] = load_clip,
+                 curate: CurateConfig | None = None):
+        super().__init__(cfg, pixels, storage_options, embed or EmbedConfig(), load, curate)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        batch = super().__call__(batch)
+        if thresholded(self.curate):
+            passes = curate_pass(batch, self.curate)
+            assert passes is not None
+            batch[KEEP] = np.array([bool(p) if s == OK else None for s, p in zip(batch[STATUS], passes, strict=True)],
+                                   dtype=object)
+        return batch
 
 
 class EmbedPrompts:

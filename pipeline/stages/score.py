@@ -11,16 +11,18 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.config import ClipConfig, EmbedConfig, ItmConfig
+from pipeline.config import ClipConfig, CurateConfig, EmbedConfig, ItmConfig
 from pipeline.decode.gpu import stage_pixels
 from pipeline.decode.regions import row_maps
 from pipeline.decode.targets import processor_size_target
 from pipeline.models.clip import ClipEmbedder, load_clip
 from pipeline.models.itm import BlipItm, load_itm
 from pipeline.schema import (
+    AESTHETIC_SCORE,
     HEIGHT,
     IMAGE_EMBEDDING,
     MASK,
+    NSFW_SCORE,
     REGION_CAPTION_SCORES,
     REGION_EMBEDDINGS,
     REGION_TEXT_SCORES,
@@ -66,13 +68,22 @@ class ScoreItm:
 
 
 class ScoreClip:
-    """CLIP cosine for every text of ok rows; with `embed`, also the image and alt-text embeddings."""
+    """CLIP cosine for every text of ok rows; with `embed`, also the image and alt-text embeddings; with
+    `curate`, the curation heads' scores on the same image embeddings (models/heads.py), which `keep`
+    honours where the config thresholds them (curate_pass)."""
 
     score = True
 
     def __init__(self, cfg: ClipConfig, pixels: str, storage_options: dict[str, Any] | None = None,
-                 embed: EmbedConfig | None = None, load: Callable[..., ClipEmbedder] = load_clip):
+                 embed: EmbedConfig | None = None, load: Callable[..., ClipEmbedder] = load_clip,
+                 curate: CurateConfig | None = None, score: bool | None = None):
+        from pipeline.models.heads import load_heads
+
         self.model, self.column, self.embed = load(cfg, storage_options), pixels, embed
+        if score is not None:
+            self.score = score
+        self.curate = curate or CurateConfig()
+        self.heads = {c: h.to(self.model.device) for c, h in load_heads(self.curate, storage_options).items()}
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         n = len(batch[STATUS])
@@ -81,6 +92,8 @@ class ScoreClip:
         kept, results = run_model(batch, rows, lambda ix: self._rows(take(pixels, ix), [texts[j] for j in ix],
                                                                     [has_text[j] for j in ix]))
         has = {r: h for r, h in zip(rows, has_text, strict=True)}
+        for j, column in enumerate(self.heads):
+            batch[column] = scatter(n, kept, [r[3][j] for r in results])
         if self.score:
             put_scores(batch, "clip", kept, [r[0] for r in results], [has[r] for r in kept])
         if self.embed is not None:
@@ -129,11 +142,13 @@ class ScoreClip:
             batch[REGION_CAPTION_SCORES] = scatter(n, done, [(r[1][:, 1:] if a else r[1]).tolist()
                                                              for r, a in zip(results, alt, strict=True)])
 
-    def _rows(self, pixels: Any, texts: list[list[str]], has_text: list[bool]) -> list[tuple[Any, Any, Any]]:
-        """Per row: (its texts' similarities or None, image embedding or None, alt-text embedding or None)."""
+    def _rows(self, pixels: Any, texts: list[list[str]], has_text: list[bool]) -> list[tuple[Any, Any, Any, Any]]:
+        """Per row: (its texts' similarities or None, image embedding or None, alt-text embedding or None,
+        the heads' scores)."""
         import torch
 
         images = self.model.image_features(pixels)  # queued on the GPU: the texts are tokenised meanwhile
+        heads = [h(images).cpu().numpy().tolist() for h in self.heads.values()]  # on the normalised embedding
         embed_text = self.embed is not None and self.embed.text
         # One text forward for both the scores (every text) and the alt-text embeddings (first texts).
         if self.score:
@@ -155,4 +170,27 @@ class ScoreClip:
             if embed_text:
                 text_vectors = flat.cpu().numpy().astype(self.embed.dtype)
                 alt_emb = [text_vectors[s] if has else None for s, has in zip(starts, has_text, strict=True)]
-        return list(zip(sims, image_emb, alt_emb, strict=True))
+        per_head = [tuple(float(h[i]) for h in heads) for i in range(len(per_row))]
+        return list(zip(sims, image_emb, alt_emb, per_head, strict=True))
+
+
+def thresholded(curate: CurateConfig) -> bool:
+    """Whether the config thresholds a head: then `keep` honours it (the embed job gets a `keep` column)."""
+    return bool(curate.heads) and (curate.aesthetic_min is not None or curate.nsfw_max is not None)
+
+
+def curate_pass(batch: dict[str, Any], curate: CurateConfig | None) -> np.ndarray | None:
+    """Per row: whether its heads' scores clear the `curate` thresholds (aesthetic ≥ min, NSFW < max), a
+    missing score failing; None when the config thresholds nothing. `batch`: columns as sequences."""
+    if curate is None:
+        return None
+    checks = [(AESTHETIC_SCORE, curate.aesthetic_min, False), (NSFW_SCORE, curate.nsfw_max, True)]
+    checks = [(c, t, below) for c, t, below in checks if t is not None]
+    if not checks:
+        return None
+    n = len(batch[STATUS])
+    out = np.ones(n, dtype=bool)
+    for column, t, below in checks:
+        scores = batch[column] if column in batch else [None] * n
+        out &= np.array([s is not None and s == s and (s < t if below else s >= t) for s in scores], dtype=bool)
+    return out

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.config import CleanConfig
+from pipeline.config import CleanConfig, CurateConfig
 from pipeline.schema import (
     CAPTION,
     CAPTION_FLAGS,
@@ -27,11 +27,15 @@ from pipeline.schema import (
     TEXT,
     TEXT_SCORE,
 )
+from pipeline.stages.score import curate_pass
 
 
 class SelectCaption:
-    def __init__(self, cfg: CleanConfig):
-        self.cfg = cfg
+    """`curate`: a row whose curation scores miss its thresholds (aesthetic ≥ min, NSFW < max) is not kept,
+    nor its alt-text, whatever its texts' scores."""
+
+    def __init__(self, cfg: CleanConfig, curate: CurateConfig | None = None):
+        self.cfg, self.curate = cfg, curate
         self.thresholds = {"itm": cfg.itm_threshold, "clip": cfg.clip_threshold}
 
     def _passes(self, batch: dict[str, np.ndarray], i: Any, j: int | None) -> bool:
@@ -80,6 +84,10 @@ class SelectCaption:
                     out[CAPTION][i] = max(options, key=lambda o: o[0])[1] if options else None
             out[TEXT_SCORE][i] = text_score
             out[CAPTION_SCORES][i] = cand_scores
+        if (passes := curate_pass(batch, self.curate)) is not None:
+            for col in (KEEP, KEEP_TEXT):
+                out[col] = np.array([k and bool(p) if k is not None else None for k, p in zip(out[col], passes, strict=True)],
+                                    dtype=object)
         batch.update(out)
         batch.update(raw)
         batch[CAPTIONS] = captions

@@ -160,3 +160,32 @@ def test_the_simulated_device_replaces_only_the_models_math(tmp_path):
     assert [int(c[2]) for c in calls] == [3, 3] and all(float(c[1]) - float(c[0]) >= 0.03 for c in calls)
     (tmp_path / "b.log").write_text("0 1 8\n1 2 8\n3 4 8\n4 5 8\n")  # busy 2 of the 3 s from 1 to 4
     assert busy_fraction(str(tmp_path / "b.log"))["busy"] == pytest.approx(2 / 3)
+
+
+def test_the_stage_part_measures_each_layer_on_the_same_images(tmp_path):
+    """The read+decode stage's layers, in one process: each a positive cost per image of the same shards,
+    the stage no cheaper than the decode inside it; the isolated child's CPU is counted (it does the decode)."""
+    from bench.data import web_jpegs, write_shards
+    from bench.stage import _decode_spec, layers
+    from pipeline.io.shards import list_shards
+
+    glob = write_shards(web_jpegs(12, seed=5), tmp_path / "in", 4)
+    spec, cfg = _decode_spec()
+    assert spec.args[1][0].height == 224 and cfg.input.rows_per_block == 64
+    lay = layers(list_shards([glob]), spec, cfg, rounds=1)
+    assert lay["images"] == 12
+    assert all(lay[k] > 0 for k in ("decode_ms", "read_ms", "stage_ms", "stage_isolated_ms"))
+    assert lay["stage_isolated_ms"] > 0.8 * lay["decode_ms"]  # the child's decode, not only the parent's pipe
+
+
+def test_the_dedup_part_finds_the_brute_force_groups_and_reports_memory(ray_local, tmp_path):
+    """The semantic dedup bench at a small size: planted groups found as every pair compared finds them,
+    the largest process's peak and the time reported for each size."""
+    from bench.dedup import bench_dedup
+    from bench.report import cpu_table
+
+    res = bench_dedup(tmp_path, 8000)
+    assert res["check_same_groups"] and res["check_groups"]["found"] == res["check_groups"]["brute_force"] > 0
+    assert res["full"]["rows"] == 8000 and res["quarter"]["rows"] == 2000
+    assert res["full"]["peak_rss"] > 0 and res["full"]["duplicates"] > 0
+    assert "semantic dedup of 8,000" in cpu_table({"dedup": res})

@@ -118,3 +118,26 @@ def test_outputs_open_in_hugging_face_datasets(ray_local, tmp_path):
                                 cache_dir=str(tmp_path / "hf-cache"))
     width = pq.read_schema(next((out / "embeddings").glob("*.parquet"))).field("image_embedding").type.list_size
     assert emb.num_rows == 5 and all(len(e) == width for e in emb["image_embedding"] if e is not None)
+
+
+def test_many_small_shards_share_read_tasks_and_each_commits_once(ray_local, tmp_path):
+    """40 shards of 2 images: packed into fewer read tasks (ray_adapter.pack), each shard still read,
+    committed and counted on its own; a broken shard among them is its own rows, not its task's."""
+    from tests.fixtures.accounting import check_accounting
+    from tests.fixtures.samples import write_webdataset
+
+    keys = write_webdataset(tmp_path / "in", n_shards=40, per_shard=2, size=64)
+    broken = tmp_path / "in" / "00017.tar"
+    broken.write_bytes(broken.read_bytes()[:700])  # cut inside the first sample's image
+    assert run("caption", "tiny.yaml", [str(tmp_path / "in" / "*.tar")], str(tmp_path / "out"),
+               "--set", "caption.max_new_tokens=3") == 0
+    summary = json.loads((tmp_path / "out" / "run.json").read_text())
+    read = next(v for k, v in summary["stages"].items() if k.startswith("ReadReadShards"))
+    assert read["tasks"] < 40
+    rows_in = {str(tmp_path / "in" / f"{s:05d}.tar"): 2 for s in range(40)}
+    rows_in[str(broken)] = 1
+    check_accounting(str(tmp_path / "out"), rows_in=rows_in)
+    rows = pq.read_table(tmp_path / "out" / "captions").to_pylist()
+    assert {r["key"] for r in rows if r["status"] == "ok"} == set(keys) - {"000170000", "000170001"}
+    (bad,) = [r for r in rows if r["source"] == str(broken)]
+    assert bad["status"] == "read_error"

@@ -37,6 +37,8 @@ def test_every_preset_loads(path):
         ("decode.draft=maybe", "config: decode.draft: expected bool, got 'maybe'"),
         ("clean.calibration_shards=0", "config: clean.calibration_shards: expected an integer >= 1, got 0"),
         ("clean.mode=keep_some", "config: clean.mode: expected 'threshold' | 'top_fraction' | 'keep_fraction' | 'rerank'"),
+        ("curate.nsfw_max=0.5", "config: curate.nsfw_max: set, but curate.nsfw (the head it thresholds) is not"),
+        ("curate.aesthetic_min=six", "config: curate.aesthetic_min: expected float"),
     ],
 )
 def test_bad_values_fail_with_one_line_naming_the_field(override, message):

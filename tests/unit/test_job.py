@@ -24,7 +24,7 @@ def test_clean_follows_its_stage_list():
     assert set(job.revisions) == {"caption", "itm", "clip"} and all(job.revisions.values())
     itm, clip = job.stages[2], job.stages[3]
     assert itm.actor and itm.num_cpus == 0.5 and itm.batch_size == cfg.itm.batch_size
-    assert clip.concurrency == 2 and clip.kwargs == {"embed": cfg.embed}
+    assert clip.concurrency == 2 and clip.kwargs == {"embed": cfg.embed, "curate": cfg.curate, "score": True}
     assert set(job.tables) == {"captions", "embeddings"}
     # the decode stage decodes once for every model, each at its processor's size
     targets = job.stages[0].args[1]

@@ -82,3 +82,19 @@ def test_kth_largest_is_exact_with_ties_and_negatives(k):
 def test_float_keys_preserve_order():
     x = np.array([-np.inf, -2.5, -1e-30, 0.0, 1e-30, 0.5, 3.0, np.inf], dtype=np.float32)
     assert (np.diff(float_keys(x).astype(np.int64)) > 0).all()
+
+
+def test_the_curation_thresholds_take_away_keep_whatever_the_text_scores():
+    """aesthetic ≥ min and NSFW < max, a missing score failing: rows 0 and 1 pass their texts' thresholds;
+    row 0 is too unsafe, row 1 fine, row 3 (no text passing... it keeps c30) not beautiful enough."""
+    cfg = load_config(None, ["clean.scorers=[itm, clip]", "clean.clip_threshold=0.25", "curate.aesthetic=x.pth",
+                             "curate.nsfw=y.pth", "curate.aesthetic_min=5", "curate.nsfw_max=0.5"])
+    b = batch()
+    b["aesthetic_score"] = obj(6.0, 5.0, 7.0, 4.9, None)
+    b["nsfw_score"] = obj(0.7, 0.49, 0.1, 0.1, None)
+    out = SelectCaption(cfg.clean, cfg.curate)(b)
+    assert list(out[KEEP]) == [False, True, False, False, None]
+    assert list(out[KEEP_TEXT]) == [False, False, False, False, None]
+    assert list(out[CAPTION]) == ["alt0", "c11", None, "c30", None]  # the texts' choice is the scores'
+    unthresholded = load_config(None, ["clean.scorers=[itm, clip]", "clean.clip_threshold=0.25", "curate.nsfw=y.pth"])
+    assert list(SelectCaption(unthresholded.clean, unthresholded.curate)(b)[KEEP]) == [True, True, False, True, None]

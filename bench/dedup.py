@@ -1,0 +1,178 @@
+"""Semantic dedup at scale (`--only dedup`, issue #27): 1 M synthetic 768-d float16 embeddings with planted
+near-duplicate groups, written as an `embed` run's output, deduplicated by `capfilt dedup` on a local Ray:
+wall time, the peak memory of the largest process (the driver and every Ray worker; the object store's
+shared memory is Ray's, bounded by its own setting and spilling) at 1 M and at 250 k, and on a 50 k
+subset the same groups as a brute-force reference (every pair compared, connected components)."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+DIM = 768
+PER_FILE = 10_000
+RAY_CPUS = 2
+
+
+def write_run(out: Path, rows: int, seed: int = 0, group_share: float = 0.02) -> dict[str, int]:
+    """An `embed` output of `rows` unit embeddings: ~`group_share` of them in planted groups of 2–4 near
+    copies (cosine ≥ 0.99 to each other), the rest random (cosine ~0 to everything) → key → group id."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from pipeline.schema import embeddings_schema
+
+    rng = np.random.default_rng(seed)
+    schema = embeddings_schema({"image_embedding": DIM}, "float16", with_status=True)
+    (out / "embeddings").mkdir(parents=True, exist_ok=True)
+    (out / "_committed").mkdir(exist_ok=True)
+    groups: dict[str, int] = {}
+    gid = 0
+    for f in range(-(-rows // PER_FILE)):
+        n = min(PER_FILE, rows - f * PER_FILE)
+        x = rng.standard_normal((n, DIM), dtype=np.float32)
+        keys = [f"{f:05d}{i:05d}" for i in range(n)]
+        i = 0
+        while i < n:
+            size = int(rng.integers(2, 5))
+            if rng.random() < group_share / 3 and i + size <= n:  # a group: near copies of row i
+                x[i + 1 : i + size] = x[i] + 0.05 * rng.standard_normal((size - 1, DIM), dtype=np.float32)
+                for j in range(i, i + size):
+                    groups[keys[j]] = gid
+                gid += 1
+                i += size
+            else:
+                i += 1
+        x /= np.linalg.norm(x, axis=1, keepdims=True)
+        source = f"synthetic/{f:05d}.tar"
+        table = pa.table({"key": keys, "source": [source] * n, "status": ["ok"] * n, "error": [None] * n,
+                          "text": [None] * n, "width": [None] * n, "height": [None] * n, "sha256": [None] * n,
+                          "phash": [None] * n, "regions": [None] * n,
+                          "image_embedding": pa.FixedSizeListArray.from_arrays(pa.array(x.astype(np.float16).ravel()), DIM)},
+                         schema=schema)
+        pq.write_table(table, out / "embeddings" / f"{f:05d}.parquet")
+        (out / "_committed" / f"{f:05d}.json").write_text(json.dumps({"source": source, "name": f"{f:05d}", "rows": n}))
+    return groups
+
+
+class PeakRss:
+    """The largest RSS any one process of this run reached (this driver, Ray's Python workers), sampled."""
+
+    def __init__(self, every_s: float = 0.25):
+        self.every_s, self.peak, self.by = every_s, 0, ""
+        self._stop = threading.Event()
+
+    @staticmethod
+    def _ours() -> dict[int, tuple[str, int]]:
+        out = {}
+        for pid in filter(str.isdigit, os.listdir("/proc")):
+            try:
+                with open(f"/proc/{pid}/cmdline", "rb") as f:
+                    cmd = f.read().split(b"\0")[0].decode(errors="replace")
+                with open(f"/proc/{pid}/status") as f:
+                    rss = next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmRSS:"))
+            except (OSError, StopIteration):
+                continue
+            if int(pid) == os.getpid() or cmd.startswith("ray::"):
+                out[int(pid)] = (cmd[:60], rss)
+        return out
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            for name, rss in self._ours().values():
+                if rss > self.peak:
+                    self.peak, self.by = rss, name
+            time.sleep(self.every_s)
+
+    def __enter__(self) -> PeakRss:
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def run_dedup(out: Path, eps: float) -> dict[str, Any]:
+    from pipeline.config import load_config
+    from pipeline.dedup.run import dedup_output
+
+    cfg = load_config(None, ["dedup.exact=false", "dedup.perceptual=false", "dedup.semantic=true", f"dedup.eps={eps}",
+                             f"run.num_cpus={RAY_CPUS}", "run.progress=none"])
+    start = time.perf_counter()
+    with PeakRss() as peak:
+        summary = dedup_output(str(out), cfg)
+    return {"rows": summary["rows"], "seconds": time.perf_counter() - start, "peak_rss": peak.peak,
+            "peak_process": peak.by, "clusters": summary["clusters"], "duplicates": summary["duplicates"]["semantic"],
+            "stage_seconds": summary["stage_seconds"]}
+
+
+def found_groups(out: Path) -> set[frozenset[str]]:
+    """The groups `capfilt dedup` made: each kept row with the rows that point at it."""
+    import pyarrow.parquet as pq
+
+    t = pq.read_table(out / "dedup", columns=["key", "duplicate_of"]).to_pylist()
+    groups: dict[str, set[str]] = {}
+    for r in t:
+        if r["duplicate_of"]:
+            groups.setdefault(r["duplicate_of"], {r["duplicate_of"]}).add(r["key"])
+    return {frozenset(g) for g in groups.values()}
+
+
+def brute_force_groups(out: Path, eps: float) -> set[frozenset[str]]:
+    """Every pair compared (block by block), connected components of cosine ≥ 1 − eps."""
+    import pyarrow.parquet as pq
+
+    from pipeline.dedup.hashes import UnionFind
+
+    t = pq.read_table(out / "embeddings", columns=["key", "image_embedding"])
+    keys = t["key"].to_pylist()
+    x = np.stack(t["image_embedding"].to_numpy(zero_copy_only=False)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    union = UnionFind(len(x))
+    for a in range(0, len(x), 2048):
+        sims = x[a : a + 2048] @ x.T
+        for i, j in zip(*np.nonzero(sims >= 1 - eps), strict=True):
+            if a + i != j:
+                union.join(a + int(i), int(j))
+    comps: dict[int, set[str]] = {}
+    for i, k in enumerate(keys):
+        comps.setdefault(union.find(i), set()).add(k)
+    return {frozenset(c) for c in comps.values() if len(c) > 1}
+
+
+def bench_dedup(work: Path, rows: int, eps: float = 0.05) -> dict[str, Any]:
+    """1 M and 250 k (or `rows` and a quarter), and the 50 k check (or a twentieth)."""
+    from pipeline import ray_start
+    from pipeline.config import load_config
+
+    sizes = {"full": rows, "quarter": rows // 4, "check": max(rows // 20, 1000)}
+    res: dict[str, Any] = {"dim": DIM, "dtype": "float16", "eps": eps, "ray_cpus": RAY_CPUS}
+    outs = {}
+    for label, n in sizes.items():
+        t = time.perf_counter()
+        planted = write_run(work / f"dedup-{label}", n, seed=len(label))
+        outs[label] = work / f"dedup-{label}"
+        res[f"{label}_rows"] = n
+        res[f"{label}_planted_groups"] = len(set(planted.values()))
+        res[f"{label}_write_s"] = time.perf_counter() - t
+    ray_cfg = load_config(None, [f"run.num_cpus={RAY_CPUS}"])
+    started = ray_start.init_ray(ray_cfg)
+    try:
+        for label in ("check", "quarter", "full"):
+            res[label] = run_dedup(outs[label], eps)
+    finally:
+        if started:
+            ray_start.shutdown(ray_cfg)
+    res["memory_ratio"] = res["full"]["peak_rss"] / res["quarter"]["peak_rss"]
+    found, truth = found_groups(outs["check"]), brute_force_groups(outs["check"], eps)
+    res["check_same_groups"] = found == truth
+    res["check_groups"] = {"found": len(found), "brute_force": len(truth), "common": len(found & truth)}
+    return res

@@ -1,0 +1,1 @@
+"""`capfilt dedup OUT`: exact, perceptual and semantic duplicates among a finished run's rows."""
