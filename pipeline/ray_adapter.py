@@ -443,9 +443,9 @@ class Execution:
 class ClusterStages:
     """`capfilt dedup`'s semantic pass on Ray Data (pipeline/dedup/cluster.py has the logic): `items`
     (one per file) read by `reader(shared, options)` in a task each, then either filtered (the k-means
-    sample) or assigned to groups and each group handed whole to a function in a task of its own
-    (groupby → map_groups). State the tasks share (masks, centroids) goes through the object store once
-    and is built into the stage once per worker process."""
+    sample) or written by bucket and each bucket handed whole to a function in a task of its own. State
+    the tasks share (masks, centroids) goes through the object store once and is built into the stage once
+    per worker process."""
 
     def __init__(self, items: list[dict[str, Any]], reader: type, shared: Any, options: dict[str, Any]):
         self.ds = ray.data.from_items(items, override_num_blocks=max(len(items), 1)).map_batches(
@@ -456,10 +456,16 @@ class ClusterStages:
         return iter(self.ds.map_batches(_built_once(stage, ray.put(state)), batch_format="numpy")
                     .iter_batches(batch_format="numpy", batch_size=4096))
 
-    def per_group(self, stage: type, state: Any, key: str, fn: Any) -> Iterator[dict[str, np.ndarray]]:
-        """`stage(state)` adds the `key` column; `fn` runs on each group of equal `key`, whole."""
-        grouped = self.ds.map_batches(_built_once(stage, ray.put(state)), batch_format="numpy").groupby(key)
-        return iter(grouped.map_groups(fn, batch_format="numpy").iter_batches(batch_format="numpy", batch_size=None))
+    def spilled_then_per_bucket(self, stage: type, state: Any, buckets: list[Any],
+                                fn: Any) -> Iterator[dict[str, np.ndarray]]:
+        """`stage(state)` writes every read row to its bucket (and returns counts); once all are written,
+        `fn` runs on each bucket in a task of its own (a batch {"bucket": [b]}), its results streamed back."""
+        for _ in self.ds.map_batches(_built_once(stage, ray.put(state)), batch_format="numpy").iter_batches(
+                batch_format="numpy", batch_size=None):
+            pass
+        per_bucket = ray.data.from_items([{"bucket": b} for b in buckets], override_num_blocks=max(len(buckets), 1))
+        return iter(per_bucket.map_batches(fn, batch_size=1, batch_format="numpy")
+                    .iter_batches(batch_format="numpy", batch_size=None))
 
 
 def _built_once(cls: type, ref: Any, *args: Any) -> Any:

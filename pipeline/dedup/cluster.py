@@ -21,6 +21,8 @@ from pipeline.schema import IMAGE_EMBEDDING
 log = logging.getLogger("capfilt")
 
 PER_CLUSTER = 5000  # dedup.clusters null: one cluster per this many embeddings (SemDeDup: ~8,800 on LAION-440M)
+CLUSTERS_PER_BUCKET = 8  # clusters a task passes at once: ~40,000 embeddings by default, whatever the input's size
+WORK = "_work"  # OUT/dedup/_work/: the assigned embeddings by bucket, while the pass runs
 POS, EMB, CLUSTER, CSIM, PREFERRED, SCORE = "pos", "embedding", "cluster", "centroid_sim", "preferred", "score"
 
 
@@ -65,15 +67,60 @@ class Picked:
         return {POS: batch[POS][keep], EMB: np.asarray(batch[EMB])[keep]}
 
 
-class Assign:
-    """Each embedding's nearest centroid (cosine) and its cosine to it."""
+class AssignAndSpill:
+    """Each embedding's nearest centroid, then the rows written to their cluster's bucket (cluster mod
+    buckets) under the work folder, a file per bucket per task: a bucket is later read whole by one task,
+    and its size does not grow with the input (the clusters, and so the buckets, do)."""
 
-    def __init__(self, centroids: np.ndarray):
-        self.centroids = centroids
+    def __init__(self, state: tuple[np.ndarray, str, int, dict[str, Any]]):
+        self.centroids, self.work, self.buckets, self.options = state
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        batch[CLUSTER], batch[CSIM] = assign(batch[EMB], self.centroids)
-        return batch
+        import uuid
+
+        from pipeline.io.writer import write_atomic
+
+        emb = np.asarray(batch[EMB], dtype=np.float32)
+        clusters, csim = assign(emb, self.centroids)
+        bucket = clusters % self.buckets
+        for b in np.unique(bucket):
+            rows = np.flatnonzero(bucket == b)
+            table = pa.table({POS: batch[POS][rows], CLUSTER: clusters[rows], CSIM: csim[rows],
+                              PREFERRED: batch[PREFERRED][rows], SCORE: batch[SCORE][rows],
+                              EMB: pa.FixedSizeListArray.from_arrays(pa.array(emb[rows].astype(np.float16).ravel()),
+                                                                     emb.shape[1])})
+
+            def write(f: Any, table: pa.Table = table) -> None:
+                pq.write_table(table, f, compression="none")
+
+            write_atomic(join(self.work, f"b{int(b):05d}", f"{uuid.uuid4().hex}.parquet"), write, self.options)
+        return {"rows": np.array([len(emb)])}
+
+
+def bucket_pass(strategy: str, eps: float, work: str, options: dict[str, Any],
+                batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """A bucket's rows read whole, and each of its clusters' pass (cluster_pass) → pos, similarity,
+    duplicate_of."""
+    out: dict[str, list[np.ndarray]] = {POS: [], "similarity": [], "duplicate_of": []}
+    for b in batch["bucket"]:
+        fs, path = get_fs(join(work, f"b{int(b):05d}"), options)
+        files = sorted(fs.glob(path.rstrip("/") + "/*.parquet")) if fs.exists(path) else []
+        if not files:
+            continue
+        t = pa.concat_tables(pq.read_table(fs.open(f)) for f in files)
+        emb = _vectors(t[EMB])
+        emb /= np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)  # stored as float16
+        cols = {c: t[c].to_numpy(zero_copy_only=False) for c in (POS, CLUSTER, CSIM, PREFERRED, SCORE)}
+        order = np.argsort(cols[CLUSTER], kind="stable")
+        starts = np.flatnonzero(np.r_[True, np.diff(cols[CLUSTER][order]) != 0])
+        for rows in np.split(order, starts[1:]):
+            r = cluster_pass(strategy, eps, {POS: cols[POS][rows], EMB: emb[rows], CSIM: cols[CSIM][rows],
+                                             PREFERRED: cols[PREFERRED][rows], SCORE: cols[SCORE][rows]})
+            for k in out:
+                out[k].append(r[k])
+    if not out[POS]:
+        return {POS: np.zeros(0, np.int64), "similarity": np.zeros(0, np.float32), "duplicate_of": np.zeros(0, np.int64)}
+    return {k: np.concatenate(v) for k, v in out.items()}
 
 
 def cluster_pass(strategy: str, eps: float, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -117,6 +164,17 @@ def semantic_pass(fs: Any, root: str, names: list[str], cols: dict[str, Any], ca
     log.info("dedup: k-means of %d clusters fitted on %d of %d embeddings", len(centroids), len(sample_x), wanted)
     dup_of = np.full(n, -1, np.int64)
     sims = np.full(n, np.nan, np.float32)
-    for b in stages.per_group(Assign, centroids, CLUSTER, partial(cluster_pass, d.keep, d.eps)):
+    # Each cluster whole in one task, without a shuffle that holds everything until the last block is in
+    # (Ray Data's hash shuffle for groupby: its reducers' memory grew with the input, BENCHMARKS.md): the
+    # assigned rows are written by cluster bucket, then each bucket is read and passed by one task.
+    work = join(unstrip(fs, root), "dedup", WORK)
+    wfs, wpath = get_fs(work, options)
+    if wfs.exists(wpath):
+        wfs.rm(wpath, recursive=True)  # a run cut short left its buckets
+    buckets = max(1, -(-len(centroids) // CLUSTERS_PER_BUCKET))
+    for b in stages.spilled_then_per_bucket(AssignAndSpill, (centroids, work, buckets, options), list(range(buckets)),
+                                            partial(bucket_pass, d.keep, d.eps, work, options)):
         dup_of[b[POS]], sims[b[POS]] = b["duplicate_of"], b["similarity"]
+    if wfs.exists(wpath):
+        wfs.rm(wpath, recursive=True)
     return dup_of, sims, len(centroids)
