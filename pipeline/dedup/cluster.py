@@ -111,7 +111,9 @@ def bucket_pass(strategy: str, eps: float, work: str, options: dict[str, Any],
         emb = _vectors(t[EMB])
         emb /= np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)  # stored as float16
         cols = {c: t[c].to_numpy(zero_copy_only=False) for c in (POS, CLUSTER, CSIM, PREFERRED, SCORE)}
-        order = np.argsort(cols[CLUSTER], kind="stable")
+        # by cluster, then by position: the bucket's files come in any order, and ties (exact copies rank
+        # alike) go by position, so every run keeps the same rows
+        order = np.lexsort((cols[POS], cols[CLUSTER]))
         starts = np.flatnonzero(np.r_[True, np.diff(cols[CLUSTER][order]) != 0])
         for rows in np.split(order, starts[1:]):
             r = cluster_pass(strategy, eps, {POS: cols[POS][rows], EMB: emb[rows], CSIM: cols[CSIM][rows],
