@@ -1,14 +1,12 @@
 """Semantic dedup at scale (`--only dedup`, issue #27): 1 M synthetic 768-d float16 embeddings with planted
 near-duplicate groups, written as an `embed` run's output, deduplicated by `capfilt dedup` on a local Ray:
-wall time, the peak memory of the largest process (the driver and every Ray worker; the object store's
-shared memory is Ray's, bounded by its own setting and spilling) at 1 M and at 250 k, and on a 50 k
+wall time, the peak memory of the largest process (bench.meters.PeakRss: the driver and every Ray worker;
+the object store's shared memory is Ray's, bounded by its own setting and spilling) at 1 M and at 250 k, and on a 50 k
 subset the same groups as a brute-force reference (every pair compared, connected components)."""
 
 from __future__ import annotations
 
 import json
-import os
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -61,57 +59,20 @@ def write_run(out: Path, rows: int, seed: int = 0, group_share: float = 0.02) ->
     return groups
 
 
-class PeakRss:
-    """The largest RSS any one process of this run reached (this driver, Ray's Python workers), sampled."""
-
-    def __init__(self, every_s: float = 0.25):
-        self.every_s, self.peak, self.by = every_s, 0, ""
-        self._stop = threading.Event()
-
-    @staticmethod
-    def _ours() -> dict[int, tuple[str, int]]:
-        out = {}
-        for pid in filter(str.isdigit, os.listdir("/proc")):
-            try:
-                with open(f"/proc/{pid}/cmdline", "rb") as f:
-                    cmd = f.read().split(b"\0")[0].decode(errors="replace")
-                with open(f"/proc/{pid}/status") as f:
-                    rss = next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmRSS:"))
-            except (OSError, StopIteration):
-                continue
-            if int(pid) == os.getpid() or cmd.startswith("ray::"):
-                out[int(pid)] = (cmd[:60], rss)
-        return out
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            for name, rss in self._ours().values():
-                if rss > self.peak:
-                    self.peak, self.by = rss, name
-            time.sleep(self.every_s)
-
-    def __enter__(self) -> PeakRss:
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
-
 def run_dedup(out: Path, eps: float) -> dict[str, Any]:
     from pipeline.config import load_config
     from pipeline.dedup.run import dedup_output
 
     cfg = load_config(None, ["dedup.exact=false", "dedup.perceptual=false", "dedup.semantic=true", f"dedup.eps={eps}",
                              f"run.num_cpus={RAY_CPUS}", "run.progress=none"])
+    from bench.meters import PeakRss
+
     start = time.perf_counter()
     with PeakRss() as peak:
         summary = dedup_output(str(out), cfg)
-    return {"rows": summary["rows"], "seconds": time.perf_counter() - start, "peak_rss": peak.peak,
-            "peak_process": peak.by, "clusters": summary["clusters"], "duplicates": summary["duplicates"]["semantic"],
-            "stage_seconds": summary["stage_seconds"]}
+    return {"rows": summary["rows"], "seconds": time.perf_counter() - start, "peak_rss": peak.peak_process,
+            "peak_process": peak.peak_process_name, "clusters": summary["clusters"],
+            "duplicates": summary["duplicates"]["semantic"], "stage_seconds": summary["stage_seconds"]}
 
 
 def found_groups(out: Path) -> set[frozenset[str]]:

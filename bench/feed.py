@@ -95,18 +95,14 @@ def busy_fraction(log: str) -> dict[str, float]:
             "window_img_s": images / (t1 - t0)}
 
 
-def decode_capacity(datas: list[bytes], targets: tuple[Any, ...], seconds: float) -> float:
-    """capfilt's own decode as the decode stage calls it (the fast path, to the job's decode targets, with the
-    perceptual hash and the bytes' sha256), in this process, one core: img/s."""
-    import hashlib
-
+def decode_capacity(datas: list[bytes], spec: Any, seconds: float) -> float:
+    """capfilt's own decode as the job's decode stage (`spec`) calls it (bench/stage.py), in this process,
+    one core: img/s."""
     from bench.meters import rate
-    from pipeline.decode.image import decode_hashed
+    from bench.stage import decode_as_the_stage
 
     def run() -> int:
-        for d in datas:
-            decode_hashed(d, targets, 10**9, ("JPEG",), fast=True)
-            hashlib.sha256(d).hexdigest()
+        decode_as_the_stage(datas, spec)
         return len(datas)
 
     return rate(run, seconds)[0]
@@ -170,8 +166,9 @@ def bench_feed(work: Path, images: int, seconds: float) -> dict[str, Any]:
     ray_start.init_ray(ray_cfg)
     try:
         for shape in ("blip", "clip"):
-            targets = shaped_job(shape, 1.0, os.devnull)[0].stages[0].args[1]  # the decode stage's targets
-            per_core = decode_capacity(pool[:64], targets, seconds)
+            decode = shaped_job(shape, 1.0, os.devnull)[0].stages[0]  # the job's decode stage
+            targets = decode.args[1]
+            per_core = decode_capacity(pool[:64], decode, seconds)
             capacity = per_core * (RAY_CPUS - MODEL_CPUS)
             out[shape] = {"decode_img_s_per_core": per_core, "decode_capacity_img_s": capacity,
                           "targets": [f"{t.name} {t.height}x{t.width}" for t in targets]}

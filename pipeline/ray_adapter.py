@@ -118,6 +118,7 @@ class ShardDatasource(Datasource):
     def __init__(self, shards: list[Shard], cfg: InputConfig, options: dict[str, Any], slots: int = 1):
         super().__init__()
         self.shards, self.cfg, self.options, self.slots = shards, cfg, options, slots
+        self.tasks = pack(shards, slots)
 
     def estimate_inmemory_data_size(self) -> int | None:
         sizes = [s.size for s in self.shards]
@@ -132,7 +133,7 @@ class ShardDatasource(Datasource):
                               input_files=tuple(s.uri for s in group)),
                 schema=READ_SCHEMA,
             )
-            for group in pack(self.shards, self.slots)
+            for group in self.tasks
         ]
 
     def get_name(self) -> str:
@@ -321,7 +322,7 @@ def _read(source: ShardDatasource, cfg: Config) -> Any:
     reader already gives, block by block), and a split read is never fused. Same CPUs, concurrency
     and scheduling as the decode tasks (see _apply): fusion needs equal remote args."""
     retries = {"max_retries": TASK_RETRIES}
-    tasks = len(pack(source.shards, source.slots))
+    tasks = len(source.tasks)
     with warnings.catch_warnings():
         # Ray 2.60 deprecates ray_remote_args for reads but has no named parameter for retries.
         warnings.simplefilter("ignore", DeprecationWarning)

@@ -156,7 +156,7 @@ def semantic_pass(fs: Any, root: str, names: list[str], cols: dict[str, Any], ca
     picked = np.zeros(n, dtype=bool)
     pool = np.flatnonzero(candidates)
     picked[np.random.default_rng(d.seed).choice(pool, size=min(d.sample, len(pool)), replace=False)] = True
-    stages = ray_adapter.ClusterStages(items, ReadEmbeddings, (candidates, cols["preferred"], score), options)
+    stages = ray_adapter.ClusterStages(items, ReadEmbeddings, (candidates, cols["run_keep"], score), options)
     parts = [(b[POS], b[EMB]) for b in stages.filtered(Picked, picked) if len(b[POS])]
     if not parts:
         return np.full(n, -1, np.int64), np.full(n, np.nan, np.float32), 0

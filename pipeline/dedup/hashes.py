@@ -23,8 +23,7 @@ def phash_ints(hexes: list[str | None]) -> tuple[np.ndarray, np.ndarray]:
 
 def popcount(x: np.ndarray) -> np.ndarray:
     """Set bits of each uint64."""
-    x = x.astype(np.uint64)
-    return np.unpackbits(x.view(np.uint8).reshape(-1, 8), axis=1).sum(axis=1).astype(np.int64)
+    return np.bitwise_count(x.astype(np.uint64)).astype(np.int64)
 
 
 def _bands(max_distance: int) -> list[tuple[int, int]]:

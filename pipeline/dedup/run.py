@@ -34,7 +34,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.config import Config, DedupConfig
-from pipeline.dedup.hashes import duplicates_by_group, perceptual_groups, phash_ints
+from pipeline.dedup.hashes import duplicates_by_group, perceptual_groups, phash_ints, popcount
 from pipeline.io.storage import get_fs, join
 from pipeline.io.writer import COMMITTED, committed_shards, write_atomic
 from pipeline.schema import IMAGE_EMBEDDING, KEEP, KEY, OK, PHASH, SHA256, SOURCE, STATUS
@@ -61,12 +61,20 @@ class DedupError(ValueError):
     """OUT cannot be deduplicated as asked: the message says why and what to run."""
 
 
+def _columns_of(fs: Any, root: str, table: str) -> list[str]:
+    """The columns of a table of OUT (its first file's), or none when it has no file."""
+    files = fs.glob(join(root, table) + "/*.parquet")
+    if not files:
+        return []
+    with fs.open(files[0]) as f:
+        return list(pq.read_schema(f).names)
+
+
 def _rows_table(output: str, fs: Any, root: str) -> str:
     """The run's table that holds every row with its status: `captions` (caption, clean, prompts) or
     `embeddings` (embed)."""
     for name in ("captions", "embeddings"):
-        files = fs.glob(join(root, name) + "/*.parquet")
-        if files and STATUS in pq.read_schema(fs.open(files[0])).names:
+        if STATUS in _columns_of(fs, root, name):
             return name
     raise DedupError(f"dedup: {output!r} has no captions/ or embeddings/ table with a status column: "
                      "not the output of a finished capfilt run")
@@ -88,8 +96,7 @@ def dedup_output(output: str, cfg: Config) -> dict[str, Any]:
         raise DedupError(f"dedup: {output!r} holds no committed shards (no {COMMITTED}/): run a job into it first")
     names = sorted(m["name"] for m in markers.values())
     table = _rows_table(output, fs, root)
-    has_embeddings = bool(fs.glob(join(root, "embeddings") + "/*.parquet")) and IMAGE_EMBEDDING in pq.read_schema(
-        fs.open(fs.glob(join(root, "embeddings") + "/*.parquet")[0])).names
+    has_embeddings = IMAGE_EMBEDDING in _columns_of(fs, root, "embeddings")
     semantic = has_embeddings if d.semantic is None else d.semantic
     if semantic and not has_embeddings:
         raise DedupError(f"dedup: dedup.semantic needs the image embeddings of {output!r} (OUT/embeddings/ with "
@@ -108,8 +115,7 @@ def dedup_output(output: str, cfg: Config) -> dict[str, Any]:
     method = np.zeros(n, dtype=np.int8)  # METHODS[i - 1]; 0: none
     similarity = np.full(n, np.nan, dtype=np.float32)
     ok = cols[STATUS]
-    preferred = cols["preferred"]
-    rank = np.lexsort((np.arange(n), ~preferred))  # the run's kept rows first, then the input's order
+    rank = np.lexsort((np.arange(n), ~cols["run_keep"]))  # the run's kept rows first, then the input's order
     position = np.empty(n, np.int64)
     position[rank] = np.arange(n)
     seconds: dict[str, float] = {}
@@ -132,7 +138,7 @@ def dedup_output(output: str, cfg: Config) -> dict[str, Any]:
         groups[valid] = perceptual_groups(distinct, d.phash_distance)[inverse]
         found = duplicates_by_group(groups, position, valid)
         hit = found >= 0
-        bits = np.array([bin(int(a) ^ int(b)).count("1") for a, b in zip(values[hit], values[found[hit]], strict=True)])
+        bits = popcount(values[hit] ^ values[found[hit]])
         dup_of[hit], method[hit] = found[hit], 2
         similarity[hit] = 1.0 - bits / 64.0
         seconds["perceptual"] = time.monotonic() - t
@@ -194,9 +200,10 @@ def _read_columns(fs: Any, root: str, table: str, names: list[str], d: DedupConf
               *([d.score_column] if d.keep == "score" else [])]
     parts: dict[str, list[Any]] = {c: [] for c in (*wanted, "file")}
     for i, name in enumerate(names):
-        path = join(root, table, f"{name}.parquet")
-        present = [c for c in wanted if c in pq.read_schema(fs.open(path)).names]
-        t = pq.read_table(fs.open(path), columns=present)
+        with fs.open(join(root, table, f"{name}.parquet")) as f:
+            pf = pq.ParquetFile(f)
+            present = [c for c in wanted if c in pf.schema_arrow.names]
+            t = pf.read(columns=present)
         for c in wanted:
             parts[c].append(t[c].combine_chunks() if c in present else pa.nulls(t.num_rows))
         parts["file"].append(np.full(t.num_rows, i, dtype=np.int32))
@@ -206,8 +213,7 @@ def _read_columns(fs: Any, root: str, table: str, names: list[str], d: DedupConf
     ok = pc.fill_null(pc.equal(pa.concat_arrays([a.cast(pa.string()) for a in parts[STATUS]]), OK), False)
     cols[STATUS] = ok.to_numpy(zero_copy_only=False)
     kept = pc.fill_null(pa.concat_arrays([a.cast(pa.bool_()) for a in parts[KEEP]]), True)  # no keep: every ok row
-    cols["run_keep"] = kept.to_numpy(zero_copy_only=False) & cols[STATUS]
-    cols["preferred"] = cols["run_keep"]
+    cols["run_keep"] = kept.to_numpy(zero_copy_only=False) & cols[STATUS]  # also what stays first in a group
     for c in (SHA256, PHASH):
         if c in parts:
             cols[c] = pa.concat_arrays([a.cast(pa.string()) for a in parts[c]]).to_numpy(zero_copy_only=False)

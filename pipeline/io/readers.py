@@ -131,8 +131,8 @@ class _Blocks:
         if self.columns is not None:
             meta["columns"] = self.columns
         self._append(_end_row(self.source, meta))
-        table = pa.Table.from_pydict(self.rows, schema=READ_SCHEMA)
-        self.rows = {name: [] for name in READ_SCHEMA.names}
+        table = self.flush()
+        assert table is not None  # the end row at least
         return table
 
 
