@@ -75,6 +75,20 @@ def run_dedup(out: Path, eps: float) -> dict[str, Any]:
             "duplicates": summary["duplicates"]["semantic"], "stage_seconds": summary["stage_seconds"]}
 
 
+def estimate_full(out: Path, eps: float, sample: int) -> dict[str, Any]:
+    """`capfilt estimate dedup` of the full output from a sample of `sample` rows (its files copied)."""
+    from pipeline.config import load_config
+    from pipeline.dedup.estimate import estimate_dedup
+
+    cfg = load_config(None, ["dedup.exact=false", "dedup.perceptual=false", "dedup.semantic=true", f"dedup.eps={eps}",
+                             f"run.num_cpus={RAY_CPUS}", "run.progress=none"])
+    start = time.perf_counter()
+    e = estimate_dedup(str(out), cfg, sample)
+    return {"sample_rows": e["sample"]["rows"], "predicted_s": e["projected"]["wall_s"],
+            "predicted_duplicates": e["projected"]["duplicates"]["semantic"], "seconds": time.perf_counter() - start,
+            "projected_stages": e["projected"]["stage_seconds"]}
+
+
 def found_groups(out: Path) -> set[frozenset[str]]:
     """The groups `capfilt dedup` made: each kept row with the rows that point at it."""
     import pyarrow.parquet as pq
@@ -129,10 +143,12 @@ def bench_dedup(work: Path, rows: int, eps: float = 0.05) -> dict[str, Any]:
     try:
         for label in ("check", "quarter", "full"):
             res[label] = run_dedup(outs[label], eps)
+        res["estimate"] = estimate_full(outs["full"], eps, sizes["check"])
     finally:
         if started:
             ray_start.shutdown(ray_cfg)
     res["memory_ratio"] = res["full"]["peak_rss"] / res["quarter"]["peak_rss"]
+    res["estimate"]["error"] = res["estimate"]["predicted_s"] / res["full"]["seconds"] - 1
     found, truth = found_groups(outs["check"]), brute_force_groups(outs["check"], eps)
     res["check_same_groups"] = found == truth
     res["check_groups"] = {"found": len(found), "brute_force": len(truth), "common": len(found & truth)}

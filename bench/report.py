@@ -116,6 +116,10 @@ def cpu_table(res: dict[str, Any]) -> str:
             f"{dd['check_groups']['brute_force']} | {dd['check_groups']['found']} | {dd['check_groups']['common']} | "
             f"{'the same' if dd['check_same_groups'] else 'NOT the same'} |",
         ]
+        if "estimate" in dd:
+            e = dd["estimate"]
+            lines.append(f"| `estimate dedup` of the {full['rows']:,} rows from {e['sample_rows']:,}: predicted vs the run (s) | "
+                         f"{e['predicted_s']:.0f} | {full['seconds']:.0f} | {e['error']:+.0%} | ±25 % |")
     if "plan" in res:
         pl = res["plan"]
         lines.append(f"| the plan of {pl['shards']:,} shards on S3 (moto), {pl['committed']:,} committed: seconds (requests), "

@@ -55,8 +55,10 @@ def parser(specs: dict[str, JobSpec]) -> argparse.ArgumentParser:
     r.add_argument("--address", help="Ray cluster to attach to (default: RAY_ADDRESS, else a local Ray)")
     r.add_argument("--verbose", "-v", action="store_true")
     e = sub.add_parser("estimate", help=ESTIMATE_HELP, description=ESTIMATE_HELP)
-    e.add_argument("estimate_job", metavar="JOB", choices=sorted(specs), help="the job to estimate: " + ", ".join(specs))
-    e.add_argument("--input", "-i", nargs="+", required=True, metavar="URI", help="the whole run's input")
+    e.add_argument("estimate_job", metavar="JOB", choices=[*sorted(specs), "dedup"],
+                   help="the job to estimate: " + ", ".join(specs) + ", or dedup (--input: a finished run's OUT)")
+    e.add_argument("--input", "-i", nargs="+", required=True, metavar="URI",
+                   help="the whole run's input (dedup: the OUT of a finished run)")
     e.add_argument("--config", "-c", metavar="FILE", help="YAML config (default: built-in defaults)")
     e.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config field (repeatable)")
@@ -86,7 +88,8 @@ def parser(specs: dict[str, JobSpec]) -> argparse.ArgumentParser:
                    help="the alt-text score threshold that keeps this fraction (0-1) of the scored alt-texts")
     i.add_argument("--json", action="store_true", help="print everything as JSON")
     i.add_argument("--html", metavar="FILE", help="also write a self-contained HTML report (histograms, gallery, "
-                   "image × text heatmap, ITM GradCAM maps of rejected alt-texts) to FILE")
+                   "image × text heatmap, ITM GradCAM maps of rejected alt-texts, curation scores' extremes, duplicate groups) "
+                   "to FILE")
     i.add_argument("--config", "-c", metavar="FILE", help="YAML with storage options (S3 endpoint, credentials)")
     i.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config field, e.g. storage.anon=true")
@@ -101,7 +104,8 @@ DEDUP_HELP = ("exact (sha256), perceptual (phash) and semantic (SemDeDup on the 
               "finished run's rows → OUT/dedup/: every row once, with duplicate_of, method, similarity and keep")
 
 ESTIMATE_HELP = ("run a job's config on a sample of its input (--sample N images) and project the whole run: "
-                 "wall time, img/s per stage, the bottleneck, GPU-hours for --actors A")
+                 "wall time, img/s per stage, the bottleneck, GPU-hours for --actors A; `estimate dedup --input OUT`: "
+                 "dedup on a sample of a finished run's files, projected step by step")
 
 INSPECT_HELP = ("what a run decided: counts by status, keep fractions, score quantiles per scorer, thresholds for "
                 "keep fractions, throughput, stage times and provenance; reads markers, footers and a few columns")
@@ -235,6 +239,8 @@ def _estimate(args: argparse.Namespace, overrides: list[str], specs: dict[str, J
     try:
         if args.sample < 1:
             raise ConfigError(f"estimate: --sample must be at least 1, got {args.sample}")
+        if args.estimate_job == "dedup":
+            return _estimate_dedup(args, overrides)
         spec = specs[args.estimate_job]
         cfg = load_config(args.config, overrides, defaults=spec.defaults)
         quiet.apply_switches(cfg.run.verbose)
@@ -243,6 +249,21 @@ def _estimate(args: argparse.Namespace, overrides: list[str], specs: dict[str, J
     except (ConfigError, FileNotFoundError, ValueError) as e:
         print(f"capfilt: {e}", file=sys.stderr)
         return 2
+    print(json.dumps(result, indent=2, default=str) if args.json else render(result))
+    return 0
+
+
+def _estimate_dedup(args: argparse.Namespace, overrides: list[str]) -> int:
+    """`estimate dedup --input OUT`: errors raise to _estimate's handler."""
+    import json
+
+    from pipeline.dedup.estimate import estimate_dedup, render
+
+    if len(args.input) != 1:
+        raise ConfigError(f"estimate dedup: --input takes the one OUT of a finished run, got {len(args.input)}")
+    cfg = load_config(args.config, overrides)
+    quiet.apply_switches(cfg.run.verbose)
+    result = estimate_dedup(args.input[0], cfg, args.sample)
     print(json.dumps(result, indent=2, default=str) if args.json else render(result))
     return 0
 

@@ -128,7 +128,7 @@ def estimate(job: Job, inputs: list[str], cfg: Config, sample: int, actors: int 
     return out
 
 
-def _hms(s: float | None) -> str:
+def hms(s: float | None) -> str:
     if s is None or not math.isfinite(s):
         return "?"
     s = int(round(s))
@@ -144,11 +144,11 @@ def render(d: dict[str, Any]) -> str:
         mark = "  ← bottleneck" if op == d["bottleneck"] else ""
         lines.append(f"  {op}: {st['img_s_per_worker']:.2f} img/s per worker × {st['workers']:g} = "
                      f"{st['capacity_img_s']:.2f} img/s{mark}")
-    lines.append(f"  as sampled (this config, this cluster): {_hms(a['wall_s'])} at {a['img_s']:.2f} img/s")
+    lines.append(f"  as sampled (this config, this cluster): {hms(a['wall_s'])} at {a['img_s']:.2f} img/s")
     p = d.get("projected")
     if p:
         actors = p["actors"] if p["actors"] is not None else "the configured"
         cpus = f" and {p['cpus']:g} CPUs" if p["cpus"] is not None else ""
-        lines.append(f"  with {actors} actors per model stage{cpus}: {_hms(p['wall_s'])} at {p['img_s']:.2f} img/s, "
+        lines.append(f"  with {actors} actors per model stage{cpus}: {hms(p['wall_s'])} at {p['img_s']:.2f} img/s, "
                      f"bottleneck {p['bottleneck']}, {p['gpu_hours']:.2f} GPU-hours")
     return "\n".join(lines)

@@ -1,9 +1,11 @@
 """`capfilt inspect OUT --html report.html`: one self-contained page of what a run decided.
 
-Sections: the summary; score histograms per scorer (alt-text vs candidates, thresholds drawn); a gallery
-(thumbnail, alt-text, candidates with their scores, kept or not: the best, the worst, a random sample and
-a sample of each error status); the image × text similarity heatmap of a sample (as in the CLIP blog);
-and for rejected alt-texts the ITM GradCAM map per word (as in the BLIP blog). Images are inlined as
+Sections: the summary; score histograms per scorer (alt-text vs candidates, thresholds drawn) and per
+curation head; a gallery (thumbnail, alt-text, candidates with their scores, kept or not: the best, the
+worst, a random sample and a sample of each error status); the image × text similarity heatmap of a
+sample (as in the CLIP blog); for rejected alt-texts the ITM GradCAM map per word (as in the BLIP blog);
+the curation heads' highest and lowest scored images; and after `capfilt dedup`, the final kept count
+beside the run's and a sample of duplicate groups, each group's images side by side. Images are inlined as
 data URIs (no network); thumbnails are re-read from the input shards by `source` and `key` (the output
 stores no images). Plots are matplotlib's.
 """
@@ -36,6 +38,7 @@ from pipeline.schema import (
     CAPTION_SCORES,
     CAPTIONS,
     ERROR,
+    HEAD_SCORES,
     IMAGE,
     KEEP,
     KEEP_TEXT,
@@ -49,9 +52,9 @@ from pipeline.schema import (
 )
 
 log = logging.getLogger(__name__)
-SECTIONS = ("summary", "histograms", "gallery", "heatmap", "gradcam")
+SECTIONS = ("summary", "histograms", "gallery", "heatmap", "gradcam", "curation", "dedup")
 GALLERY_COLUMNS = (KEY, SOURCE, STATUS, ERROR, TEXT, CAPTION, CAPTIONS, TEXT_SCORE, CAPTION_SCORES, KEEP, KEEP_TEXT,
-                   *(c for pair in SCORE_COLUMNS.values() for c in pair))
+                   *(c for pair in SCORE_COLUMNS.values() for c in pair), *HEAD_SCORES)
 
 
 def run_config(run: dict[str, Any], options: dict[str, Any]) -> Config:
@@ -176,7 +179,31 @@ def histograms(rows: pa.Table, marks: dict[str, float]) -> dict[str, str]:
         ax.set_xlabel(f"{kind} score")
         ax.legend(fontsize=7)
         out[kind] = _png(fig)
+    for column in HEAD_SCORES:
+        if column not in rows.column_names:
+            continue
+        x = pc.drop_null(rows[column]).to_numpy(zero_copy_only=False)
+        if not len(x):
+            continue
+        fig, ax = plt.subplots(figsize=(6, 2.6))
+        ax.hist(x, bins=30, alpha=0.8, label=f"ok rows (n={len(x)})")
+        for label, t in marks.items():
+            if label.startswith(column + ":"):
+                ax.axvline(t, color="k", linestyle="--", linewidth=1)
+                ax.text(t, ax.get_ylim()[1] * 0.9, f" {label.split(':', 1)[1]} {t:.3f}", fontsize=7)
+        ax.set_xlabel(column)
+        ax.legend(fontsize=7)
+        out[column] = _png(fig)
     return out
+
+
+def extremes(rows: pa.Table, column: str, per: int = 4) -> list[tuple[str, dict[str, Any]]]:
+    """("highest"|"lowest", row): a curation head's `per` highest and lowest scored ok rows (ties by key)."""
+    scored = rows.filter(pc.and_(pc.equal(rows[STATUS], OK), pc.is_valid(rows[column])))
+    order = pc.sort_indices(scored, sort_keys=[(column, "descending"), (KEY, "ascending")]).to_pylist()
+    top = order[:per]
+    return ([("highest", scored.slice(i, 1).to_pylist()[0]) for i in top]
+            + [("lowest", scored.slice(i, 1).to_pylist()[0]) for i in order[::-1][:per] if i not in top])
 
 
 def run_pixels(cfg: Config, models: dict[str, Any], datas: list[bytes], section: str) -> np.ndarray:
@@ -306,6 +333,9 @@ def write_html(report: dict[str, Any], output: str, path: str, options: dict[str
     body = [f'<section id="summary"><h2>Summary</h2><pre>{_e(render(report))}</pre></section>']
 
     marks = {f"{k}:threshold": v for k, v in thresholds(run.get("config") or {}).items()}
+    for column, h in report.get("curation", {}).items():
+        if "configured" in h:
+            marks[f"{column}:{h['field']}"] = h["configured"]["threshold"]
     if "keep_request" in report and report.get("ranked_by"):
         marks[f"{report['ranked_by']}:keep {report['keep_request']['keep_fraction']:.0%}"] = report["keep_request"]["threshold"]
     hists = histograms(rows, marks) if rows is not None else {}
@@ -314,7 +344,11 @@ def write_html(report: dict[str, Any], output: str, path: str, options: dict[str
         or "<p>This job scores nothing: no histograms.</p>") + "</section>")
 
     chosen = pick(rows) if rows is not None else []
-    datas = images_of(cfg, list(run.get("inputs") or []), [r for _, r in chosen]) if chosen else {}
+    heads = {c: extremes(rows, c) for c in report.get("curation", {}) if rows is not None and c in rows.column_names}
+    groups = (report.get("dedup") or {}).get("groups", [])
+    wanted = [r for _, r in chosen] + [r for picked in heads.values() for _, r in picked] + [
+        m for g in groups for m in (g["kept"], *g["duplicates"])]
+    datas = images_of(cfg, list(run.get("inputs") or []), wanted) if wanted else {}
     cards = []
     for why, r in chosen:
         thumb = thumbnail(datas.get((r[SOURCE], r[KEY])))
@@ -374,11 +408,62 @@ def write_html(report: dict[str, Any], output: str, path: str, options: dict[str
                     + ("No rejected alt-text in the sample." if "itm" in models else
                        "This run has no BLIP ITM scorer: no GradCAM maps.") + "</p></section>")
 
+    body.append(curation_section(heads, report.get("curation", {}), datas))
+    made["curation"] = {c: [(why, r[KEY], r[c]) for why, r in picked] for c, picked in heads.items()}
+    body.append(dedup_section(report.get("dedup"), datas))
+    made["dedup_groups"] = len(groups)
+
     page = PAGE.format(title=_e(f"capfilt {report.get('job')}: {output}"), body="\n".join(body))
     with open(path, "w", encoding="utf-8") as f:
         f.write(page)
     made["images"] = page.count("<img ")
     return made
+
+
+def _figure(data: bytes | None, key: str, caption: str, size: int = 120) -> str:
+    thumb = thumbnail(data, size)
+    img = f'<img alt="{_e(key)}" src="{thumb}">' if thumb else '<div class="noimg">no image</div>'
+    return f'<figure class="thumb" data-key="{_e(key)}">{img}<figcaption>{caption}</figcaption></figure>'
+
+
+def curation_section(heads: dict[str, list[tuple[str, dict[str, Any]]]], curation: dict[str, Any],
+                     datas: dict[tuple[str, str], bytes]) -> str:
+    """Per curation head: its highest and lowest scored images, with the score and whether the row was kept."""
+    if not heads:
+        return ('<section id="curation"><h2>Curation scores</h2><p>No curation head in this run (curate.aesthetic, '
+                "curate.nsfw): nothing to show.</p></section>")
+    parts = []
+    for column, picked in heads.items():
+        h = curation.get(column, {})
+        rule = (f"{column} {h['rule']} {h['configured']['threshold']} keeps {h['configured']['kept']:.0f} of "
+                f"{h['configured']['of']}" if "configured" in h else "no threshold configured")
+        for why in ("highest", "lowest"):
+            figs = "".join(_figure(datas.get((r[SOURCE], r[KEY])), r[KEY],
+                                   f"{_e(r[KEY])} <b>{r[column]:.3f}</b>"
+                                   + {True: " kept", False: " rejected", None: ""}[r.get(KEEP)])
+                           for w, r in picked if w == why)
+            parts.append(f'<div class="extremes" data-column="{column}" data-which="{why}"><h3>{column}: {why} '
+                         f"({_e(rule)})</h3>{figs}</div>")
+    return '<section id="curation"><h2>Curation scores</h2>' + "".join(parts) + "</section>"
+
+
+def dedup_section(dedup: dict[str, Any] | None, datas: dict[tuple[str, str], bytes]) -> str:
+    """The final kept count beside the run's, and sample duplicate groups, each group's images in a row."""
+    if not dedup:
+        return ('<section id="dedup"><h2>Duplicates</h2><p>`capfilt dedup` has not run on this output.</p>'
+                "</section>")
+    found = ", ".join(f"{m}: {v}" for m, v in dedup["duplicates"].items())
+    head = (f'<p class="kept">kept after dedup: <b data-final-kept="{dedup["kept"]}">{dedup["kept"]}</b> of '
+            f'{dedup["rows"]} rows · kept by the run: {dedup.get("run_kept")} of {dedup.get("ok")} ok rows · '
+            f"duplicates: {_e(found)}</p>")
+    rows = []
+    for g in dedup["groups"]:
+        kept = g["kept"]
+        figs = _figure(datas.get((kept[SOURCE], kept[KEY])), kept[KEY], f"{_e(kept[KEY])} <b>stays</b>")
+        figs += "".join(_figure(datas.get((x[SOURCE], x[KEY])), x[KEY],
+                                f"{_e(x[KEY])} {_e(x['method'])} {_score(x['similarity'])}") for x in g["duplicates"])
+        rows.append(f'<div class="group" data-size="{g["size"]}">{figs}</div>')
+    return '<section id="dedup"><h2>Duplicates</h2>' + head + "".join(rows) + "</section>"
 
 
 PAGE = """<!doctype html>
@@ -394,6 +479,8 @@ pre {{ background: #f6f6f6; padding: .8em; overflow-x: auto; }}
 .err {{ color: #c33; }}
 table.heat td {{ text-align: center; padding: .3em; }} table.heat th {{ font-weight: normal; font-size: 11px; max-width: 9em; }}
 figure {{ display: inline-block; margin: .5em; }}
+figure.thumb {{ width: 130px; font-size: 11px; vertical-align: top; }}
+.group {{ border-top: 1px solid #ddd; padding: .3em 0; }}
 </style></head>
 <body data-images-loaded="pending">
 <h1>{title}</h1>

@@ -12,19 +12,26 @@ import posixpath
 from collections import Counter
 from typing import Any
 
+import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from pipeline.dedup.run import DEDUP, SUMMARY
 from pipeline.io.storage import get_fs, join
-from pipeline.io.writer import committed_shards
+from pipeline.io.writer import COMMITTED, committed_shards
 from pipeline.report import RUNS
 from pipeline.schema import (
+    AESTHETIC_SCORE,
     CAPTION_SCORES,
     EMBEDDINGS,
+    HEAD_SCORES,
     KEEP,
     KEEP_TEXT,
+    KEY,
+    NSFW_SCORE,
     OK,
     SCORE_COLUMNS,
+    SOURCE,
     STATUS,
     TEXT_SCORE,
 )
@@ -33,6 +40,8 @@ from pipeline.sketch import SKETCHED, Merged, file_metadata, table_sketches
 TABLES = ("captions", "embeddings")
 QUANTILES = (0.0, 0.1, 0.25, 0.5, 0.75, 0.9, 1.0)
 KEEP_FRACTIONS = (0.1, 0.3, 0.5, 0.7, 0.9)
+# The curation heads: how each keeps (aesthetic ≥ its threshold, NSFW < its), and the config field
+HEAD_RULES = {AESTHETIC_SCORE: (">=", "aesthetic_min"), NSFW_SCORE: ("<", "nsfw_max")}
 
 
 class InspectError(ValueError):
@@ -90,17 +99,21 @@ def inspect_output(output: str, options: dict[str, Any] | None = None, keep: flo
                     meta = {"sketches": table_sketches(pf.read(columns=scored))}  # written before sketches
                 for c, s in (meta or {}).get("sketches", {}).items():
                     sketches.setdefault(c, []).append(s)
-                if KEEP in schema.names:
-                    t = pf.read(columns=[STATUS, KEEP, KEEP_TEXT])
+                if KEEP in schema.names:  # keep_text: clean's alone (embed's curation thresholds keep rows only)
+                    t = pf.read(columns=[c for c in (STATUS, KEEP, KEEP_TEXT) if c in schema.names])
                     ok = pc.equal(t[STATUS], OK)
                     keep_counts["ok"] += int(pc.sum(ok).as_py() or 0)
                     keep_counts["keep"] += int(pc.sum(pc.fill_null(t[KEEP], False)).as_py() or 0)
-                    keep_counts["keep_text"] += int(pc.sum(pc.fill_null(t[KEEP_TEXT], False)).as_py() or 0)
+                    if KEEP_TEXT in t.column_names:
+                        keep_counts["keep_text"] += int(pc.sum(pc.fill_null(t[KEEP_TEXT], False)).as_py() or 0)
+                        keep_counts["with_keep_text"] += 1
     out["tables"] = {t: {"columns": c, "embeddings": [e for e in EMBEDDINGS if e in c]} for t, c in columns.items()}
     if keep_counts["ok"]:
         out["keep"] = {"rows": keep_counts["keep"], "fraction": keep_counts["keep"] / keep_counts["ok"],
-                       "alt_text_rows": keep_counts["keep_text"],
-                       "alt_text_fraction": keep_counts["keep_text"] / keep_counts["ok"], "of_ok_rows": keep_counts["ok"]}
+                       "of_ok_rows": keep_counts["ok"]}
+        if keep_counts["with_keep_text"]:
+            out["keep"].update({"alt_text_rows": keep_counts["keep_text"],
+                                "alt_text_fraction": keep_counts["keep_text"] / keep_counts["ok"]})
     merged = {c: Merged.of(s) for c, s in sketches.items()}
     cfg = (run or {}).get("config", {})
     rank_by = cfg.get("clean", {}).get("rank_by")
@@ -126,6 +139,13 @@ def inspect_output(output: str, options: dict[str, Any] | None = None, keep: flo
     elif keep is not None:
         raise InspectError(f"inspect: --keep needs alt-text scores ({TEXT_SCORE}); {output!r} has none "
                            f"(job {out['job']!r}: only `capfilt clean` scores alt-text)")
+    curation = {c: _head(merged[c], c, (cfg.get("curate") or {}).get(HEAD_RULES[c][1]))
+                for c in HEAD_SCORES if c in merged and merged[c].n}
+    if curation:
+        out["curation"] = curation
+    dedup = dedup_summary(output, options)
+    if dedup is not None:
+        out["dedup"] = dedup
     if run is not None:
         out["run"] = {k: run.get(k) for k in ("run_id", "job", "inputs", "seconds", "images_per_s",
                                               "steady_images_per_s", "first_block_s", "stages", "models",
@@ -147,6 +167,75 @@ def _threshold(m: Merged, keep: float) -> dict[str, Any]:
     t = m.threshold_for(keep)
     return {"keep_fraction": keep, "threshold": t, "alt_texts_kept": m.at_least(t) if t is not None else 0,
             "of": m.n, "error_rows": m.error_rows}
+
+
+def _head(m: Merged, column: str, configured: float | None) -> dict[str, Any]:
+    """A curation head's quantiles, what its configured threshold keeps and the thresholds that keep
+    each of KEEP_FRACTIONS (≥ for the aesthetic score, < for NSFW)."""
+    rule = HEAD_RULES[column][0]
+
+    def kept(t: float | None) -> float:
+        return 0.0 if t is None else m.at_least(t) if rule == ">=" else m.below(t)
+
+    out: dict[str, Any] = {**_stats(m), "rule": rule, "field": f"curate.{HEAD_RULES[column][1]}"}
+    if configured is not None:
+        out["configured"] = {"threshold": configured, "kept": kept(configured), "of": m.n}
+    out["thresholds"] = [{"keep_fraction": f, "threshold": t, "kept": kept(t), "of": m.n}
+                         for f in KEEP_FRACTIONS
+                         for t in [m.threshold_for(f) if rule == ">=" else m.threshold_below(f)]]
+    return out
+
+
+def dedup_summary(output: str, options: dict[str, Any]) -> dict[str, Any] | None:
+    """What `capfilt dedup` decided for OUT (OUT/dedup/_dedup.json), with the final kept count from its
+    parts' markers (those of the same dedup settings), or None where dedup has not run."""
+    fs, root = get_fs(output, options)
+    summary = _json(fs, join(root, DEDUP, SUMMARY))
+    if summary is None:
+        return None
+    try:
+        listed = fs.glob(join(root, DEDUP, COMMITTED) + "/*.json")
+    except FileNotFoundError:
+        listed = []
+    parts = [json.loads(v) for v in (fs.cat(listed) if listed else {}).values()]
+    parts = [p for p in parts if p.get("config_digest") == summary.get("config_digest")]
+    return {"rows": sum(p["rows"] for p in parts), "parts": len(parts), "files": summary.get("files"),
+            "duplicates": summary.get("duplicates", {}), "kept": sum(p["kept"] for p in parts),
+            "run_kept": summary.get("run_kept"), "ok": summary.get("ok"), "semantic": summary.get("semantic"),
+            "clusters": summary.get("clusters"), "seconds": summary.get("seconds"),
+            "config": summary.get("config"), "groups": duplicate_groups(output, options)}
+
+
+def duplicate_groups(output: str, options: dict[str, Any], n: int = 4, members: int = 6) -> list[dict[str, Any]]:
+    """A sample of duplicate groups from OUT/dedup/: the largest of each method first (so every method
+    that found something shows), then the largest others; each the row that stays and up to `members`
+    of its duplicates with how each was found."""
+    fs, root = get_fs(output, options)
+    files = sorted(fs.glob(join(root, DEDUP) + "/*.parquet"))
+    if not files:
+        return []
+    cols = [KEY, SOURCE, "duplicate_of", "duplicate_of_source", "method", "similarity"]
+    parts = []
+    for path in files:
+        with fs.open(path, "rb") as f:
+            t = pq.read_table(f, columns=cols)
+        parts.append(t.filter(pc.is_valid(t["duplicate_of"])))
+    dups = pa.concat_tables(parts).to_pylist()
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for r in dups:
+        groups.setdefault((r["duplicate_of_source"], r["duplicate_of"]), []).append(r)
+    order = sorted(groups, key=lambda g: (-len(groups[g]), g))
+    chosen: list[tuple[str, str]] = []
+    for method in ("exact", "perceptual", "semantic"):
+        first = next((g for g in order if g not in chosen and any(r["method"] == method for r in groups[g])), None)
+        if first is not None:
+            chosen.append(first)
+    chosen += [g for g in order if g not in chosen][: max(0, n - len(chosen))]
+    return [{"kept": {SOURCE: g[0], KEY: g[1]}, "size": 1 + len(groups[g]),
+             "duplicates": [{SOURCE: r[SOURCE], KEY: r[KEY], "method": r["method"],
+                             "similarity": None if r["similarity"] is None else round(float(r["similarity"]), 6)}
+                            for r in sorted(groups[g], key=lambda r: (r[SOURCE], r[KEY]))[:members]]}
+            for g in chosen[:n]]
 
 
 def _runs(fs: Any, root: str) -> list[dict[str, Any]]:
@@ -183,8 +272,9 @@ def render(d: dict[str, Any]) -> str:
                                                          or "none"))
     if "keep" in d:
         k = d["keep"]
-        lines.append(f"  kept: {k['rows']} of {k['of_ok_rows']} ok rows ({k['fraction']:.1%}); "
-                     f"alt-text kept: {k['alt_text_rows']} ({k['alt_text_fraction']:.1%})")
+        lines.append(f"  kept: {k['rows']} of {k['of_ok_rows']} ok rows ({k['fraction']:.1%})"
+                     + (f"; alt-text kept: {k['alt_text_rows']} ({k['alt_text_fraction']:.1%})" if "alt_text_rows" in k
+                        else ""))
     for kind, s in d.get("scores", {}).items():
         for who, label in (("alt_text", "alt-text"), ("captions", "captions")):
             st = s.get(who)
@@ -204,6 +294,24 @@ def render(d: dict[str, Any]) -> str:
         t = d["keep_request"]
         lines.append(f"  --keep {t['keep_fraction']}: threshold {_num(t['threshold'], 6)} keeps {t['alt_texts_kept']:.0f} "
                      f"of {t['of']} alt-texts" + (f" (± {t['error_rows']} rows)" if t["error_rows"] else ""))
+    for column, h in d.get("curation", {}).items():
+        q = h["quantiles"]
+        lines.append(f"  {column} n={h['n']:<6d} " + " ".join(f"{p}={_num(v)}" for p, v in q.items()))
+        if "configured" in h:
+            c = h["configured"]
+            lines.append(f"    {h['field']} {c['threshold']}: {column} {h['rule']} {c['threshold']} keeps "
+                         f"{c['kept']:.0f} of {c['of']}")
+        lines.append(f"    thresholds ({column} {h['rule']} t): " + ", ".join(
+            f"keep {t['keep_fraction']:.0%} t={_num(t['threshold'])}" for t in h["thresholds"]))
+    if "dedup" in d:
+        dd = d["dedup"]
+        found = ", ".join(f"{m} {v}" for m, v in dd["duplicates"].items()) or "none"
+        lines.append(f"  dedup: {dd['kept']} of {dd['rows']} rows kept (the run kept {_na(dd['run_kept'])} of "
+                     f"{_na(dd['ok'])} ok rows); duplicates: {found}"
+                     + ("" if dd["parts"] == dd["files"] else f"; {dd['parts']} of {dd['files']} parts written"))
+        for g in dd["groups"]:
+            lines.append(f"    group of {g['size']}: {g['kept'][KEY]} stays; " + ", ".join(
+                f"{x[KEY]} ({x['method']} {_num(x['similarity'], 3)})" for x in g["duplicates"]))
     for table, info in d.get("tables", {}).items():
         if info["embeddings"]:
             lines.append(f"  {table}: " + ", ".join(info["embeddings"]))

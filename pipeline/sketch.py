@@ -24,11 +24,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipeline.schema import CAPTION_SCORES, SCORE_COLUMNS, TEXT_SCORE
+from pipeline.schema import CAPTION_SCORES, HEAD_SCORES, SCORE_COLUMNS, TEXT_SCORE
 
 POINTS = 1000
 METADATA_KEY = b"capfilt"
-SKETCHED = (TEXT_SCORE, CAPTION_SCORES, *(c for pair in SCORE_COLUMNS.values() for c in pair))
+SKETCHED = (TEXT_SCORE, CAPTION_SCORES, *(c for pair in SCORE_COLUMNS.values() for c in pair), *HEAD_SCORES)
 
 
 def values(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
@@ -96,6 +96,10 @@ class Merged:
         """How many scores are >= threshold (exact where every shard's sketch is)."""
         return float(self.weights[self.values >= threshold].sum())
 
+    def below(self, threshold: float) -> float:
+        """How many scores are < threshold (a score that keeps below its threshold: NSFW)."""
+        return float(self.weights[self.values < threshold].sum())
+
     def threshold_for(self, keep: float) -> float | None:
         """The largest threshold that keeps at least round(keep * n) scores (`score >= threshold`)."""
         if not self.n or keep <= 0:
@@ -104,6 +108,16 @@ class Merged:
         cum = np.cumsum(self.weights)
         i = min(int(np.searchsorted(cum, k - 1e-9)), len(self.values) - 1)
         return float(self.values[i])
+
+    def threshold_below(self, keep: float) -> float | None:
+        """The smallest threshold that keeps at least round(keep * n) scores (`score < threshold`): the
+        float32 just above the k-th lowest score, so that a float32 score compares as the count says."""
+        if not self.n or keep <= 0:
+            return None
+        k = max(1, round(keep * self.n))
+        asc_v, cum = self.values[::-1], np.cumsum(self.weights[::-1])
+        i = min(int(np.searchsorted(cum, k - 1e-9)), len(asc_v) - 1)
+        return float(np.nextafter(np.float32(asc_v[i]), np.float32(np.inf)))
 
     def quantile(self, q: float) -> float | None:
         """The inverted-CDF quantile (numpy's `method="inverted_cdf"`): the smallest value whose share of

@@ -6,6 +6,7 @@ per-row results (a position, a cosine and the position it duplicates), never the
 from __future__ import annotations
 
 import logging
+import time
 from functools import partial
 from typing import Any
 
@@ -137,9 +138,14 @@ def cluster_pass(strategy: str, eps: float, batch: dict[str, np.ndarray]) -> dic
 
 
 def semantic_pass(fs: Any, root: str, names: list[str], cols: dict[str, Any], candidates: np.ndarray,
-                  d: DedupConfig, options: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, int]:
-    """SemDeDup over the candidates' embeddings → (duplicate_of per row, similarity per row, clusters)."""
+                  d: DedupConfig, options: dict[str, Any],
+                  seconds: dict[str, float] | None = None) -> tuple[np.ndarray, np.ndarray, int]:
+    """SemDeDup over the candidates' embeddings → (duplicate_of per row, similarity per row, clusters);
+    `seconds` gets each step's time (semantic_read, kmeans, semantic_assign, semantic_pass)."""
     from pipeline import ray_adapter
+
+    seconds = {} if seconds is None else seconds
+    began = time.monotonic()
 
     n = len(candidates)
     score = cols[d.score_column] if d.keep == "score" else np.full(n, np.nan)
@@ -162,7 +168,11 @@ def semantic_pass(fs: Any, root: str, names: list[str], cols: dict[str, Any], ca
         return np.full(n, -1, np.int64), np.full(n, np.nan, np.float32), 0
     pos = np.concatenate([p for p, _ in parts])
     sample_x = np.concatenate([e for _, e in parts])[np.argsort(pos)]
+    seconds["semantic_read"] = time.monotonic() - began
+    began = time.monotonic()
     centroids = fit_kmeans(sample_x, k, d.seed)
+    seconds["kmeans"] = time.monotonic() - began
+    began = time.monotonic()
     log.info("dedup: k-means of %d clusters fitted on %d of %d embeddings", len(centroids), len(sample_x), wanted)
     dup_of = np.full(n, -1, np.int64)
     sims = np.full(n, np.nan, np.float32)
@@ -174,9 +184,14 @@ def semantic_pass(fs: Any, root: str, names: list[str], cols: dict[str, Any], ca
     if wfs.exists(wpath):
         wfs.rm(wpath, recursive=True)  # a run cut short left its buckets
     buckets = max(1, -(-len(centroids) // CLUSTERS_PER_BUCKET))
-    for b in stages.spilled_then_per_bucket(AssignAndSpill, (centroids, work, buckets, options), list(range(buckets)),
-                                            partial(bucket_pass, d.keep, d.eps, work, options)):
+    for i, b in enumerate(stages.spilled_then_per_bucket(AssignAndSpill, (centroids, work, buckets, options),
+                                                         list(range(buckets)),
+                                                         partial(bucket_pass, d.keep, d.eps, work, options))):
+        if i == 0:  # every row assigned and bucketed (and the first bucket passed)
+            seconds["semantic_assign"] = time.monotonic() - began
+            began = time.monotonic()
         dup_of[b[POS]], sims[b[POS]] = b["duplicate_of"], b["similarity"]
+    seconds["semantic_pass"] = time.monotonic() - began
     if wfs.exists(wpath):
         wfs.rm(wpath, recursive=True)
     return dup_of, sims, len(centroids)

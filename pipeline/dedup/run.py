@@ -108,7 +108,9 @@ def dedup_output(output: str, cfg: Config) -> dict[str, Any]:
         log.info("dedup: all %d parts of %s are done already (same settings, same run files)", len(names), output)
         return json.loads(fs.cat_file(join(root, DEDUP, SUMMARY)))
 
+    t = time.monotonic()
     cols = _read_columns(fs, root, table, names, d)
+    seconds: dict[str, float] = {"read": time.monotonic() - t}
     n = len(cols[KEY])
     log.info("dedup: %d rows in %d files of %s/%s", n, len(names), output, table)
     dup_of = np.full(n, -1, dtype=np.int64)
@@ -118,7 +120,6 @@ def dedup_output(output: str, cfg: Config) -> dict[str, Any]:
     rank = np.lexsort((np.arange(n), ~cols["run_keep"]))  # the run's kept rows first, then the input's order
     position = np.empty(n, np.int64)
     position[rank] = np.arange(n)
-    seconds: dict[str, float] = {}
 
     if d.exact:
         t = time.monotonic()
@@ -142,19 +143,21 @@ def dedup_output(output: str, cfg: Config) -> dict[str, Any]:
         dup_of[hit], method[hit] = found[hit], 2
         similarity[hit] = 1.0 - bits / 64.0
         seconds["perceptual"] = time.monotonic() - t
-    clusters = 0
+    clusters = candidates_n = 0
     if semantic:
         t = time.monotonic()
         from pipeline import ray_start
         from pipeline.dedup.cluster import semantic_pass
 
         candidates = ok & (dup_of < 0)
+        candidates_n = int(candidates.sum())
         connected = ray_start.init_ray(cfg)
+        seconds["ray_start"] = time.monotonic() - t
         try:
             from pipeline import ray_adapter
 
             ray_adapter.configure(cfg)
-            found, sims, clusters = semantic_pass(fs, root, names, cols, candidates, d, options)
+            found, sims, clusters = semantic_pass(fs, root, names, cols, candidates, d, options, seconds)
         finally:
             if connected:
                 ray_start.shutdown(cfg)
@@ -168,7 +171,7 @@ def dedup_output(output: str, cfg: Config) -> dict[str, Any]:
     counts = _write_parts(output, options, todo, names, cols, dup_of, method, similarity, keep, digest)
     seconds["write"] = time.monotonic() - t
     summary = {"output": output, "table": table, "rows": n, "files": len(names), "config": asdict(d),
-               "semantic": semantic, "clusters": clusters, "config_digest": digest,
+               "semantic": semantic, "clusters": clusters, "semantic_candidates": candidates_n, "config_digest": digest,
                "duplicates": {m: int(np.sum(method == i + 1)) for i, m in enumerate(METHODS)},
                "kept": int(keep.sum()), "run_kept": int((ok & cols["run_keep"]).sum()), "ok": int(ok.sum()),
                "parts_written": len(todo), "parts_done_before": len(done), "seconds": round(time.monotonic() - began, 3),

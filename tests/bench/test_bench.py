@@ -187,4 +187,6 @@ def test_the_dedup_part_finds_the_brute_force_groups_and_reports_memory(ray_loca
     assert res["check_same_groups"] and res["check_groups"]["found"] == res["check_groups"]["brute_force"] > 0
     assert res["full"]["rows"] == 8000 and res["quarter"]["rows"] == 2000
     assert res["full"]["peak_rss"] > 0 and res["full"]["duplicates"] > 0
-    assert "semantic dedup of 8,000" in cpu_table({"dedup": res})
+    assert res["estimate"]["sample_rows"] == 8000 and res["estimate"]["predicted_s"] > 0  # one file: the sample
+    table = cpu_table({"dedup": res})
+    assert "semantic dedup of 8,000" in table and "`estimate dedup` of the 8,000 rows" in table

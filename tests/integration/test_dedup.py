@@ -9,6 +9,7 @@ import tarfile
 
 import numpy as np
 import pyarrow.parquet as pq
+import pytest
 from PIL import Image
 
 from pipeline.cli import main
@@ -105,3 +106,30 @@ def test_semantic_dedup_on_the_cluster_finds_every_exact_copy_and_a_rerun_resume
     assert pq.read_table(tmp_path / "out" / "dedup").sort_by("key").equals(first)
     assert dedup(tmp_path / "out", *semantic_only) == 0  # all done: nothing written
     assert dedup(tmp_path / "out", "dedup.semantic=true", "dedup.eps=2") == 2  # a bad setting: one line, exit 2
+
+
+def test_estimate_dedup_runs_a_sample_of_whole_files_elsewhere_and_projects_every_stage(ray_local, tmp_path, capsys):
+    planted_corpus(tmp_path / "in", n_shards=4)
+    out = tmp_path / "out"
+    assert run("embed", "tiny-embed.yaml", [str(tmp_path / "in" / "*.tar")], str(out)) == 0
+    markers = [json.loads(p.read_text()) for p in (out / "_committed").glob("*.json")]
+    total = sum(m["rows"] for m in markers)
+    capsys.readouterr()
+    assert main(["estimate", "dedup", "--input", str(out), "--sample", "20", "--json"]) == 0
+    e = json.loads(capsys.readouterr().out)
+    assert not (out / "dedup").exists()  # the sample ran in a temporary copy: OUT is not written
+    assert e["rows"] == total and e["files"] == len(markers) == 4
+    per_file = {m["name"]: m["rows"] for m in markers}
+    assert e["sample"]["files"] == 2 and 20 <= e["sample"]["rows"] < total  # whole files, at least 20 rows
+    assert e["sample"]["rows"] in {a + b for a in per_file.values() for b in per_file.values()}
+    scale = total / e["sample"]["rows"]
+    st, proj = e["sample"]["stage_seconds"], e["projected"]["stage_seconds"]
+    assert {"read", "exact", "perceptual", "semantic_read", "kmeans", "semantic_assign", "semantic_pass",
+            "write"} <= set(proj)
+    for k in ("read", "exact", "perceptual", "write", "semantic_read", "semantic_assign"):  # linear in rows
+        assert proj[k] == pytest.approx(st[k] * scale, rel=1e-3, abs=1e-3)
+    assert e["projected"]["wall_s"] >= sum(proj.values())
+    assert main(["estimate", "dedup", "--input", str(out)]) == 0
+    assert "capfilt estimate dedup: sample of" in capsys.readouterr().out
+    assert main(["estimate", "dedup", "--input", str(out), str(out)]) == 2
+    assert "--input takes the one OUT" in capsys.readouterr().err

@@ -8,6 +8,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
@@ -15,7 +16,7 @@ from pipeline.cli import main
 from tests.fixtures.commands import run
 from tests.integration.test_jobs import write_shards
 
-SECTIONS = ("summary", "histograms", "gallery", "heatmap", "gradcam")
+SECTIONS = ("summary", "histograms", "gallery", "heatmap", "gradcam", "curation", "dedup")
 
 
 def browser() -> str | None:
@@ -84,3 +85,80 @@ def test_the_report_opens_in_a_real_browser(report, tmp_path):
         assert im.size == (1200, 3000)
         assert len(set(im.convert("L").resize((60, 150)).getdata())) > 20  # drawn, not a blank page
     print(json.dumps({"screenshot": str(shot)}))
+
+
+@pytest.fixture(scope="module")
+def curated(ray_local, tmp_path_factory) -> tuple[Path, dict]:
+    """An `embed` run with the curation heads over a corpus of planted duplicates, then `capfilt dedup`."""
+    from tests.integration.test_dedup import planted_corpus
+
+    tmp = tmp_path_factory.mktemp("curated")
+    truth = planted_corpus(tmp / "in", n_shards=2)
+    out = tmp / "out"
+    assert run("embed", "tiny-curate.yaml", [str(tmp / "in" / "*.tar")], str(out), "--set", "embed.dtype=float32",
+               "--set", "curate.aesthetic_min=0.0") == 0
+    assert main(["dedup", str(out), "--set", "dedup.semantic=false"]) == 0
+    return out, truth
+
+
+def test_inspect_reports_the_heads_thresholds_and_the_dedup_kept_count_and_groups(curated, capsys):
+    out, truth = curated
+    capsys.readouterr()
+    assert main(["inspect", str(out), "--json"]) == 0
+    d = json.loads(capsys.readouterr().out)
+    t = pq.read_table(out / "embeddings")
+    for column, rule, configured in (("aesthetic_score", ">=", 0.0), ("nsfw_score", "<", 0.5)):
+        x = t[column].to_numpy()
+        h = d["curation"][column]
+        assert h["n"] == len(x) == len(truth) and h["rule"] == rule and h["error_rows"] == 0  # small shards: exact
+        assert h["quantiles"]["p50"] == pytest.approx(float(np.quantile(x, 0.5, method="inverted_cdf")), abs=1e-6)
+        kept = (x >= configured) if rule == ">=" else (x < configured)
+        assert h["configured"] == {"threshold": configured, "kept": float(kept.sum()), "of": len(x)}
+        for row in h["thresholds"]:  # each keeps what it says on the stored float32 scores: at least its share,
+            k = round(row["keep_fraction"] * len(x))  # and any stricter threshold fewer (ties: the random NSFW
+            at = np.float32(row["threshold"])  # head's sigmoid saturates at 0 and 1)
+            if rule == ">=":
+                assert (x >= at).sum() == row["kept"] >= k > (x > at).sum()
+            else:
+                assert (x < at).sum() == row["kept"] >= k > (x < np.nextafter(at, np.float32(-np.inf))).sum()
+    dd = d["dedup"]
+    rows = {r["key"]: r for r in pq.read_table(out / "dedup").to_pylist()}
+    assert dd["kept"] == sum(r["keep"] for r in rows.values()) and dd["rows"] == len(truth)
+    assert dd["run_kept"] == sum(t["keep"].to_pylist())  # the run's keep (NSFW < 0.5) beside the final one
+    assert dd["duplicates"]["exact"] == 6 and dd["groups"]
+    assert {"exact", "perceptual"} <= {x["method"] for g in dd["groups"] for x in g["duplicates"]}
+    for g in dd["groups"]:
+        assert rows[g["kept"]["key"]]["method"] is None
+        assert all(rows[x["key"]]["duplicate_of"] == g["kept"]["key"] for x in g["duplicates"])
+        assert g["size"] == 1 + sum(r["duplicate_of"] == g["kept"]["key"] for r in rows.values())
+    assert main(["inspect", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert f"dedup: {dd['kept']} of {len(truth)} rows kept" in printed and "curate.nsfw_max 0.5" in printed
+
+
+def test_the_report_shows_the_heads_extremes_and_duplicate_groups_in_a_real_browser(curated, tmp_path, capsys):
+    out, truth = curated
+    page = tmp_path / "curated.html"
+    assert main(["inspect", str(out), "--html", str(page)]) == 0
+    doc = page.read_text()
+    t = pq.read_table(out / "embeddings").sort_by("key")
+    for column in ("aesthetic_score", "nsfw_score"):
+        assert f'alt="{column} scores" src="data:image/png' in doc  # its histogram
+        order = sorted(zip(t[column].to_pylist(), t["key"].to_pylist(), strict=True), key=lambda p: (-p[0], p[1]))
+        for which, want in (("highest", [k for _, k in order[:4]]), ("lowest", [k for _, k in order[::-1][:4]])):
+            block = re.search(rf'<div class="extremes" data-column="{column}" data-which="{which}">(.*?)</div>', doc)
+            assert block and re.findall(r'<figure class="thumb" data-key="([^"]+)">', block.group(1)) == want
+    dedup = re.search(r'<section id="dedup">(.*?)</section>', doc, re.S).group(1)
+    kept = sum(pq.read_table(out / "dedup")["keep"].to_pylist())
+    assert f'data-final-kept="{kept}"' in dedup
+    groups = re.findall(r'<div class="group" data-size="(\d+)">(.*?)</div>', dedup)
+    assert groups and all(len(re.findall(r'<img alt="[^"]+" src="data:image/jpeg', g)) == int(n) for n, g in groups
+                          if int(n) <= 7)
+    exe = browser()
+    if exe is None:
+        pytest.skip("no chromium here (.ci/run installs Debian's `chromium`; `apt-get install -y chromium`)")
+    flags = [exe, "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=5000"]
+    dom = subprocess.run([*flags, "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120).stdout
+    loaded = re.search(r'data-images-loaded="(\d+)/(\d+)"', dom)
+    assert loaded and loaded.group(1) == loaded.group(2) and int(loaded.group(2)) == doc.count("<img ")
+    assert '<section id="curation">' in dom and '<section id="dedup">' in dom
