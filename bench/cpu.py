@@ -212,7 +212,7 @@ def bench_pipeline(inputs: str, out: Path, model: str, threads: int, batch: int,
     from jobs.caption import JOB
     from pipeline.config import load_config
     from pipeline.job import build_job
-    from pipeline.run import run_job
+    from pipeline.runner.run import run_job
 
     cfg = load_config(None, [
         f"caption.model={model}", "caption.device=cpu", "caption.dtype=float32", "caption.strategy=greedy",
@@ -263,7 +263,7 @@ def bench_driver_memory(work: Path, images: int, small: int, rows_per_part: int)
     from pipeline.config import load_config
     from pipeline.job import build_job
     from pipeline.models.random_weights import ensure_tiny
-    from pipeline.run import run_job
+    from pipeline.runner.run import run_job
 
     ensure_tiny("clip-wide")  # built before the first run, not in its driver while measured
     pool = web_jpegs(64, seed=6)
@@ -343,9 +343,9 @@ def bench_estimate(work: Path, images: int, sample: int, name: str = "est") -> d
     overall rate overstates the run's: the projection must come from the bottleneck stage."""
     from jobs.caption import JOB
     from pipeline.config import load_config
-    from pipeline.estimate import estimate
     from pipeline.job import build_job
-    from pipeline.run import run_job
+    from pipeline.runner.estimate import estimate
+    from pipeline.runner.run import run_job
     from tests.fixtures.paths import CONFIGS
 
     shards = write_shards(iter_web_jpegs(images, seed=3), work / f"{name}-in", 64)
@@ -420,9 +420,9 @@ CPU_PARTS = ("startup", "plan", "feed", "stage", "dedup", "decode", "cross", "sm
 EXTRA_PARTS = ("cross-base",)  # only when asked for (`--only cross-base`): full-size BLIP-base and ViT-GPT2, ~3 min
 
 def cpu_suite(quick: bool, work: Path, parts: tuple[str, ...] = CPU_PARTS) -> dict[str, Any]:
-    from pipeline import ray_start
     from pipeline.config import load_config
     from pipeline.models.random_weights import ensure_tiny
+    from pipeline.runner import ray_start
 
     scale = 0.25 if quick else 1.0
     secs = 2.0 if quick else 8.0

@@ -125,8 +125,8 @@ def brute_force_groups(out: Path, eps: float) -> set[frozenset[str]]:
 
 def bench_dedup(work: Path, rows: int, eps: float = 0.05) -> dict[str, Any]:
     """1 M and 250 k (or `rows` and a quarter), and the 50 k check (or a twentieth)."""
-    from pipeline import ray_start
     from pipeline.config import load_config
+    from pipeline.runner import ray_start
 
     sizes = {"full": rows, "quarter": rows // 4, "check": max(rows // 20, 1000)}
     res: dict[str, Any] = {"dim": DIM, "dtype": "float16", "eps": eps, "ray_cpus": RAY_CPUS}

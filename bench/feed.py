@@ -136,7 +136,7 @@ def shaped_job(shape: str, per_image_s: float, log: str, overlap: bool = True) -
 
 
 def run_shape(shape: str, shards: str, work: Path, per_image_s: float, overlap: bool = True) -> dict[str, Any]:
-    from pipeline.run import run_job
+    from pipeline.runner.run import run_job
 
     name = f"{shape}-{per_image_s:.6f}-{'overlap' if overlap else 'serial'}"
     log = str(work / f"device-{name}.log")
@@ -152,8 +152,8 @@ def run_shape(shape: str, shards: str, work: Path, per_image_s: float, overlap: 
 def bench_feed(work: Path, images: int, seconds: float) -> dict[str, Any]:
     """Both stage shapes at 0.6× and 3× the decode capacity (see the module's docstring)."""
     from bench.data import linked_copies, web_jpegs, write_shards
-    from pipeline import ray_start
     from pipeline.config import load_config
+    from pipeline.runner import ray_start
 
     pool = web_jpegs(min(images, 240), seed=5)  # distinct web JPEGs, cycled: the same decode work
     shards = write_shards((pool[i % len(pool)] for i in range(images)), work / "feed-in", 64)

@@ -126,11 +126,11 @@ def e2e_suite(device: str, tiny: bool, scale: float, work: Path, names: tuple[st
     "NAME[key=value,...]", beside it in the same run: an A/B of one switch. A
     run that fails is recorded with its error and the next one runs; `save` gets the results so far
     after each run (a run cut off at the box's time limit keeps what it measured)."""
-    from pipeline import ray_start
     from pipeline.cli import job_specs
     from pipeline.config import load_config
     from pipeline.job import build_job
-    from pipeline.run import run_job
+    from pipeline.runner import ray_start
+    from pipeline.runner.run import run_job
 
     dirs: dict[str, str] = {}
     pool = web_jpegs(64 if tiny else 256, seed=4)

@@ -32,7 +32,7 @@ def bench_plan(n_shards: int) -> dict[str, Any]:
     from pipeline.config import load_config
     from pipeline.io.writer import COMMITTED, INDEX, INDEX_EVERY
     from pipeline.job import build_job
-    from pipeline.run import plan
+    from pipeline.runner.run import plan
     from tests.fixtures.moto import moto_on_loopback
     from tests.fixtures.paths import CONFIGS
     from tests.fixtures.samples import tar_bytes

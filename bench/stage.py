@@ -132,7 +132,7 @@ def ray_stage(shards: list[Any], spec: Any, cfg: Any, slots: int | None = None, 
     streamed to this driver: wall seconds, and img/s in the steady window (from the block that brings the
     rows past a fifth of `images` to the one past nine tenths: the workers' start and imports, and the tail
     where fewer tasks run, outside it)."""
-    from pipeline import ray_adapter
+    from pipeline.runner import ray_adapter
 
     ray_adapter.configure(cfg)
     source = ray_adapter.ShardDatasource(shards, cfg.input, cfg.storage,
@@ -155,10 +155,10 @@ def ray_stage(shards: list[Any], spec: Any, cfg: Any, slots: int | None = None, 
 
 def bench_stage(work: Path, images: int, rounds: int) -> dict[str, Any]:
     from bench.data import web_jpegs, write_shards
-    from pipeline import ray_start
     from pipeline.config import load_config
     from pipeline.io.readers import read_shard
     from pipeline.io.shards import list_shards
+    from pipeline.runner import ray_start
 
     pool = web_jpegs(min(images, 240), seed=5)  # distinct web JPEGs, cycled
     glob = write_shards((pool[i % len(pool)] for i in range(images)), work / "stage-in", 64)

@@ -64,7 +64,7 @@ def finish(run: Finished) -> dict[str, Any]:
     c = run.cfg.clean
     if c.mode != "top_fraction":
         return {}
-    from pipeline.top_fraction import finish_top_fraction
+    from pipeline.review.top_fraction import finish_top_fraction
 
     return finish_top_fraction(run.output, c.fraction, run.digest, run.cfg.storage, run.cfg.output.compression,
                                run.cfg.curate)
@@ -74,7 +74,7 @@ def commit_hook(cfg: Config, output: str, digest: str) -> Any:
     """keep_fraction: the threshold calibrated on the first shards decides every shard at its commit."""
     if cfg.clean.mode != "keep_fraction":
         return None
-    from pipeline.calibration import KeepFraction
+    from pipeline.review.calibration import KeepFraction
 
     return KeepFraction(cfg.clean, output, digest, cfg.storage, cfg.curate)
 

@@ -10,12 +10,12 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from pipeline import quiet
 from pipeline.config import ConfigError, load_config
 from pipeline.job import JobSpec
-from pipeline.progress import fmt_rate
-from pipeline.report import Summary, run_defaults
-from pipeline.timing import Phases
+from pipeline.runner import quiet
+from pipeline.runner.progress import fmt_rate
+from pipeline.runner.report import Summary, run_defaults
+from pipeline.runner.timing import Phases
 
 JOB_MODULES = ("jobs.caption", "jobs.clean", "jobs.embed", "jobs.prompts")
 
@@ -168,7 +168,7 @@ def main(argv: Sequence[str] | None = None, *, command: bool | None = None, exit
     options: dict[str, Any] = {}
     from pipeline.io.writer import OutputError
     from pipeline.job import build_job
-    from pipeline.run import ShardsFailed, Stopped, run_job
+    from pipeline.runner.run import ShardsFailed, Stopped, run_job
 
     try:
         if retry:
@@ -212,7 +212,7 @@ def entry() -> None:
     """The `capfilt` command (and `python -m pipeline`): main(), then out at once. Everything of the run is
     written, closed and reported, and Ray shut down, when main returns; what Python's own teardown would
     add — finalising the modules of pyarrow, Ray and the rest, ~0.35 s on a small job — changes nothing."""
-    from pipeline.exits import leave
+    from pipeline.runner.exits import leave
 
     leave(main(exiting=True))
 
@@ -231,8 +231,8 @@ def _ray_unreachable(e: ConnectionError) -> str:
 def _estimate(args: argparse.Namespace, overrides: list[str], specs: dict[str, JobSpec]) -> int:
     import json
 
-    from pipeline.estimate import estimate, render
     from pipeline.job import build_job
+    from pipeline.runner.estimate import estimate, render
 
     if args.address:
         overrides.append(f"run.address={args.address}")
@@ -292,7 +292,7 @@ def _dedup(args: argparse.Namespace, overrides: list[str]) -> int:
 def _inspect(args: argparse.Namespace, overrides: list[str]) -> int:
     import json
 
-    from pipeline.inspection import InspectError, inspect_output, render
+    from pipeline.review.inspection import InspectError, inspect_output, render
 
     try:
         if args.keep is not None and not 0 < args.keep <= 1:
@@ -305,7 +305,7 @@ def _inspect(args: argparse.Namespace, overrides: list[str]) -> int:
         return 2
     print(json.dumps(report, indent=2, default=str) if args.json else render(report))
     if args.html:
-        from pipeline.html_report import write_html
+        from pipeline.review.html_report import write_html
 
         made = write_html(report, args.output, args.html, cfg.storage)
         print(f"capfilt inspect: report ({made['images']} images, {made['gallery']} rows in the gallery) → {args.html}",

@@ -145,7 +145,7 @@ class CleanConfig:
 
     scorers: tuple[Literal["itm", "clip"], ...] = ("itm",)
     # threshold: the thresholds below; top_fraction: a global cut after the run; keep_fraction: the threshold
-    # of rank_by calibrated on the first shards (pipeline/calibration.py); rerank: LAION-COCO
+    # of rank_by calibrated on the first shards (pipeline/review/calibration.py); rerank: LAION-COCO
     mode: Literal["threshold", "top_fraction", "keep_fraction", "rerank"] = "threshold"
     rank_by: Literal["itm", "clip"] = "itm"  # the score `caption`, `keep` and top_fraction use
     itm_threshold: float = 0.5  # BLIP's authors' advice

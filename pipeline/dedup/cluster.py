@@ -142,7 +142,7 @@ def semantic_pass(fs: Any, root: str, names: list[str], cols: dict[str, Any], ca
                   seconds: dict[str, float] | None = None) -> tuple[np.ndarray, np.ndarray, int]:
     """SemDeDup over the candidates' embeddings → (duplicate_of per row, similarity per row, clusters);
     `seconds` gets each step's time (semantic_read, kmeans, semantic_assign, semantic_pass)."""
-    from pipeline import ray_adapter
+    from pipeline.runner import ray_adapter
 
     seconds = {} if seconds is None else seconds
     began = time.monotonic()

@@ -96,7 +96,7 @@ def estimate_dedup(output: str, cfg: Config, sample: int) -> dict[str, Any]:
 
 
 def render(d: dict[str, Any]) -> str:
-    from pipeline.estimate import hms
+    from pipeline.runner.estimate import hms
 
     s, p = d["sample"], d["projected"]
     lines = [f"capfilt estimate dedup: sample of {s['rows']} rows from {s['files']} of {d['files']} files in "

@@ -146,15 +146,15 @@ def dedup_output(output: str, cfg: Config) -> dict[str, Any]:
     clusters = candidates_n = 0
     if semantic:
         t = time.monotonic()
-        from pipeline import ray_start
         from pipeline.dedup.cluster import semantic_pass
+        from pipeline.runner import ray_start
 
         candidates = ok & (dup_of < 0)
         candidates_n = int(candidates.sum())
         connected = ray_start.init_ray(cfg)
         seconds["ray_start"] = time.monotonic() - t
         try:
-            from pipeline import ray_adapter
+            from pipeline.runner import ray_adapter
 
             ray_adapter.configure(cfg)
             found, sims, clusters = semantic_pass(fs, root, names, cols, candidates, d, options, seconds)

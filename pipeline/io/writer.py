@@ -27,8 +27,8 @@ import pyarrow.parquet as pq
 
 from pipeline.io.shards import Shard
 from pipeline.io.storage import get_fs, join, protocols
+from pipeline.review.sketch import SKETCHED, table_sketches, with_sketches
 from pipeline.schema import CAPTION_FLAGS, KEEP, KEY, META, READ_ERROR, RUN_ID, RUN_ID_TYPE, SHARD_END, SOURCE, STATUS, TEXT_SCORE
-from pipeline.sketch import SKETCHED, table_sketches, with_sketches
 
 log = logging.getLogger(__name__)
 COMMITTED = "_committed"
@@ -199,7 +199,7 @@ class ShardCommitter:
         self.committed: list[str] = []
         self.failed: dict[str, str] = {}  # shard URI → why (transient errors past the read retries)
         # A hook that holds the first complete shards back until it has decided from them, then decides
-        # every table with a `keep` column at its commit (pipeline/calibration.py; None: write as is).
+        # every table with a `keep` column at its commit (pipeline/review/calibration.py; None: write as is).
         self.calibration = calibration
         self.held: list[str] = []
         self.unindexed: list[dict[str, Any]] = []  # markers committed since the last part of this run's index
@@ -290,7 +290,7 @@ class ShardCommitter:
 
     def _file_schema(self, schema: pa.Schema, sketched: pa.Table | None) -> pa.Schema:
         """The schema a committed file is written with: its metadata holds the run id and the sketches of
-        its score columns (pipeline.sketch), so `inspect` finds thresholds from footers alone."""
+        its score columns (pipeline.review.sketch), so `inspect` finds thresholds from footers alone."""
         scores = [c for c in SKETCHED if c in schema.names]  # this table's own score columns
         sketches = table_sketches(sketched.select(scores)) if sketched is not None and scores else {}
         return with_sketches(schema, sketches, self.run_id)

@@ -2,7 +2,7 @@
 
 A text passes when it clears the threshold of every configured scorer. `caption` is the best text by
 `clean.rank_by` among those that pass (the alt-text included), `keep` is whether any passes. In
-`top_fraction` mode the cut is global, so the flags are set after the run (see pipeline/top_fraction.py);
+`top_fraction` mode the cut is global, so the flags are set after the run (see pipeline/review/top_fraction.py);
 here `caption` is the best text of the row. In `rerank` mode (LAION-COCO), candidates are sorted by
 score and the best `top_k` kept; every ok row is kept.
 """

@@ -203,7 +203,7 @@ def test_jpeg_with_exif_rotation_reports_display_size(ray_local, tmp_path, photo
 
 
 def test_rates_below_one_image_per_second_keep_their_digits():
-    from pipeline.progress import fmt_rate
+    from pipeline.runner.progress import fmt_rate
 
     assert fmt_rate(181.64) == "181.6"
     assert fmt_rate(0.0433) == "0.0433"  # a full-size model on a CPU: not "0.0 img/s"

@@ -15,7 +15,7 @@ from tests.fixtures.samples import write_webdataset
 
 @pytest.fixture()
 def no_ray(monkeypatch):
-    from pipeline import ray_start
+    from pipeline.runner import ray_start
 
     def refuse(cfg):
         raise AssertionError("Ray was started")

@@ -19,7 +19,7 @@ from tests.fixtures.samples import ALT_TEXTS, photos
 @pytest.fixture
 def no_ray(monkeypatch):
     """A run that reaches Ray fails the test: what these runs get wrong must stop before it."""
-    from pipeline import ray_start
+    from pipeline.runner import ray_start
 
     def refuse(cfg):  # type: ignore[no-untyped-def]
         raise AssertionError("Ray was started")

@@ -15,8 +15,8 @@ import time
 
 import pytest
 
-from pipeline import quiet
 from pipeline.models.captioner import FAMILIES
+from pipeline.runner import quiet
 from tests.fixtures.paths import CONFIGS, ROOT, TINY
 from tests.fixtures.processes import cli, subprocess_env
 from tests.fixtures.samples import write_webdataset
@@ -109,7 +109,7 @@ def test_the_end_line_is_the_commands_time_and_stderr_is_capfilts_own(tmp_path, 
 USAGE = """
 import os, sys
 from pipeline.config import load_config
-from pipeline.ray_start import init_ray, shutdown
+from pipeline.runner.ray_start import init_ray, shutdown
 from ray._common.usage import usage_lib
 cfg = load_config(None, ["run.num_cpus=1"])
 init_ray(cfg)

@@ -112,7 +112,7 @@ def test_a_model_actor_leaves_without_pythons_teardown_and_a_driver_keeps_its_ex
     import psutil
     import ray
 
-    from pipeline.ray_adapter import _on_arrow
+    from pipeline.runner.ray_adapter import _on_arrow
 
     @ray.remote(num_cpus=0)
     class Holder:
@@ -133,7 +133,8 @@ def test_a_model_actor_leaves_without_pythons_teardown_and_a_driver_keeps_its_ex
     assert exit_of(actor=False)  # the check sees a teardown where there is one
     assert not exit_of(actor=True)
 
-    script = "import sys\nfrom pipeline.ray_adapter import _on_arrow\nfrom tests.integration.test_startup import _Marks\n" \
+    script = "import sys\nfrom pipeline.runner.ray_adapter import _on_arrow\n" \
+             "from tests.integration.test_startup import _Marks\n" \
              f"_on_arrow(_Marks, actor=True)({str(tmp_path / 'driver')!r})\nsys.exit(3)\n"
     done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 3, done.stderr
@@ -165,7 +166,7 @@ def test_each_block_reaches_the_driver_while_the_next_is_still_being_made(ray_lo
     default iterator held the first until the second existed, so the second would wait out the 20 s."""
     import ray
 
-    from pipeline.ray_adapter import stream
+    from pipeline.runner.ray_adapter import stream
 
     received = tmp_path / "first-received"
 

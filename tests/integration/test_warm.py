@@ -130,7 +130,7 @@ def test_a_warm_actor_that_crashes_or_vanishes_gets_the_block_again(ray_local, t
     import ray
 
     from pipeline.job import StageSpec
-    from pipeline.ray_adapter import WARM_NAMESPACE, start_warm
+    from pipeline.runner.ray_adapter import WARM_NAMESPACE, start_warm
 
     spec = StageSpec(CrashOnce, (str(tmp_path / "crashed"),), actor=True, batch_size=4, num_cpus=0.25)
     call, reused = start_warm(spec, None, 60.0, None)
@@ -161,7 +161,7 @@ def test_beside_warm_actors_ray_data_runs_only_the_decode_tasks_their_cpus_leave
     import ray
 
     from pipeline.config import load_config
-    from pipeline.ray_adapter import configure, stream
+    from pipeline.runner.ray_adapter import configure, stream
 
     @ray.remote(num_cpus=0)
     class Model:  # a warm actor's stand-in: its CPU is not Ray Data's to count

@@ -48,7 +48,7 @@ def test_the_digest_sections_are_todays():
 
 
 def test_a_gpu_model_stage_without_concurrency_autoscales_up_to_the_clusters_gpus():
-    from pipeline.ray_adapter import pool
+    from pipeline.runner.ray_adapter import pool
 
     def stages(*overrides: str, gpus: float) -> dict[str, tuple[int, int]]:
         cfg = load_config(str(CONFIGS / "tiny-clean.yaml"), list(overrides), defaults=CLEAN.defaults)

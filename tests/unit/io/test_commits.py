@@ -140,8 +140,8 @@ def test_of_two_committers_racing_on_a_shard_one_commits_it(tmp_path, monkeypatc
 
 @pytest.mark.parametrize("rows_per_part", [0, 3])  # whole, and from staged parts
 def test_a_committed_file_names_its_run_and_carries_its_scores_sketch(tmp_path, rows_per_part):
+    from pipeline.review.sketch import file_metadata
     from pipeline.schema import RUN_ID, TEXT_SCORE
-    from pipeline.sketch import file_metadata
 
     schema = pa.schema([("key", pa.string()), ("source", pa.string()), ("status", pa.string()),
                         ("meta", pa.string()), (TEXT_SCORE, pa.float32())])
@@ -171,8 +171,8 @@ def test_a_committed_file_names_its_run_and_carries_its_scores_sketch(tmp_path, 
 def test_keep_fraction_holds_shards_until_it_can_decide_and_decides_them_all(tmp_path):
     """Fewer shards than clean.calibration_shards: nothing is committed until the end of the run, when the
     threshold comes from the shards there are; each row is then decided by it."""
-    from pipeline.calibration import KeepFraction
     from pipeline.config import CleanConfig
+    from pipeline.review.calibration import KeepFraction
     from pipeline.schema import clean_schema
 
     schema = clean_schema(("itm",))

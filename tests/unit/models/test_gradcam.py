@@ -6,7 +6,7 @@ import torch
 from PIL import Image
 
 from pipeline.config import load_config
-from pipeline.html_report import gradcam, load_gradcam_model
+from pipeline.review.html_report import gradcam, load_gradcam_model
 
 
 @pytest.fixture(scope="module")

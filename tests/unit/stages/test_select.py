@@ -2,9 +2,9 @@ import numpy as np
 import pytest
 
 from pipeline.config import load_config
+from pipeline.review.top_fraction import float_keys, kth_largest
 from pipeline.schema import CAPTION, CAPTION_SCORES, CAPTIONS, KEEP, KEEP_TEXT, OK, STATUS, TEXT, TEXT_SCORE
 from pipeline.stages.select import SelectCaption
-from pipeline.top_fraction import float_keys, kth_largest
 
 
 def obj(*values):

@@ -13,9 +13,9 @@ from typing import Any
 import psutil
 import ray
 
-from pipeline import quiet
 from pipeline.config import Config
 from pipeline.job import Job
+from pipeline.runner import quiet
 
 
 def init_ray(cfg: Config) -> bool:
@@ -151,7 +151,7 @@ def spare(held: tuple[float, float]) -> tuple[float, float]:
 
 def _ready() -> None:
     """In a worker of the run: the modules its read and decode tasks unpickle, imported ahead."""
-    import pipeline.ray_adapter  # noqa: F401 - Ray Data, the datasource, the stage adapters
+    import pipeline.runner.ray_adapter  # noqa: F401 - Ray Data, the datasource, the stage adapters
     import pipeline.stages.decode  # noqa: F401
 
 

@@ -6,10 +6,10 @@ from __future__ import annotations
 import pytest
 
 from jobs.caption import JOB
-from pipeline import estimate as est
 from pipeline.config import load_config
 from pipeline.job import build_job
-from pipeline.report import Summary
+from pipeline.runner import estimate as est
+from pipeline.runner.report import Summary
 from tests.fixtures.paths import CONFIGS
 from tests.fixtures.samples import write_parquet
 
@@ -25,7 +25,7 @@ def test_a_sample_whose_decode_ran_ahead_is_projected_at_the_bottlenecks_capacit
                       stages={"ReadShards->MapBatches(DecodeImages)": {"busy_s": 0.2},
                               "MapBatches(CaptionImages)": {"busy_s": 64 / 76.4}},
                       extra={"timing": {"after_first_block_img_s": 133.6}})
-    monkeypatch.setattr("pipeline.run.run_job", lambda *a, **k: summary)
+    monkeypatch.setattr("pipeline.runner.run.run_job", lambda *a, **k: summary)
     d = est.estimate(job, [str(tmp_path / "in" / "*.parquet")], cfg, 64)
     assert d["bottleneck"] == "MapBatches(CaptionImages)"
     assert d["as_sampled"]["img_s"] == pytest.approx(76.4)

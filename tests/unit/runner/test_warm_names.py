@@ -3,7 +3,7 @@ that shapes a stage's output gives other ones."""
 
 from pipeline.config import load_config
 from pipeline.job import StageSpec
-from pipeline.ray_adapter import warm_names
+from pipeline.runner.ray_adapter import warm_names
 from pipeline.stages.caption import CaptionImages
 from tests.fixtures.paths import TINY
 

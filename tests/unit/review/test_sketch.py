@@ -6,7 +6,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from pipeline.sketch import POINTS, Merged, file_metadata, sketch, table_sketches, with_sketches
+from pipeline.review.sketch import POINTS, Merged, file_metadata, sketch, table_sketches, with_sketches
 
 
 def test_small_shards_are_exact_quantiles_and_thresholds():

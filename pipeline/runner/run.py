@@ -17,17 +17,17 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from pipeline import quiet
 from pipeline.config import Config
 from pipeline.io.layout import check_inputs, describe
 from pipeline.io.shards import Shard, list_shards
 from pipeline.io.storage import get_fs, join
 from pipeline.io.writer import ShardCommitter, check_writable, committed_shards, shard_ids
 from pipeline.job import Finished, Job
-from pipeline.progress import Progress, stage_seconds
-from pipeline.report import Summary, write_report
+from pipeline.runner import quiet
+from pipeline.runner.progress import Progress, stage_seconds
+from pipeline.runner.report import Summary, write_report
+from pipeline.runner.timing import Phases, split_actor_starts
 from pipeline.schema import DECODE_TIMEOUT, KEY, MODEL_ERROR, MODEL_OOM, STATUS
-from pipeline.timing import Phases, split_actor_starts
 
 log = logging.getLogger("capfilt")
 
@@ -273,7 +273,7 @@ def run_job(job: Job, inputs: list[str], output: str, cfg: Config, retry: bool =
     pools: dict[str, list[int]] = {}  # a model stage → its actor pool's [least, most] actors
     if p.todo:
         with phases("ray_start"):  # importing Ray too
-            from pipeline import ray_start
+            from pipeline.runner import ray_start
 
             started_ray = ray_start.init_ray(cfg)
             job = job.with_cluster_gpus(ray_start.cluster_gpus())  # model pools up to one actor per GPU
@@ -287,7 +287,7 @@ def run_job(job: Job, inputs: list[str], output: str, cfg: Config, retry: bool =
             if started_ray and limits is not None:
                 slots = max(int(limits[0] / cfg.decode.num_cpus), 1)
                 ray_start.prestart_workers(min(len(p.todo), 8, slots), cfg.decode.num_cpus)
-            from pipeline import ray_adapter  # Ray Data, while Ray starts those workers
+            from pipeline.runner import ray_adapter  # Ray Data, while Ray starts those workers
         streaming = time.monotonic()
         execution = ray_adapter.Execution(job, p.todo, cfg, keep_warm_s, ray_start.model_env(cfg), limits)
         # the filter after Ray's processes started: they keep the real stderr
@@ -326,7 +326,7 @@ def run_job(job: Job, inputs: list[str], output: str, cfg: Config, retry: bool =
         with phases("finish"):
             extra.update(job.finish(Finished(cfg, output, p.digest, job.options)))
     if started_ray:
-        from pipeline import ray_start
+        from pipeline.runner import ray_start
 
         with phases("shutdown"):
             ray_start.shutdown(cfg, exiting)

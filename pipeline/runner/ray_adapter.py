@@ -31,13 +31,13 @@ from ray.data.extensions import ArrowTensorArray
 
 from pipeline.columns import to_arrow, to_numpy
 from pipeline.config import Config, InputConfig
-from pipeline.exits import leave
 from pipeline.io.readers import READ_SCHEMA, read_shards
 from pipeline.io.shards import Shard
 from pipeline.job import Job, StageSpec, read_fused
-from pipeline.progress import stage_seconds
+from pipeline.runner.exits import leave
+from pipeline.runner.progress import stage_seconds
+from pipeline.runner.timing import actor_start
 from pipeline.schema import BUSY
-from pipeline.timing import actor_start
 
 log = logging.getLogger("capfilt")
 
@@ -200,7 +200,7 @@ WARM_NAMESPACE = "capfilt"  # the warm model actors of every run on a Ray, which
 def _code_version() -> str:
     """capfilt's own files as they are now (paths, sizes, modification times): a warm actor runs the code
     it was started with, so edited code gets new actors."""
-    root = os.path.dirname(os.path.abspath(__file__))
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # pipeline/, not runner/ alone
     h = hashlib.sha256()
     for d, dirs, files in sorted(os.walk(root)):
         dirs.sort()

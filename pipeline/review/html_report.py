@@ -27,12 +27,12 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipeline.config import Config, load_config
-from pipeline.inspection import render, thresholds
 from pipeline.io.readers import read_shard
 from pipeline.io.shards import list_shards
 from pipeline.io.storage import get_fs, join
 from pipeline.io.writer import committed_shards
-from pipeline.report import run_defaults
+from pipeline.review.inspection import render, thresholds
+from pipeline.runner.report import run_defaults
 from pipeline.schema import (
     CAPTION,
     CAPTION_SCORES,

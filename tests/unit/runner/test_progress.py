@@ -5,8 +5,8 @@ import io
 import numpy as np
 import pyarrow as pa
 
-from pipeline.progress import Progress, stage_seconds
-from pipeline.ray_adapter import _on_arrow
+from pipeline.runner.progress import Progress, stage_seconds
+from pipeline.runner.ray_adapter import _on_arrow
 from pipeline.schema import BUSY, KEY, STATUS
 
 
@@ -65,7 +65,7 @@ def _feed(p, clock, blocks):
 
 def test_a_run_shorter_than_the_window_has_no_steady_rate_and_no_eta(monkeypatch):
     clock = Clock()
-    monkeypatch.setattr("pipeline.progress.time.monotonic", clock)
+    monkeypatch.setattr("pipeline.runner.progress.time.monotonic", clock)
     p = Progress(16, mode="log", stream=io.StringIO(), window_s=10.0)
     assert p.line().startswith("starting")
     # 12 s to the first block (start-up), then four blocks in 3 s: a 20-s run of 1 of 16 shards
@@ -77,7 +77,7 @@ def test_a_run_shorter_than_the_window_has_no_steady_rate_and_no_eta(monkeypatch
 
 def test_the_steady_rate_is_rows_after_the_first_block_over_the_time_since(monkeypatch):
     clock = Clock()
-    monkeypatch.setattr("pipeline.progress.time.monotonic", clock)
+    monkeypatch.setattr("pipeline.runner.progress.time.monotonic", clock)
     p = Progress(10, mode="log", stream=io.StringIO(), window_s=10.0)
     # start-up 15 s (not counted), then 100 rows every 2 s, with jitter; a shard every 2 blocks
     rng = np.random.default_rng(0)

@@ -1,7 +1,7 @@
 """`capfilt inspect OUT`: what a run decided, from its markers, its files' footers and a few columns.
 
 Counts come from the shard markers (no data read), score quantiles and thresholds from the sketches in
-each committed file's footer (pipeline.sketch), keep fractions from the `status`/`keep` columns only,
+each committed file's footer (pipeline.review.sketch), keep fractions from the `status`/`keep` columns only,
 throughput, stage times and provenance from `run.json` and `runs/`. Works on the output of every job.
 """
 
@@ -19,7 +19,8 @@ import pyarrow.parquet as pq
 from pipeline.dedup.run import DEDUP, SUMMARY
 from pipeline.io.storage import get_fs, join
 from pipeline.io.writer import COMMITTED, committed_shards
-from pipeline.report import RUNS
+from pipeline.review.sketch import SKETCHED, Merged, file_metadata, table_sketches
+from pipeline.runner.report import RUNS
 from pipeline.schema import (
     AESTHETIC_SCORE,
     CAPTION_SCORES,
@@ -35,7 +36,6 @@ from pipeline.schema import (
     STATUS,
     TEXT_SCORE,
 )
-from pipeline.sketch import SKETCHED, Merged, file_metadata, table_sketches
 
 TABLES = ("captions", "embeddings")
 QUANTILES = (0.0, 0.1, 0.25, 0.5, 0.75, 0.9, 1.0)

@@ -71,7 +71,7 @@ def input_images(shards: list[Shard], sampled: list[Shard], options: dict[str, A
 
 def estimate(job: Job, inputs: list[str], cfg: Config, sample: int, actors: int | None = None,
              cpus: float | None = None) -> dict[str, Any]:
-    from pipeline.run import run_job, sample_shards
+    from pipeline.runner.run import run_job, sample_shards
 
     shards = list_shards(inputs, cfg.input.format, cfg.storage, cfg.input.image_extensions, cfg.input.files_per_shard)
     sampled = sample_shards(shards, sample)  # the shards run_job's sample plan runs

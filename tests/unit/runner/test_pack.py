@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from pipeline.io.shards import Shard
-from pipeline.ray_adapter import PACK_BYTES, TASKS_PER_SLOT, pack
+from pipeline.runner.ray_adapter import PACK_BYTES, TASKS_PER_SLOT, pack
 
 
 def shards(*sizes: int | None) -> list[Shard]:

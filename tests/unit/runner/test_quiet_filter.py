@@ -2,7 +2,7 @@
 
 import os
 
-from pipeline.quiet import StderrFilter, split
+from pipeline.runner.quiet import StderrFilter, split
 
 ALARM = (b"[2026-12-04 16:56:33,794 E 7052 7052] core_worker.cc:2465: Actor with class name: 'MapWorker(x)' and ID: "
          b"'ed17' has constructor arguments in the object store and max_restarts > 0. If the arguments ...\n")
