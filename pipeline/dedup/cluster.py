@@ -184,12 +184,11 @@ def semantic_pass(fs: Any, root: str, names: list[str], cols: dict[str, Any], ca
     if wfs.exists(wpath):
         wfs.rm(wpath, recursive=True)  # a run cut short left its buckets
     buckets = max(1, -(-len(centroids) // CLUSTERS_PER_BUCKET))
-    for i, b in enumerate(stages.spilled_then_per_bucket(AssignAndSpill, (centroids, work, buckets, options),
-                                                         list(range(buckets)),
-                                                         partial(bucket_pass, d.keep, d.eps, work, options))):
-        if i == 0:  # every row assigned and bucketed (and the first bucket passed)
-            seconds["semantic_assign"] = time.monotonic() - began
-            began = time.monotonic()
+    results = stages.spilled_then_per_bucket(AssignAndSpill, (centroids, work, buckets, options), list(range(buckets)),
+                                             partial(bucket_pass, d.keep, d.eps, work, options))
+    seconds["semantic_assign"] = time.monotonic() - began  # every row assigned and written to its bucket
+    began = time.monotonic()
+    for b in results:
         dup_of[b[POS]], sims[b[POS]] = b["duplicate_of"], b["similarity"]
     seconds["semantic_pass"] = time.monotonic() - began
     if wfs.exists(wpath):

@@ -9,7 +9,6 @@ import tarfile
 
 import numpy as np
 import pyarrow.parquet as pq
-import pytest
 from PIL import Image
 
 from pipeline.cli import main
@@ -122,12 +121,14 @@ def test_estimate_dedup_runs_a_sample_of_whole_files_elsewhere_and_projects_ever
     per_file = {m["name"]: m["rows"] for m in markers}
     assert e["sample"]["files"] == 2 and 20 <= e["sample"]["rows"] < total  # whole files, at least 20 rows
     assert e["sample"]["rows"] in {a + b for a in per_file.values() for b in per_file.values()}
-    scale = total / e["sample"]["rows"]
+    small, large = e["sample"]["sizes"]  # the first of the two files, then both: a fixed part told from the rest
+    assert small in per_file.values() and large == e["sample"]["rows"]
     st, proj = e["sample"]["stage_seconds"], e["projected"]["stage_seconds"]
     assert {"read", "exact", "perceptual", "semantic_read", "kmeans", "semantic_assign", "semantic_pass",
             "write"} <= set(proj)
-    for k in ("read", "exact", "perceptual", "write", "semantic_read", "semantic_assign"):  # linear in rows
-        assert proj[k] == pytest.approx(st[k] * scale, rel=1e-3, abs=1e-3)
+    for k in ("read", "exact", "perceptual", "write", "semantic_read", "semantic_assign", "semantic_pass"):
+        assert proj[k] >= st[k] - 1e-3  # more rows never take less than the sample took
+    assert 0 < e["sample"]["kmeans_fitted_on"] <= large and e["projected"]["clusters"] == 1  # 44 rows: one cluster
     assert e["projected"]["wall_s"] >= sum(proj.values())
     assert main(["estimate", "dedup", "--input", str(out)]) == 0
     assert "capfilt estimate dedup: sample of" in capsys.readouterr().out
