@@ -4,12 +4,14 @@ hang costs a row, not a task."""
 from __future__ import annotations
 
 import logging
+import os
 import subprocess
 import sys
+import tempfile
 from typing import IO, cast
 
 from pipeline.config import DecodeConfig
-from pipeline.decode.child import receive, send
+from pipeline.decode.child import WRAP, Shared, receive, send
 from pipeline.decode.geometry import Target
 from pipeline.decode.image import Result
 from pipeline.schema import DECODE_CRASH, DECODE_TIMEOUT
@@ -27,15 +29,29 @@ class IsolatedDecoder:
     and finally fail or stall the whole job)."""
 
     proc: subprocess.Popen[bytes] | None = None
+    pixels: Shared | None = None  # the child writes pixels here
+    inputs: Shared | None = None  # and reads the images' bytes from here
 
     @classmethod
     def _child(cls, cfg: DecodeConfig) -> subprocess.Popen[bytes]:
+        if cls.pixels is None or cls.inputs is None:
+            # The shared files (child.py): in memory where /dev/shm is, unlinked at once, so they live as
+            # long as this worker and its child hold them, and a killed worker leaves nothing behind.
+            cls.pixels, cls.inputs = Shared(cls._unlinked()), Shared(cls._unlinked())
         if cls.proc is None or cls.proc.poll() is not None:
             # Unbuffered pipes: the deadline waits on the file descriptor (select), which must hold all
             # that has not been read yet.
-            cls.proc = subprocess.Popen([sys.executable, "-m", "pipeline.decode.child", str(cfg.max_memory_mb)],
-                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0)
+            fds = (cls.pixels.fd, cls.inputs.fd)
+            cls.proc = subprocess.Popen([sys.executable, "-m", "pipeline.decode.child", str(cfg.max_memory_mb),
+                                         *map(str, fds)],
+                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0, pass_fds=fds)
         return cls.proc
+
+    @staticmethod
+    def _unlinked() -> int:
+        fd, path = tempfile.mkstemp(prefix="capfilt-decode-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
+        os.unlink(path)
+        return fd
 
     @classmethod
     def close(cls) -> None:
@@ -55,10 +71,16 @@ class IsolatedDecoder:
         while len(out) < len(datas):
             i = len(out)
             proc = cls._child(cfg)
+            pixels, inputs = cast(Shared, cls.pixels), cast(Shared, cls.inputs)
             try:
-                send(cast(IO[bytes], proc.stdin), (datas[i:], targets, cfg))
+                send(cast(IO[bytes], proc.stdin), (inputs.put_bytes(datas[i:]), targets, cfg))
                 while len(out) < len(datas):
-                    out.append(receive(cast(IO[bytes], proc.stdout), cfg.timeout_s or None))
+                    message = receive(cast(IO[bytes], proc.stdout), cfg.timeout_s or None)
+                    if message == WRAP:  # every earlier image's pixels are taken: the child may reuse the file
+                        send(cast(IO[bytes], proc.stdin), WRAP)
+                        continue
+                    kind, payload, w, h, hashed, layout = message
+                    out.append((kind, pixels.take(layout) if layout is not None else payload, w, h, hashed))
             except TimeoutError:
                 cls.close()
                 log.warning("decoder hung on an image for over decode.timeout_s=%gs; it becomes a row", cfg.timeout_s)

@@ -49,3 +49,27 @@ def test_a_healthy_child_is_reused(fresh_child, photos):
     pid = IsolatedDecoder.proc.pid
     out = IsolatedDecoder.decode([jpeg(photos[2])] * 3, TARGETS, DecodeConfig())
     assert [r[0] for r in out] == [OK] * 3 and IsolatedDecoder.proc.pid == pid
+
+
+def test_pixels_come_back_through_the_shared_file_equal_to_an_in_process_decode(fresh_child, photos):
+    """More pixels than the shared file holds (~78 MiB of 512×512 images > WRAP_BYTES): the child starts over
+    at its beginning after the parent has taken the earlier ones; every array equals decode_many's."""
+    import os
+
+    import numpy as np
+
+    from pipeline.decode.child import WRAP_BYTES
+    from pipeline.decode.image import decode_many
+
+    targets = (Target("big", 512, 512), Target("small", 32, 32))
+    datas = [jpeg(photos[i % len(photos)], quality=70 + i % 20) for i in range(100)]
+    cfg = DecodeConfig(batch_size=100)
+    out = IsolatedDecoder.decode(datas, targets, cfg)
+    here = decode_many(datas, targets, cfg)
+    assert sum(a.nbytes for r in out for a in r[1].values()) > WRAP_BYTES
+    for (kind, px, w, h, hashed), (kind2, px2, w2, h2, hashed2) in zip(out, here, strict=True):
+        assert (kind, w, h, hashed) == (kind2, w2, h2, hashed2) == (OK, w, h, hashed)
+        assert px.keys() == px2.keys() and all(np.array_equal(px[k], px2[k]) and px[k].flags.owndata for k in px)
+    assert os.fstat(IsolatedDecoder.pixels.fd).st_size <= WRAP_BYTES  # started over, not grown with the batch
+    again = IsolatedDecoder.decode(datas[:3], targets, cfg)  # the next request reuses the file from its start
+    assert all(np.array_equal(a[1]["big"], b[1]["big"]) for a, b in zip(again, here, strict=False))
