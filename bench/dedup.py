@@ -89,8 +89,9 @@ def estimate_full(out: Path, eps: float, sample: int) -> dict[str, Any]:
             "projected_stages": e["projected"]["stage_seconds"]}
 
 
-def found_groups(out: Path) -> set[frozenset[str]]:
-    """The groups `capfilt dedup` made: each kept row with the rows that point at it."""
+def found_groups(out: Path, with_kept: bool = False) -> Any:
+    """The groups `capfilt dedup` made: each kept row with the rows that point at it (with_kept: as
+    (the kept row, the group))."""
     import pyarrow.parquet as pq
 
     t = pq.read_table(out / "dedup", columns=["key", "duplicate_of"]).to_pylist()
@@ -98,6 +99,8 @@ def found_groups(out: Path) -> set[frozenset[str]]:
     for r in t:
         if r["duplicate_of"]:
             groups.setdefault(r["duplicate_of"], {r["duplicate_of"]}).add(r["key"])
+    if with_kept:
+        return {(k, frozenset(g)) for k, g in groups.items()}
     return {frozenset(g) for g in groups.values()}
 
 
@@ -121,6 +124,46 @@ def brute_force_groups(out: Path, eps: float) -> set[frozenset[str]]:
     for i, k in enumerate(keys):
         comps.setdefault(union.find(i), set()).add(k)
     return {frozenset(c) for c in comps.values() if len(c) > 1}
+
+
+def per_cluster_reference(out: Path, eps: float, seed: int = 0, sample: int = 100_000) -> set[tuple[str, frozenset[str]]]:
+    """SemDeDup's own definition, in one process and without blocks, buckets or Ray: the same k-means (its
+    sample drawn as `capfilt dedup` draws it, the embeddings as it reads them: float16 → unit float32),
+    then in each cluster every pair compared at once (the full matrix), items ranked `hard`, each a
+    duplicate of its most similar item ranked before it when that is ≥ 1 − eps, chains followed to the item
+    that stays → (the item that stays, its group)."""
+    import pyarrow.parquet as pq
+
+    from pipeline.dedup.cluster import PER_CLUSTER
+    from pipeline.dedup.semantic import assign, fit_kmeans
+
+    t = pq.read_table(out / "embeddings", columns=["key", "image_embedding"])
+    keys = t["key"].to_pylist()
+    x = np.stack(t["image_embedding"].to_numpy(zero_copy_only=False)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    n = len(x)
+    picked = np.zeros(n, dtype=bool)
+    picked[np.random.default_rng(seed).choice(n, size=min(sample, n), replace=False)] = True
+    centroids = fit_kmeans(x[picked], max(1, round(n / PER_CLUSTER)), seed)
+    clusters, csim = assign(x, centroids)
+    y = x.astype(np.float16).astype(np.float32)  # as the per-cluster pass reads them back
+    y /= np.linalg.norm(y, axis=1, keepdims=True)
+    dup_of = np.full(n, -1, np.int64)
+    for c in np.unique(clusters):
+        idx = np.flatnonzero(clusters == c)
+        order = idx[np.lexsort((idx, csim[idx]))]  # hard: least similar to the centroid first; ties by position
+        sims = y[order] @ y[order].T
+        sims[np.triu_indices(len(order))] = -np.inf  # only items ranked before
+        best = sims.argmax(axis=1)
+        hit = sims[np.arange(len(order)), best] >= 1 - eps
+        dup_of[order[hit]] = order[best[hit]]
+    root = dup_of.copy()
+    while (chained := (root >= 0) & (dup_of[np.clip(root, 0, None)] >= 0)).any():
+        root[chained] = dup_of[root[chained]]
+    groups: dict[int, set[str]] = {}
+    for i in np.flatnonzero(root >= 0):
+        groups.setdefault(int(root[i]), {keys[root[i]]}).add(keys[i])
+    return {(keys[r], frozenset(g)) for r, g in groups.items()}
 
 
 def bench_dedup(work: Path, rows: int, eps: float = 0.05) -> dict[str, Any]:
@@ -152,4 +195,8 @@ def bench_dedup(work: Path, rows: int, eps: float = 0.05) -> dict[str, Any]:
     found, truth = found_groups(outs["check"]), brute_force_groups(outs["check"], eps)
     res["check_same_groups"] = found == truth
     res["check_groups"] = {"found": len(found), "brute_force": len(truth), "common": len(found & truth)}
+    kept = found_groups(outs["check"], with_kept=True)
+    reference = per_cluster_reference(outs["check"], eps)
+    res["check_same_as_reference"] = kept == reference
+    res["check_reference"] = {"found": len(kept), "reference": len(reference), "common": len(kept & reference)}
     return res

@@ -116,6 +116,11 @@ def cpu_table(res: dict[str, Any]) -> str:
             f"{dd['check_groups']['brute_force']} | {dd['check_groups']['found']} | {dd['check_groups']['common']} | "
             f"{'the same' if dd['check_same_groups'] else 'NOT the same'} |",
         ]
+        if "check_reference" in dd:
+            ref = dd["check_reference"]
+            lines.append(f"| the same vs SemDeDup in one process, every pair of each cluster at once: groups (with the "
+                         f"row that stays) found / reference / in common | {ref['reference']} | {ref['found']} | "
+                         f"{ref['common']} | {'the same' if dd['check_same_as_reference'] else 'NOT the same'} |")
         if "estimate" in dd:
             e = dd["estimate"]
             lines.append(f"| `estimate dedup` of the {full['rows']:,} rows from {e['sample_rows']:,}: predicted vs the run (s) | "

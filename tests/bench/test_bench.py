@@ -185,6 +185,7 @@ def test_the_dedup_part_finds_the_brute_force_groups_and_reports_memory(ray_loca
 
     res = bench_dedup(tmp_path, 8000)
     assert res["check_same_groups"] and res["check_groups"]["found"] == res["check_groups"]["brute_force"] > 0
+    assert res["check_same_as_reference"] and res["check_reference"]["common"] == res["check_reference"]["reference"] > 0
     assert res["full"]["rows"] == 8000 and res["quarter"]["rows"] == 2000
     assert res["full"]["peak_rss"] > 0 and res["full"]["duplicates"] > 0
     assert res["estimate"]["sample_rows"] == 8000 and res["estimate"]["predicted_s"] > 0  # one file: the sample
