@@ -7,6 +7,9 @@ are, and a result says where its pixels are (name → dtype, shape, offset) with
 Pickled through the pipe, a web JPEG and its 224×224 pixels cost the parent ~0.3 ms an image of copies
 and of the two processes waking each other for each 64 KiB the pipe holds, and the child as much again.
 
+Where a file cannot grow (a full /dev/shm: `NoRoom`), the bytes or pixels that do not fit go through the
+pipe, pickled, as they did before the files.
+
 The parent copies each image's pixels out as its message arrives. The child writes them at increasing
 offsets, from the start at each request (the parent has taken the last one's); past `WRAP_BYTES` it asks
 the parent (`WRAP` on the pipe) before starting over, and waits for the answer: messages arrive in order,
@@ -37,6 +40,16 @@ WRAP_BYTES = 64 << 20  # the pixel file's size before the child starts over at i
 WRAP = "wrap"  # the child: may I write from the start again? the parent: yes (all taken)
 
 
+# Fault injection for the fallback test: with CAPFILT_FAILPOINT_SHARED_BYTES=<n>, a shared file may not grow
+# past n bytes, as on a full /dev/shm. Off unless set.
+_ROOM = int(os.environ.get("CAPFILT_FAILPOINT_SHARED_BYTES", "0") or 0)
+
+
+class NoRoom(Exception):
+    """The shared file could not grow (a full /dev/shm: a container's is 64 MiB by default). Not an OSError:
+    the parent reads OSError as its child's death."""
+
+
 class Shared:
     """A file mapped by the parent and the child (an unlinked file in /dev/shm: memory, gone with both).
     The writer grows it (ftruncate) when it needs more; the reader maps it again when an offset is past
@@ -58,7 +71,18 @@ class Shared:
             if not grow:
                 raise EOFError(f"the decoder's shared file holds {have} bytes, a result ends at {end}")
             doubled = max(2 * have, 1 << 20)
-            os.ftruncate(self.fd, max(end, min(doubled, self.cap) if self.cap else doubled))
+            size = max(end, min(doubled, self.cap) if self.cap else doubled)
+            if _ROOM and size > _ROOM:
+                raise NoRoom(f"failpoint: the shared file may not grow past {_ROOM} bytes")
+            try:
+                # The pages reserved now (tmpfs), so a full /dev/shm is an error here, not a SIGBUS when
+                # they are first written
+                if hasattr(os, "posix_fallocate"):
+                    os.posix_fallocate(self.fd, have, size - have)
+                else:
+                    os.ftruncate(self.fd, size)
+            except OSError as e:
+                raise NoRoom(f"the decoder's shared file cannot grow to {size} bytes: {e}") from e
             have = os.fstat(self.fd).st_size
         self.map = mmap.mmap(self.fd, have)  # the older map is closed once nothing points into it
         self.buf = memoryview(self.map)
@@ -149,20 +173,24 @@ def main() -> None:
     stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
     while True:
         try:
-            spans, targets, cfg = receive(stdin)
+            images, targets, cfg = receive(stdin)  # (offset, length) in the inputs' file, or the bytes themselves
         except EOFError:
             return
         offset = 0  # the parent has taken every result of the last request
-        for span in spans:
-            kind, payload, w, h, hashed = decode_many([inputs.get_bytes(span)], targets, cfg)[0]
+        for image in images:
+            data = inputs.get_bytes(image) if isinstance(image, tuple) else image
+            kind, payload, w, h, hashed = decode_many([data], targets, cfg)[0]
             layout = None
             if isinstance(payload, dict):
                 if offset and offset + pixels.footprint(payload) > WRAP_BYTES:
                     send(stdout, WRAP)
                     receive(stdin)  # the parent's answer: it has taken every image before this one
                     offset = 0
-                layout, offset = pixels.put(payload, offset)
-                payload = None
+                try:
+                    layout, offset = pixels.put(payload, offset)
+                    payload = None
+                except NoRoom:  # no room in /dev/shm: this image's pixels through the pipe
+                    pass
             send(stdout, (kind, payload, w, h, hashed, layout))
 
 

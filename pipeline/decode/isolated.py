@@ -8,10 +8,10 @@ import os
 import subprocess
 import sys
 import tempfile
-from typing import IO, cast
+from typing import IO, Any, cast
 
 from pipeline.config import DecodeConfig
-from pipeline.decode.child import WRAP, Shared, receive, send
+from pipeline.decode.child import WRAP, NoRoom, Shared, receive, send
 from pipeline.decode.geometry import Target
 from pipeline.decode.image import Result
 from pipeline.schema import DECODE_CRASH, DECODE_TIMEOUT
@@ -73,7 +73,11 @@ class IsolatedDecoder:
             proc = cls._child(cfg)
             pixels, inputs = cast(Shared, cls.pixels), cast(Shared, cls.inputs)
             try:
-                send(cast(IO[bytes], proc.stdin), (inputs.put_bytes(datas[i:]), targets, cfg))
+                try:
+                    images: list[Any] = list(inputs.put_bytes(datas[i:]))
+                except NoRoom:  # no room in /dev/shm: the bytes through the pipe
+                    images = datas[i:]
+                send(cast(IO[bytes], proc.stdin), (images, targets, cfg))
                 while len(out) < len(datas):
                     message = receive(cast(IO[bytes], proc.stdout), cfg.timeout_s or None)
                     if message == WRAP:  # every earlier image's pixels are taken: the child may reuse the file

@@ -73,3 +73,30 @@ def test_pixels_come_back_through_the_shared_file_equal_to_an_in_process_decode(
     assert os.fstat(IsolatedDecoder.pixels.fd).st_size <= WRAP_BYTES  # started over, not grown with the batch
     again = IsolatedDecoder.decode(datas[:3], targets, cfg)  # the next request reuses the file from its start
     assert all(np.array_equal(a[1]["big"], b[1]["big"]) for a, b in zip(again, here, strict=False))
+
+
+def test_a_full_shared_file_sends_what_does_not_fit_through_the_pipe(fresh_child, monkeypatch, photos):
+    """As on a full /dev/shm (a container's is 64 MiB): neither file may grow past 1 MiB here, so the
+    request's bytes (over 1 MiB) go through the pipe, and the pixels of the images that no longer fit
+    too; every result still equals the in-process decode."""
+    import os
+
+    import numpy as np
+
+    from pipeline.decode import child
+    from pipeline.decode.image import decode_many
+
+    room = 1 << 20
+    monkeypatch.setenv("CAPFILT_FAILPOINT_SHARED_BYTES", str(room))  # the child's files
+    monkeypatch.setattr(child, "_ROOM", room)  # this process's
+    monkeypatch.setattr(IsolatedDecoder, "pixels", None)  # new, empty files
+    monkeypatch.setattr(IsolatedDecoder, "inputs", None)
+    targets = (Target("big", 512, 512),)
+    datas = [jpeg(photos[i % len(photos)], quality=95 - i % 10) for i in range(90)]
+    assert sum(map(len, datas)) > room
+    out = IsolatedDecoder.decode(datas, targets, DecodeConfig(batch_size=90))
+    here = decode_many(datas, targets, DecodeConfig(batch_size=90))
+    assert [r[0] for r in out] == [OK] * 90
+    assert all(np.array_equal(a[1]["big"], b[1]["big"]) for a, b in zip(out, here, strict=True))
+    assert os.fstat(IsolatedDecoder.inputs.fd).st_size == 0  # the bytes never fitted: all went by the pipe
+    assert 0 < os.fstat(IsolatedDecoder.pixels.fd).st_size <= room  # the first pixels fitted, the rest did not
