@@ -172,7 +172,8 @@ def dedup_output(output: str, cfg: Config) -> dict[str, Any]:
     seconds["write"] = time.monotonic() - t
     summary = {"output": output, "table": table, "rows": n, "files": len(names), "config": asdict(d),
                "semantic": semantic, "clusters": clusters, "semantic_candidates": candidates_n, "config_digest": digest,
-               "duplicates": {m: int(np.sum(method == i + 1)) for i, m in enumerate(METHODS)},
+               "duplicates": {m: int(np.sum(method == i + 1)) for i, (m, on) in
+                              enumerate(zip(METHODS, (d.exact, d.perceptual, semantic), strict=True)) if on},
                "kept": int(keep.sum()), "run_kept": int((ok & cols["run_keep"]).sum()), "ok": int(ok.sum()),
                "parts_written": len(todo), "parts_done_before": len(done), "seconds": round(time.monotonic() - began, 3),
                "stage_seconds": {k: round(v, 3) for k, v in seconds.items()}, "written_rows": counts}
