@@ -52,8 +52,8 @@ class NoRoom(Exception):
 
 class Shared:
     """A file mapped by the parent and the child (an unlinked file in /dev/shm: memory, gone with both).
-    The writer grows it (ftruncate) when it needs more; the reader maps it again when an offset is past
-    its map."""
+    The writer grows it (its pages reserved: posix_fallocate) when it needs more; the reader maps it again
+    when an offset is past its map."""
 
     def __init__(self, fd: int, cap: int = 0):
         self.fd, self.cap = fd, cap  # cap: how far doubling grows it (0: no limit); a larger need is met

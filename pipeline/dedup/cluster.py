@@ -27,7 +27,7 @@ WORK = "_work"  # OUT/dedup/_work/: the assigned embeddings by bucket, while the
 POS, EMB, CLUSTER, CSIM, PREFERRED, SCORE = "pos", "embedding", "cluster", "centroid_sim", "preferred", "score"
 
 
-def _vectors(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
+def vectors(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
     """A fixed-size-list column without nulls → (n, d) float32."""
     arr = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
     d = arr.type.list_size
@@ -48,10 +48,10 @@ class ReadEmbeddings:
             t = pq.read_table(fs.open(path), columns=[IMAGE_EMBEDDING])
             pos = np.arange(offset, offset + t.num_rows, dtype=np.int64)
             use = self.wanted[pos] & t[IMAGE_EMBEDDING].is_valid().to_numpy(zero_copy_only=False)
-            vectors = _vectors(t[IMAGE_EMBEDDING].filter(pa.array(use)))
+            unit = vectors(t[IMAGE_EMBEDDING].filter(pa.array(use)))
             # unit length again: float16 storage leaves a norm of 1 ± 1e-4, and copies must reach cosine 1
-            vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
-            for name, values in ((POS, pos[use]), (EMB, vectors), (PREFERRED, self.preferred[pos[use]]),
+            unit /= np.maximum(np.linalg.norm(unit, axis=1, keepdims=True), 1e-12)
+            for name, values in ((POS, pos[use]), (EMB, unit), (PREFERRED, self.preferred[pos[use]]),
                                  (SCORE, self.score[pos[use]])):
                 out[name].append(values)
         return {name: np.concatenate(parts) for name, parts in out.items()}
@@ -109,7 +109,7 @@ def bucket_pass(strategy: str, eps: float, work: str, options: dict[str, Any],
         if not files:
             continue
         t = pa.concat_tables(pq.read_table(fs.open(f)) for f in files)
-        emb = _vectors(t[EMB])
+        emb = vectors(t[EMB])
         emb /= np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)  # stored as float16
         cols = {c: t[c].to_numpy(zero_copy_only=False) for c in (POS, CLUSTER, CSIM, PREFERRED, SCORE)}
         # by cluster, then by position: the bucket's files come in any order, and ties (exact copies rank

@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.config import Config
-from pipeline.dedup.cluster import PER_CLUSTER
+from pipeline.dedup.cluster import PER_CLUSTER, vectors
 from pipeline.dedup.run import dedup_output
 from pipeline.dedup.semantic import fit_kmeans
 from pipeline.io.storage import get_fs, join
@@ -92,8 +92,7 @@ def _kmeans_seconds(folder: str, d: Any, k: int, sample: float) -> tuple[float, 
     t = pq.read_table(path, columns=[c for c in (STATUS, IMAGE_EMBEDDING) if c in names])
     if STATUS in t.column_names:
         t = t.filter(pc.equal(t[STATUS], OK))
-    t = t.filter(pc.is_valid(t[IMAGE_EMBEDDING]))
-    x = np.stack(t[IMAGE_EMBEDDING].to_numpy(zero_copy_only=False)).astype(np.float32)
+    x = vectors(pc.drop_null(t[IMAGE_EMBEDDING]))
     x = x[np.random.default_rng(d.seed).permutation(len(x))[: int(min(sample, len(x)))]]
     if not len(x):
         return 0.0, 0

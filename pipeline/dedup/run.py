@@ -102,7 +102,7 @@ def dedup_output(output: str, cfg: Config) -> dict[str, Any]:
         raise DedupError(f"dedup: dedup.semantic needs the image embeddings of {output!r} (OUT/embeddings/ with "
                          "image_embedding: run `embed`, or `clean --embed`); or set dedup.semantic=false")
     digest = _digest(d, names, markers)
-    done = _done_parts(output, options, digest)
+    done = done_parts(output, options, digest)
     todo = [n for n in names if n not in done]
     if not todo:
         log.info("dedup: all %d parts of %s are done already (same settings, same run files)", len(names), output)
@@ -227,18 +227,15 @@ def _read_columns(fs: Any, root: str, table: str, names: list[str], d: DedupConf
     return cols
 
 
-def _done_parts(output: str, options: dict[str, Any], digest: str) -> set[str]:
+def done_parts(output: str, options: dict[str, Any], digest: str) -> dict[str, dict[str, Any]]:
+    """The markers under OUT/dedup/_committed/ of parts written with these settings: name → marker."""
     fs, path = get_fs(join(output, DEDUP, COMMITTED), options)
     try:
         listed = fs.glob(path.rstrip("/") + "/*.json")
     except FileNotFoundError:
-        return set()
-    done = set()
-    for data in (fs.cat(listed) if listed else {}).values():
-        marker = json.loads(data)
-        if marker.get("config_digest") == digest:
-            done.add(marker["name"])
-    return done
+        return {}
+    markers = [json.loads(data) for data in (fs.cat(listed) if listed else {}).values()]
+    return {m["name"]: m for m in markers if m.get("config_digest") == digest}
 
 
 def _write_parts(output: str, options: dict[str, Any], todo: list[str], names: list[str], cols: dict[str, Any],

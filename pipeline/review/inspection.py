@@ -16,9 +16,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from pipeline.dedup.run import DEDUP, SUMMARY
+from pipeline.dedup.run import DEDUP, SUMMARY, done_parts
 from pipeline.io.storage import get_fs, join
-from pipeline.io.writer import COMMITTED, committed_shards
+from pipeline.io.writer import committed_shards
 from pipeline.review.sketch import SKETCHED, Merged, file_metadata, table_sketches
 from pipeline.runner.report import RUNS
 from pipeline.schema import (
@@ -193,12 +193,7 @@ def dedup_summary(output: str, options: dict[str, Any]) -> dict[str, Any] | None
     summary = _json(fs, join(root, DEDUP, SUMMARY))
     if summary is None:
         return None
-    try:
-        listed = fs.glob(join(root, DEDUP, COMMITTED) + "/*.json")
-    except FileNotFoundError:
-        listed = []
-    parts = [json.loads(v) for v in (fs.cat(listed) if listed else {}).values()]
-    parts = [p for p in parts if p.get("config_digest") == summary.get("config_digest")]
+    parts = list(done_parts(output, options, summary.get("config_digest") or "").values())
     return {"rows": sum(p["rows"] for p in parts), "parts": len(parts), "files": summary.get("files"),
             "duplicates": summary.get("duplicates", {}), "kept": sum(p["kept"] for p in parts),
             "run_kept": summary.get("run_kept"), "ok": summary.get("ok"), "semantic": summary.get("semantic"),
