@@ -18,7 +18,15 @@ from pipeline.schema import COLUMN_TYPES, EMBEDDINGS, PIXELS
 def to_numpy(table: pa.Table) -> dict[str, np.ndarray]:
     out: dict[str, np.ndarray] = {}
     for name in table.column_names:
-        col = table[name].combine_chunks() if table[name].num_chunks != 1 else table[name].chunk(0)
+        chunked = table[name]
+        if _as_objects(chunked):
+            # Read chunk by chunk: combining the chunks first would copy the column (a block's images, ~10 MB,
+            # when a reader's last rows arrive as a chunk of their own) only to read it once
+            arr = np.empty(len(chunked), dtype=object)
+            arr[:] = chunked.to_pylist()
+            out[name] = arr
+            continue
+        col = chunked.combine_chunks() if chunked.num_chunks != 1 else chunked.chunk(0)
         if isinstance(col.type, pa.ExtensionType):  # Ray's tensor type
             out[name] = col.to_numpy()
         elif pa.types.is_fixed_size_list(col.type):  # embeddings: rows of one n-d array, None for null
@@ -26,18 +34,19 @@ def to_numpy(table: pa.Table) -> dict[str, np.ndarray]:
             arr = np.empty(len(col), dtype=object)
             arr[:] = [mat[i] if valid[i] else None for i in range(len(col))]
             out[name] = arr
-        elif pa.types.is_list(col.type) or pa.types.is_fixed_size_list(col.type) or pa.types.is_large_list(col.type):
-            arr = np.empty(len(col), dtype=object)
-            arr[:] = col.to_pylist()
-            out[name] = arr
-        elif pa.types.is_string(col.type) or pa.types.is_binary(col.type) or pa.types.is_null(col.type) \
-                or pa.types.is_large_string(col.type) or col.null_count:
-            arr = np.empty(len(col), dtype=object)
-            arr[:] = col.to_pylist()
-            out[name] = arr
         else:
             out[name] = col.to_numpy(zero_copy_only=False)
     return out
+
+
+def _as_objects(col: pa.ChunkedArray) -> bool:
+    """Whether a column becomes an object array of Python values: lists, strings, bytes, nulls, and any
+    other column with a null (numpy has no null)."""
+    t = col.type
+    if isinstance(t, pa.ExtensionType) or pa.types.is_fixed_size_list(t):
+        return False
+    return (pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_string(t) or pa.types.is_binary(t)
+            or pa.types.is_null(t) or pa.types.is_large_string(t) or col.null_count > 0)
 
 
 def fixed_size_list_to_numpy(col: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:

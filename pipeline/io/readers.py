@@ -23,6 +23,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -118,7 +119,8 @@ class _Blocks:
     def flush(self) -> pa.Table | None:
         if not self.rows[KEY]:
             return None
-        table = pa.Table.from_pydict(self.rows, schema=READ_SCHEMA)
+        columns = {name: binary_column(values) if name == IMAGE else values for name, values in self.rows.items()}
+        table = pa.Table.from_pydict(columns, schema=READ_SCHEMA)
         self.rows = {name: [] for name in READ_SCHEMA.names}
         return table
 
@@ -134,6 +136,22 @@ class _Blocks:
         table = self.flush()
         assert table is not None  # the end row at least
         return table
+
+
+def binary_column(values: list[bytes | None]) -> pa.Array:
+    """A binary column of these bytes, None for null: every value copied once, into one buffer that Arrow
+    takes as it is. (pa.array copies them into a buffer it grows as it goes, and a fresh one for every
+    block: ~0.1 ms an image of a block's 64 web JPEGs here, against 0.01.)"""
+    sizes = np.fromiter((len(v) if v is not None else 0 for v in values), dtype=np.int64, count=len(values))
+    if sizes.sum() >= 2**31:  # past binary's 32-bit offsets: Arrow's own builder says so
+        return pa.array(values, type=pa.binary())
+    offsets = np.zeros(len(values) + 1, dtype=np.int32)
+    np.cumsum(sizes, out=offsets[1:])
+    valid = np.fromiter((v is not None for v in values), dtype=bool, count=len(values))
+    nulls = None if valid.all() else pa.py_buffer(np.packbits(valid, bitorder="little"))
+    data = b"".join(v for v in values if v is not None)
+    return pa.Array.from_buffers(pa.binary(), len(values), [nulls, pa.py_buffer(offsets), pa.py_buffer(data)],
+                                 null_count=int((~valid).sum()))
 
 
 def _end_row(source: str, meta: dict[str, Any]) -> dict[str, Any]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import importlib
 import io
 import json
 
@@ -40,6 +41,18 @@ def _column(t: Target, n: int) -> np.ndarray:
     return col
 
 
+def no_huge_pages() -> None:
+    """Stops numpy asking the kernel for huge pages (madvise) behind the arrays it allocates from now on in
+    this process. numpy asks for every array of 4 MB or more; a kernel whose transparent huge pages follow
+    such requests with compaction (`defrag: madvise`, a common default) then finds and zeroes a 2 MB page
+    at the first write of each, which made filling a block's fresh pixel column (64 images at 224 px, 9.6
+    MB) cost 0.24 ms an image instead of 0.09 (BENCHMARKS.md). A process-wide numpy switch: it only
+    changes how new arrays' memory is paged, never their contents; the decode stage's worker has nothing
+    that needs huge pages. (NUMPY_MADVISE_HUGEPAGE=0 does the same, but only where set before numpy's
+    import, which a Ray worker has done before any stage runs.)"""
+    importlib.import_module("numpy._core.multiarray")._set_madvise_hugepage(False)
+
+
 def sha256_of(data: bytes, meta: str | None) -> str:
     """The image's sha256: img2dataset's own where its row carries one (`compute_hash`, its default: the
     downloaded file's), else of the bytes read."""
@@ -61,6 +74,7 @@ class DecodeImages:
 
     def __init__(self, cfg: DecodeConfig, targets: tuple[Target, ...], inputs: InputConfig | None = None):
         self.cfg, self.targets, self.inputs = cfg, targets, inputs or InputConfig()
+        no_huge_pages()
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         n = len(batch[STATUS])

@@ -88,3 +88,19 @@ def test_decode_on_the_gpu_refuses_a_per_image_size_in_one_line():
     t = Target("p", 0, 0, "pixels", factor=28, min_pixels=3136, max_pixels=12544)
     with pytest.raises(ConfigError, match=r"^config: decode\.device: 'cuda' decodes to one size per model, but caption"):
         decode_stage(load_config(None, ["decode.device=cuda", "caption.model=tiny:qwen2-vl"]), {"caption": t})
+
+
+def test_the_decode_stage_stops_numpy_asking_for_huge_pages():
+    # numpy madvises huge pages for its arrays of 4 MB and more (a block's pixel column); where the kernel
+    # compacts memory for them, filling each fresh column cost more than its copy (stages/decode.py)
+    import importlib
+
+    from pipeline.stages.decode import DecodeImages
+
+    switch = importlib.import_module("numpy._core.multiarray")._set_madvise_hugepage
+    before = switch(True)
+    try:
+        DecodeImages(DecodeConfig(formats=("PNG",)), (Target("p", 8, 8),))
+        assert switch(True) is False  # what it was: off
+    finally:
+        switch(before)

@@ -204,3 +204,19 @@ def test_a_limited_shard_ends_after_its_first_samples(tmp_path):
     assert [r["key"] for r in got] == keys[:4]
     full = rows(Shard(str(tmp_path / "p.parquet"), "parquet", limit=50))  # a limit past the end: the whole shard
     assert [r["key"] for r in full] == keys
+
+
+def test_a_blocks_image_column_is_the_column_arrow_builds(monkeypatch):
+    from pipeline.io import readers
+
+    values = [b"\xff\xd8jpeg", None, b"", b"x" * 70_000, None, b"\x00\x01"]
+    got = readers.binary_column(values)
+    got.validate(full=True)
+    assert got.equals(pa.array(values, type=pa.binary())) and got.null_count == 2
+    assert readers.binary_column([b"a", b"b"]).buffers()[0] is None  # no validity bitmap without a null
+    assert readers.binary_column([]).equals(pa.array([], type=pa.binary()))
+    # past binary's 32-bit offsets, Arrow's builder (which says so itself) instead of offsets that wrap
+    calls = []
+    monkeypatch.setattr(readers.pa, "array", lambda v, type: calls.append(len(v)) or "arrow's")
+    monkeypatch.setattr(readers.np, "fromiter", lambda *a, **k: np.array([2**30, 2**30]))
+    assert readers.binary_column([b"a", b"b"]) == "arrow's" and calls == [2]
