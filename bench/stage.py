@@ -6,11 +6,11 @@ Per core: the stage alone on a Ray of RAY_CPUS CPUs (its blocks streamed to this
 counts them), img/s in its steady window ÷ RAY_CPUS: every other process of the machine (Ray's own, the
 driver) is charged to the stage. The baseline: capfilt's decode function as the stage calls it
 (`decode_hashed`: the pixels at every target and the perceptual hash; and the bytes' sha256), in this
-process, measured just before and after each Ray run (this VM's cores change speed from minute to
-minute). The layers, each in this process on the same shards, in CPU ms per image: the decode with and
-without the hashes, tar streaming and block building (`read_shard`), the decode stage as a task runs it
-(`DecodeImages` with its Arrow conversions), and the same with the isolated decoder child
-(`decode.isolate`, the default): the child's transfer.
+process, on every distinct image of the run, measured just before and after each Ray run once the cores
+are quiet (this VM's cores change speed from minute to minute). The layers, each in this process on the
+same shards, in CPU ms per image: the decode with and without the hashes, tar streaming and block
+building (`read_shard`), the decode stage as a task runs it (`DecodeImages` with its Arrow conversions),
+and the same with the isolated decoder child (`decode.isolate`, the default): the child's transfer.
 """
 
 from __future__ import annotations
@@ -118,6 +118,24 @@ def decode_as_the_stage(datas: list[bytes], spec: Any) -> None:
         hashlib.sha256(d).hexdigest()
 
 
+def settle(busy_below: float = 0.15, timeout: float = 15.0) -> float:
+    """Waits until this machine's cores are quiet (under `busy_below` of them busy over 0.5 s: the last
+    run's workers and decoder children wound down), at most `timeout` seconds; → the seconds waited."""
+    def busy() -> tuple[int, int]:
+        with open("/proc/stat") as f:
+            ticks = [int(x) for x in f.readline().split()[1:]]
+        return sum(ticks) - ticks[3] - ticks[4], sum(ticks)  # all but idle and iowait
+
+    start = time.perf_counter()
+    while time.perf_counter() - start < timeout:
+        b0, t0 = busy()
+        time.sleep(0.5)
+        b1, t1 = busy()
+        if (b1 - b0) < busy_below * max(1, t1 - t0):
+            break
+    return time.perf_counter() - start
+
+
 def codec_rate(datas: list[bytes], spec: Any, seconds: float = 2.0) -> float:
     """decode_as_the_stage in this process, img/s (one core)."""
     n, start = 0, time.perf_counter()
@@ -156,7 +174,6 @@ def ray_stage(shards: list[Any], spec: Any, cfg: Any, slots: int | None = None, 
 def bench_stage(work: Path, images: int, rounds: int) -> dict[str, Any]:
     from bench.data import web_jpegs, write_shards
     from pipeline.config import load_config
-    from pipeline.io.readers import read_shard
     from pipeline.io.shards import list_shards
     from pipeline.runner import ray_start
 
@@ -173,14 +190,19 @@ def bench_stage(work: Path, images: int, rounds: int) -> dict[str, Any]:
     try:
         ray_stage(shards[:2], spec, cfg)  # Ray's workers started, their imports done
         # This VM's cores change speed by ±20 % from minute to minute: each Ray run is paired with the
-        # in-process decode measured just before and after it, and the ratio is the median of the pairs'.
+        # in-process decode measured just before and after it, on the same images as the run (every
+        # distinct one of the pool, which the run cycles through), once the cores are quiet again (Ray's
+        # workers and decoder children wind down for a few seconds after a run); the ratio is the median
+        # of the pairs'.
         plain = replace(spec, args=(replace(spec.args[0], isolate=False), *spec.args[1:]))
-        datas = [x for b in read_shard(shards[0], cfg.input, cfg.storage) for x in b.column("image").to_pylist() if x]
+        datas = pool
         runs: dict[str, list[dict[str, float]]] = {"iso": [], "plain": []}
+        settle()
         before = codec_rate(datas, spec)
         for _ in range(rounds):
             for label, s in (("iso", spec), ("plain", plain)):
                 r = ray_stage(shards, s, cfg, images=images)
+                r["settle_s"] = settle()
                 after = codec_rate(datas, spec)
                 r["decode_img_s"] = (before + after) / 2
                 r["ratio"] = r["window_img_s"] / RAY_CPUS / r["decode_img_s"]

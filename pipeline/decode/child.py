@@ -104,14 +104,22 @@ class Shared:
             offset = -(-end // ALIGN) * ALIGN
         return layout, offset
 
-    def take(self, layout: dict[str, tuple[str, tuple[int, ...], int]]) -> dict[str, np.ndarray]:
-        """Copies of the arrays a `put` wrote (the space is written again later)."""
+    def take(self, layout: dict[str, tuple[str, tuple[int, ...], int]],
+             into: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+        """The arrays a `put` wrote, copied out (the space is written again later): each into its array of
+        `into` where one of that dtype and shape is given (the row of a batch's column: one copy, not two),
+        the others into new arrays, returned."""
         out = {}
         for name, (dtype, shape, offset) in layout.items():
             dt = np.dtype(dtype)
             count = math.prod(shape)
             buf = self._mapped(offset + count * dt.itemsize, False)
-            out[name] = np.frombuffer(buf, dtype=dt, count=count, offset=offset).reshape(shape).copy()
+            src = np.frombuffer(buf, dtype=dt, count=count, offset=offset).reshape(shape)
+            dst = (into or {}).get(name)
+            if dst is not None and dst.dtype == dt and dst.shape == src.shape:
+                dst[...] = src
+            else:
+                out[name] = src.copy()
         return out
 
     def put_bytes(self, datas: list[bytes]) -> list[tuple[int, int]]:

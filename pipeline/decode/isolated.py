@@ -10,6 +10,8 @@ import sys
 import tempfile
 from typing import IO, Any, cast
 
+import numpy as np
+
 from pipeline.config import DecodeConfig
 from pipeline.decode.child import WRAP, NoRoom, Shared, receive, send
 from pipeline.decode.geometry import Target
@@ -61,11 +63,15 @@ class IsolatedDecoder:
             cls.proc = None
 
     @classmethod
-    def decode(cls, datas: list[bytes], targets: tuple[Target, ...], cfg: DecodeConfig) -> list[Result]:
+    def decode(cls, datas: list[bytes], targets: tuple[Target, ...], cfg: DecodeConfig,
+               into: list[dict[str, np.ndarray]] | None = None) -> list[Result]:
         """Every image's result, in order. The images go to the child as one request and come back one by
         one; each must arrive within `decode.timeout_s`. When the child dies, the image it was on is tried
         once more in a fresh child, then becomes `decode_crash`; one it hangs on becomes `decode_timeout`
-        at once (a hang costs the deadline every time)."""
+        at once (a hang costs the deadline every time).
+
+        `into`: for each image, arrays its pixels are written into (by target name: the image's rows of
+        the batch's columns); an ok result's pixels then hold only the targets not written there."""
         out: list[Result] = []
         crashed: set[int] = set()
         while len(out) < len(datas):
@@ -84,7 +90,9 @@ class IsolatedDecoder:
                         send(cast(IO[bytes], proc.stdin), WRAP)
                         continue
                     kind, payload, w, h, hashed, layout = message
-                    out.append((kind, pixels.take(layout) if layout is not None else payload, w, h, hashed))
+                    if layout is not None:
+                        payload = pixels.take(layout, into[len(out)] if into is not None else None)
+                    out.append((kind, payload, w, h, hashed))
             except TimeoutError:
                 cls.close()
                 log.warning("decoder hung on an image for over decode.timeout_s=%gs; it becomes a row", cfg.timeout_s)

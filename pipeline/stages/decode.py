@@ -94,9 +94,13 @@ class DecodeImages:
             sha[i] = sha256_of(data, metas[i])
         results: list[Result] = []
         step = self.cfg.batch_size  # images per call to the decoder (a fused read hands over whole blocks)
-        for chunk in (datas[i : i + step] for i in range(0, len(datas), step)):
+        fixed = [t.name for t in self.targets if not t.dynamic and t.name in pixels]
+        for at in range(0, len(datas), step):
+            chunk = datas[at : at + step]
             if self.cfg.isolate:
-                results += IsolatedDecoder.decode(chunk, self.targets, self.cfg)
+                # the child's pixels copied straight into their rows of the columns
+                into = [{name: pixels[name][i] for name in fixed} for i in rows[at : at + step]]
+                results += IsolatedDecoder.decode(chunk, self.targets, self.cfg, into)
             else:
                 results += decode_many(chunk, self.targets, self.cfg)
         for i, (kind, payload, w, h, hashed) in zip(rows, results, strict=True):

@@ -100,3 +100,31 @@ def test_a_full_shared_file_sends_what_does_not_fit_through_the_pipe(fresh_child
     assert all(np.array_equal(a[1]["big"], b[1]["big"]) for a, b in zip(out, here, strict=True))
     assert os.fstat(IsolatedDecoder.inputs.fd).st_size == 0  # the bytes never fitted: all went by the pipe
     assert 0 < os.fstat(IsolatedDecoder.pixels.fd).st_size <= room  # the first pixels fitted, the rest did not
+
+
+def test_pixels_are_written_into_the_rows_given_across_the_files_restart(fresh_child, photos):
+    """The decode stage hands each image's rows of its columns: the child's pixels are copied straight
+    there (no array of their own), across the shared file's restart; a target without a row given, or
+    with one of another shape, comes back as its own array; every value equals decode_many's."""
+    import numpy as np
+
+    from pipeline.decode.image import decode_many
+
+    targets = (Target("big", 512, 512), Target("small", 32, 32), Target("odd", 16, 16))
+    n = 100  # ~78 MiB of 512×512 pixels: past WRAP_BYTES
+    datas = [jpeg(photos[i % len(photos)], quality=70 + i % 20) for i in range(n)]
+    datas[7] = b"not an image"
+    big = np.zeros((n, 512, 512, 3), np.uint8)
+    odd = np.zeros((n, 8, 8, 3), np.uint8)  # not the target's shape: never written
+    into = [{"big": big[i], "odd": odd[i]} for i in range(n)]
+    out = IsolatedDecoder.decode(datas, targets, DecodeConfig(batch_size=n), into)
+    here = decode_many(datas, targets, DecodeConfig(batch_size=n))
+    for i, ((kind, px, *rest), (kind2, px2, *rest2)) in enumerate(zip(out, here, strict=True)):
+        assert (kind, rest) == (kind2, rest2)
+        if kind != OK:
+            assert i == 7 and not big[i].any()
+            continue
+        assert px.keys() == {"small", "odd"}
+        assert np.array_equal(big[i], px2["big"]) and np.array_equal(px["small"], px2["small"])
+        assert np.array_equal(px["odd"], px2["odd"])
+    assert not odd.any()
