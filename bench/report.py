@@ -91,8 +91,9 @@ def cpu_table(res: dict[str, Any]) -> str:
         lines += [
             f"| read+decode stage per core (img/s in its steady window on a Ray of {pc['cores']} CPUs ÷ {pc['cores']}) vs "
             f"capfilt's decode as the stage calls it (hashes included), in one process, web JPEGs → {st['target']}; "
-            f"the median of {len(pc['ratios'])} runs, each against the in-process rate measured beside it / against the "
-            f"rate measured before Ray started; decode isolated (default) / not | {pc['decode_img_s']:.0f} / "
+            f"the median of {len(pc['ratios'])} runs, each against the in-process rate on the run's images measured just "
+            f"before and after it on quiet cores / against the fastest of the layers' passes (CPU time) before Ray "
+            f"started; decode isolated (default) / not | {pc['decode_img_s']:.0f} / "
             f"{1e3 / lay['decode_hashed_ms']:.0f} | {pc['stage_img_s']:.0f} | {pc['ratio']:.2f}× / "
             f"{pc['stage_img_s'] * lay['decode_hashed_ms'] / 1e3:.2f}×; not isolated {pc['ratio_plain']:.2f}× | ≥ 0.8× |",
             f"| its layers in one process, CPU ms per image: decode {lay['decode_ms']:.2f}, with the hashes "
